@@ -1,0 +1,214 @@
+"""Every Fruits-360 class must have facts, so the app never shows an empty card."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pytest
+
+from fruits.facts import FruitFacts, facts_for, load_facts
+
+# Fruits-360 2024.08.04.0 Training folders, hard-coded so the test needs no data set.
+CLASS_NAMES = [
+    "Apple 6",
+    "Apple Braeburn 1",
+    "Apple Crimson Snow 1",
+    "Apple Golden 1",
+    "Apple Golden 2",
+    "Apple Golden 3",
+    "Apple Granny Smith 1",
+    "Apple Pink Lady 1",
+    "Apple Red 1",
+    "Apple Red 2",
+    "Apple Red 3",
+    "Apple Red Delicious 1",
+    "Apple Red Yellow 1",
+    "Apple Red Yellow 2",
+    "Apple hit 1",
+    "Apricot 1",
+    "Avocado 1",
+    "Avocado ripe 1",
+    "Banana 1",
+    "Banana Lady Finger 1",
+    "Banana Red 1",
+    "Beetroot 1",
+    "Blueberry 1",
+    "Cabbage white 1",
+    "Cactus fruit 1",
+    "Cantaloupe 1",
+    "Cantaloupe 2",
+    "Carambula 1",
+    "Carrot 1",
+    "Cauliflower 1",
+    "Cherry 1",
+    "Cherry 2",
+    "Cherry Rainier 1",
+    "Cherry Wax Black 1",
+    "Cherry Wax Red 1",
+    "Cherry Wax Yellow 1",
+    "Chestnut 1",
+    "Clementine 1",
+    "Cocos 1",
+    "Corn 1",
+    "Corn Husk 1",
+    "Cucumber 1",
+    "Cucumber 3",
+    "Cucumber Ripe 1",
+    "Cucumber Ripe 2",
+    "Dates 1",
+    "Eggplant 1",
+    "Eggplant long 1",
+    "Fig 1",
+    "Ginger Root 1",
+    "Granadilla 1",
+    "Grape Blue 1",
+    "Grape Pink 1",
+    "Grape White 1",
+    "Grape White 2",
+    "Grape White 3",
+    "Grape White 4",
+    "Grapefruit Pink 1",
+    "Grapefruit White 1",
+    "Guava 1",
+    "Hazelnut 1",
+    "Huckleberry 1",
+    "Kaki 1",
+    "Kiwi 1",
+    "Kohlrabi 1",
+    "Kumquats 1",
+    "Lemon 1",
+    "Lemon Meyer 1",
+    "Limes 1",
+    "Lychee 1",
+    "Mandarine 1",
+    "Mango 1",
+    "Mango Red 1",
+    "Mangostan 1",
+    "Maracuja 1",
+    "Melon Piel de Sapo 1",
+    "Mulberry 1",
+    "Nectarine 1",
+    "Nectarine Flat 1",
+    "Nut Forest 1",
+    "Nut Pecan 1",
+    "Onion Red 1",
+    "Onion Red Peeled 1",
+    "Onion White 1",
+    "Orange 1",
+    "Papaya 1",
+    "Passion Fruit 1",
+    "Peach 1",
+    "Peach 2",
+    "Peach Flat 1",
+    "Pear 1",
+    "Pear 2",
+    "Pear 3",
+    "Pear Abate 1",
+    "Pear Forelle 1",
+    "Pear Kaiser 1",
+    "Pear Monster 1",
+    "Pear Red 1",
+    "Pear Stone 1",
+    "Pear Williams 1",
+    "Pepino 1",
+    "Pepper Green 1",
+    "Pepper Orange 1",
+    "Pepper Red 1",
+    "Pepper Yellow 1",
+    "Physalis 1",
+    "Physalis with Husk 1",
+    "Pineapple 1",
+    "Pineapple Mini 1",
+    "Pitahaya Red 1",
+    "Plum 1",
+    "Plum 2",
+    "Plum 3",
+    "Pomegranate 1",
+    "Pomelo Sweetie 1",
+    "Potato Red 1",
+    "Potato Red Washed 1",
+    "Potato Sweet 1",
+    "Potato White 1",
+    "Quince 1",
+    "Rambutan 1",
+    "Raspberry 1",
+    "Redcurrant 1",
+    "Salak 1",
+    "Strawberry 1",
+    "Strawberry Wedge 1",
+    "Tamarillo 1",
+    "Tangelo 1",
+    "Tomato 1",
+    "Tomato 2",
+    "Tomato 3",
+    "Tomato 4",
+    "Tomato Cherry Red 1",
+    "Tomato Heart 1",
+    "Tomato Maroon 1",
+    "Tomato Yellow 1",
+    "Tomato not Ripened 1",
+    "Walnut 1",
+    "Watermelon 1",
+    "Zucchini 1",
+    "Zucchini dark 1",
+]
+
+
+def test_class_list_is_complete() -> None:
+    assert len(CLASS_NAMES) == 141
+    assert len(set(CLASS_NAMES)) == 141
+
+
+def test_json_classes_match_class_list() -> None:
+    text = (
+        resources.files("fruits").joinpath("data").joinpath("fruit_facts.json").read_text("utf-8")
+    )
+    raw = json.loads(text)
+    assert sorted(raw["classes"]) == sorted(CLASS_NAMES)
+    assert {c["fruit"] for c in raw["classes"].values()} <= set(raw["fruits"])
+    assert sorted(load_facts()) == sorted(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("class_name", CLASS_NAMES)
+def test_every_class_has_facts(class_name: str) -> None:
+    facts = facts_for(class_name)
+    assert isinstance(facts, FruitFacts)
+    assert facts.class_name == class_name
+    for value in (facts.fruit, facts.name, facts.family, facts.season, facts.description):
+        assert isinstance(value, str) and value.strip()
+    assert facts.variety is None or facts.variety.strip()
+    assert facts.family.endswith("aceae")
+    assert isinstance(facts.energy_kcal_per_100g, int)
+    assert 0 < facts.energy_kcal_per_100g < 800
+
+
+def test_known_class() -> None:
+    facts = facts_for("Banana 1")
+    assert facts is not None
+    assert facts.name == "Banana"
+
+
+def test_variety_from_class_name() -> None:
+    facts = facts_for("Apple Granny Smith 1")
+    assert facts is not None
+    assert facts.variety == "Granny Smith"
+
+
+def test_unknown_class_returns_none() -> None:
+    assert facts_for("Spaceship 1") is None
+    assert facts_for("") is None
+
+
+def test_new_index_of_known_class_resolves() -> None:
+    facts = facts_for("Banana 7")
+    assert facts is not None
+    assert facts.name == "Banana"
+    assert facts.class_name == "Banana 7"
+
+
+def test_unknown_variety_resolves_by_first_word() -> None:
+    facts = facts_for("kiwi gold 1")
+    assert facts is not None
+    assert facts.fruit == "kiwi"
+    assert facts.variety is None
