@@ -1,0 +1,73 @@
+"""One typed configuration object for a pipeline run; the CLI maps its options onto it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+OnError = Literal["quarantine", "fail"]
+Engine = Literal["auto", "onnx", "torch"]
+Precision = Literal["fp32", "bf16"]
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png")
+DEFAULT_OUTPUT = "fruits-output"
+
+
+def bundled_sample() -> str:
+    """The sample ships inside the package so `fruits run` works with no download."""
+    return str(resources.files("fruits") / "sample_data" / "fruits-360-sample")
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig:
+    """How pixels become feature vectors; everything here changes the features, so it is
+    recorded in the report and in the saved run."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    image_size: int = 224
+    engine: Engine = "auto"
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    batch_size: int = 64
+    threads_per_task: int = 0  # 0: cores // concurrent tasks, so tasks x threads <= cores
+    max_pixels: int = 40_000_000  # larger images are refused: decompression-bomb guard
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    """PCA settings: k comes from an explained-variance target unless fixed."""
+
+    variance: float = 0.95
+    k: int | None = None
+    scale_std: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one `fruits run` needs; defaults run on the bundled sample, embedded."""
+
+    input: str = field(default_factory=bundled_sample)
+    output: str = DEFAULT_OUTPUT
+    master: str | None = None
+    on_error: OnError = "quarantine"
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    max_file_bytes: int = 50 * 1024 * 1024
+    featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
+    reduce: ReduceConfig = field(default_factory=ReduceConfig)
+    classify: bool = True
+    storage: Literal["auto", "hadoop", "fsspec"] = "auto"
+    arrow_max_records: int = 256
+    arrow_max_bytes: int = 64 * 1024 * 1024
+    files_per_partition: int = 256
+    output_files: int = 0  # 0: derived from the row count, so outputs never explode into tiny files
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_output(self, output: str | Path) -> PipelineConfig:
+        return dataclasses.replace(self, output=str(output))

@@ -1,0 +1,123 @@
+"""Ingest: list image files with Spark's `binaryFile` source and derive label and split from paths.
+
+Nothing here collects file names to the driver; label and split are Spark SQL expressions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+SPLIT_NAMES: dict[str, str] = {
+    "training": "train",
+    "train": "train",
+    "test": "test",
+    "testing": "test",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+}
+
+
+class InputError(ValueError):
+    """The input location is missing or holds no image: a user error, reported in one line."""
+
+
+def glob_for(extensions: Iterable[str]) -> str:
+    """A case-insensitive Hadoop glob (`*.{[jJ][pP][gG],...}`), so the filter runs while listing."""
+
+    def ci(ext: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext)
+
+    exts = sorted({e.lower().lstrip(".") for e in extensions})
+    if not exts:
+        raise ValueError("at least one image extension is required")
+    return "*.{" + ",".join(ci(e) for e in exts) + "}"
+
+
+def label_col(path: Column) -> Column:
+    """Label = the image's parent folder name (names may contain spaces)."""
+    return F.element_at(F.split(path, "/"), -2)
+
+
+def split_col(path: Column) -> Column:
+    """Split = the nearest ancestor folder named like Training/Test/val (any case), else `all`."""
+    folders = F.slice(F.split(path, "/"), 1, F.size(F.split(path, "/")) - 1)
+    mapping = F.create_map(*[F.lit(x) for kv in SPLIT_NAMES.items() for x in kv])
+    known = F.filter(F.transform(folders, F.lower), lambda p: p.isin(list(SPLIT_NAMES)))
+    nearest = F.element_at(known, -1)
+    return F.when(F.size(known) > 0, mapping[nearest]).otherwise(F.lit("all"))
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """`files`: every listed image with its bytes still unread (lazy); `too_large`: files we
+    refuse to read at all because of their size, with a reason."""
+
+    files: DataFrame
+    too_large: DataFrame
+
+
+def read_images(
+    spark: SparkSession,
+    uri: str,
+    *,
+    extensions: Iterable[str] = ("jpg", "jpeg", "png"),
+    max_file_bytes: int = 50 * 1024 * 1024,
+) -> Ingested:
+    """List images under `uri` (any Hadoop URI) recursively.
+
+    Unreadable files do not fail the scan (`ignoreCorruptFiles`); the pipeline finds them by
+    comparing what was listed with what was featurised, and quarantines them with a reason.
+    The size filter is pushed into the binaryFile source, so oversized files are never read.
+    """
+    raw = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", glob_for(extensions))
+        .option("ignoreCorruptFiles", "true")
+        .option("ignoreMissingFiles", "true")
+        .load(uri)
+    )
+    path = F.col("path")
+    files = raw.select(
+        path.alias("path"),
+        label_col(path).alias("label"),
+        split_col(path).alias("split"),
+        F.col("length"),
+        F.col("modificationTime").alias("modification_time"),
+        F.col("content"),
+    )
+    ok = files.where(F.col("length") <= max_file_bytes)
+    too_large = files.where(F.col("length") > max_file_bytes).select(
+        "path",
+        F.concat(
+            F.lit("file too large: "),
+            F.col("length").cast("string"),
+            F.lit(f" bytes exceeds the limit of {max_file_bytes}"),
+        ).alias("reason"),
+    )
+    return Ingested(files=ok, too_large=too_large)
+
+
+def check_input(spark: SparkSession, uri: str) -> None:
+    """Fail early, in one line, when the input location does not exist."""
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    assert jvm is not None
+    hpath = jvm.org.apache.hadoop.fs.Path(uri)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    try:
+        fs = hpath.getFileSystem(conf)
+        exists = fs.exists(hpath)
+    except Exception as exc:
+        raise InputError(f"cannot access input {uri}: {_first_line(exc)}") from None
+    if not exists:
+        raise InputError(f"input not found: {uri}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

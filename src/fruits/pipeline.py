@@ -1,0 +1,312 @@
+"""The end-to-end run: ingest -> featurize -> reduce -> classify -> outputs, staged then published.
+
+Each stage is a DataFrame -> DataFrame step from its own module; this module only orders them,
+materialises the expensive CNN output once (Parquet in the staging folder), times the stages and
+writes the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fruits import __version__
+from fruits.config import PipelineConfig
+from fruits.features import build_artifact, featurize_udf, save_artifact
+from fruits.ingest import InputError, check_input, read_images
+from fruits.reduce import fit_reducer
+from fruits.report import plot_confusion, plot_explained_variance, plot_scatter, write_json
+from fruits.spark import default_conf, get_spark
+from fruits.storage import HadoopStore, Store, join, new_run_id, publish, staging_uri
+
+log = logging.getLogger(__name__)
+
+UNREADABLE = "unreadable: the file could not be read (permissions, I/O error or deleted mid-run)"
+IMAGE_FAILURE_TAG = "FruitsImageFailure:"
+SCATTER_SAMPLE = 5000
+
+
+class ImageFailure(RuntimeError):
+    """`--on-error fail` met a bad file: the run stops with that file and its reason."""
+
+
+@dataclass
+class RunResult:
+    output: str
+    report: dict[str, Any]
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        log.info("stage %s: started", name)
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            log.info("stage %s: done in %.1fs", name, self.seconds[name])
+
+
+def resolve_uri(uri: str, spark: SparkSession) -> str:
+    """Local relative paths become absolute when Spark runs locally, so messages are exact."""
+    has_scheme = ":" in uri.split("/", 1)[0]
+    if not has_scheme and spark.sparkContext.master.startswith("local"):
+        return os.path.abspath(uri)
+    return uri
+
+
+def session_for(cfg: PipelineConfig) -> SparkSession:
+    return get_spark(
+        master=cfg.master,
+        defaults=default_conf(
+            arrow_max_records=cfg.arrow_max_records,
+            arrow_max_bytes=cfg.arrow_max_bytes,
+            files_per_partition=cfg.files_per_partition,
+        ),
+        overrides=cfg.spark_conf,
+    )
+
+
+def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunResult:
+    """Run the whole chain; the output folder appears only once everything is written."""
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    timer = StageTimer()
+    spark = spark or session_for(cfg)
+    store: Store = HadoopStore(spark)
+    input_uri = resolve_uri(cfg.input, spark)
+    output = resolve_uri(cfg.output, spark)
+    check_input(spark, input_uri)
+    run_id = new_run_id()
+    staging = staging_uri(output, run_id)
+    local = Path(tempfile.mkdtemp(prefix=f"fruits-{run_id}-"))
+    report: dict[str, Any] = {"run_id": run_id, "input": input_uri, "output": output}
+    try:
+        with timer("ingest"):
+            ingested = read_images(
+                spark, input_uri, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes
+            )
+            listed = ingested.files.select("path").union(ingested.too_large.select("path"))
+            images_total = listed.count()
+            if images_total == 0:
+                raise InputError(
+                    f"no images under {input_uri} (extensions: {', '.join(cfg.extensions)})"
+                )
+            log.info("ingest: %d image files listed", images_total)
+
+        with timer("featurize"):
+            artifact = build_artifact(cfg.featurizer)
+            threads = cfg.featurizer.threads_per_task or int(
+                spark.conf.get("spark.task.cpus", "1") or 1
+            )
+            udf = featurize_udf(
+                spark.sparkContext.broadcast(artifact), artifact.fingerprint, cfg.featurizer,
+                threads=threads, fail_fast=cfg.on_error == "fail",
+            )  # fmt: skip
+            work = join(staging, "_work", "featurized.parquet")
+            featurized = ingested.files.select(
+                "path", "label", "split", udf("path", "content").alias("r")
+            ).select("path", "label", "split", "r.features", F.col("r.error").alias("reason"))
+            _write_featurized(featurized, work)
+            feats = spark.read.parquet(work)
+            ok = feats.where(F.col("reason").isNull()).drop("reason")
+
+        with timer("quarantine"):
+            unreadable = (
+                ingested.files.select("path")
+                .join(feats.select("path"), "path", "left_anti")
+                .withColumn("reason", F.lit(UNREADABLE))
+            )
+            quarantine = (
+                feats.where(F.col("reason").isNotNull())
+                .select("path", "reason")
+                .unionByName(ingested.too_large)
+                .unionByName(unreadable)
+                .coalesce(1)
+            )
+            quarantine.write.parquet(join(staging, "quarantine.parquet"))
+            quarantine = spark.read.parquet(join(staging, "quarantine.parquet"))
+            n_bad = quarantine.count()
+            if n_bad and cfg.on_error == "fail":
+                first = quarantine.first()
+                assert first is not None
+                raise ImageFailure(f"{first['path']}: {first['reason']}")
+            _single_csv(store, quarantine, join(staging, "quarantine.csv"))
+            log.info("quarantine: %d file(s)", n_bad)
+
+        splits = {r["split"]: r["count"] for r in ok.groupBy("split").count().collect()}
+        images_ok = int(sum(splits.values()))
+        if images_ok < 2:
+            raise InputError(f"only {images_ok} usable image(s) under {input_uri}: nothing to fit")
+        classes = ok.select("label").distinct().count()
+
+        with timer("reduce"):
+            train = ok.where(F.col("split") == "train") if splits.get("train") else ok
+            reducer = fit_reducer(train, cfg.reduce)
+            reducer.transform(ok).select("path", "label", "split", "features", "pca").write.parquet(
+                join(staging, "images.parquet")
+            )
+            reducer.model.write().overwrite().save(join(staging, "models", "scaler_pca"))
+            images = spark.read.parquet(join(staging, "images.parquet"))
+            log.info(
+                "reduce: k=%d keeps %.2f%% of the variance", reducer.k, 100 * reducer.cumulative
+            )
+
+        with timer("write_csv"):
+            pcs = [F.element_at("pca", i + 1).alias(f"pc_{i + 1}") for i in range(reducer.k)]
+            _single_csv(
+                store, images.select("path", "label", "split", *pcs), join(staging, "pca.csv")
+            )
+
+        models_dir = local / "models"
+        save_artifact(artifact, models_dir)
+        plots = local / "plots"
+        plots.mkdir()
+        evaluation = None
+        if cfg.classify and splits.get("test") and classes >= 2:
+            with timer("classify"):
+                from fruits.classify import evaluate, fit_classifier
+
+                model = fit_classifier(
+                    images.where(F.col("split") == "train") if splits.get("train") else images
+                )
+                model.write().overwrite().save(join(staging, "models", "classifier"))
+                evaluation = evaluate(model, images.where(F.col("split") == "test"))
+                plot_confusion(
+                    evaluation.labels, evaluation.confusion, plots / "confusion_matrix.png"
+                )
+                log.info(
+                    "classify: test accuracy %.4f, macro-F1 %.4f",
+                    evaluation.accuracy,
+                    evaluation.macro_f1,
+                )
+
+        with timer("report"):
+            plot_explained_variance(
+                reducer.explained_variance, reducer.k,
+                None if cfg.reduce.k else cfg.reduce.variance, plots / "explained_variance.png",
+            )  # fmt: skip
+            _scatter(images, images_ok, plots / "pca_scatter.png")
+            total = time.perf_counter() - t0
+            report.update(
+                {
+                    "images_total": images_total,
+                    "images_ok": images_ok,
+                    "images_quarantined": n_bad,
+                    "images_by_split": splits,
+                    "classes": classes,
+                    "feature_dim": artifact.spec.feature_dim,
+                    "pca_k": reducer.k,
+                    "pca_explained_variance": round(reducer.cumulative, 6),
+                    "pca_variance_target": None if cfg.reduce.k else cfg.reduce.variance,
+                    "pca_fitted_on": "train" if splits.get("train") else "all",
+                    "accuracy": evaluation.accuracy if evaluation else None,
+                    "macro_f1": evaluation.macro_f1 if evaluation else None,
+                    "classification": evaluation.summary() if evaluation else None,
+                    "stage_seconds": timer.seconds,
+                    "total_seconds": round(total, 3),
+                    "images_per_second": round(images_total / total, 2),
+                    "featurize_images_per_second": round(
+                        images_total / max(timer.seconds["featurize"], 1e-9), 2
+                    ),
+                    "featurizer": {
+                        **artifact.describe(),
+                        "image_size": cfg.featurizer.image_size,
+                        "precision": cfg.featurizer.precision,
+                        "channels_last": cfg.featurizer.channels_last,
+                        "batch_size": cfg.featurizer.batch_size,
+                        "threads_per_task": threads,
+                    },
+                    "spark": {
+                        "version": spark.version,
+                        "master": spark.sparkContext.master,
+                        "default_parallelism": spark.sparkContext.defaultParallelism,
+                        "arrow_max_records_per_batch": spark.conf.get(
+                            "spark.sql.execution.arrow.maxRecordsPerBatch"
+                        ),
+                    },
+                    "config": cfg.to_dict(),
+                    "versions": {"fruits": __version__, "python": platform.python_version()},
+                    "started_at": started.isoformat(),
+                    "finished_at": datetime.now(UTC).isoformat(),
+                }
+            )
+            write_json(report, local / "report.json")
+            for item in ("models", "plots", "report.json"):
+                store.put(local / item, join(staging, item))
+            store.delete(join(staging, "_work"))
+            write_json(
+                {"run_id": run_id, "finished_at": report["finished_at"]}, local / "_SUCCESS.json"
+            )
+            store.put(local / "_SUCCESS.json", join(staging, "_SUCCESS.json"))
+
+        publish(store, staging, output, run_id)
+        log.info("run %s published to %s", run_id, output)
+        return RunResult(output=output, report=report)
+    except BaseException:
+        _quietly(lambda: store.delete(staging))
+        raise
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _write_featurized(featurized: DataFrame, uri: str) -> None:
+    """Materialise the CNN output once; `--on-error fail` surfaces here as a one-line error."""
+    try:
+        featurized.write.parquet(uri)
+    except Exception as exc:
+        text = str(exc)
+        if IMAGE_FAILURE_TAG in text:
+            line = text.split(IMAGE_FAILURE_TAG, 1)[1].splitlines()[0].strip()
+            raise ImageFailure(line) from None
+        raise
+
+
+def _single_csv(store: Store, df: DataFrame, uri: str) -> None:
+    """One plain CSV file with a header (a Spark CSV folder, renamed to a file)."""
+    tmp = uri + ".parts"
+    df.coalesce(1).write.option("header", "true").csv(tmp)
+    parts = [p for p in store.list(tmp) if p.rstrip("/").rpartition("/")[2].startswith("part-")]
+    if len(parts) != 1:
+        raise RuntimeError(f"expected one CSV part in {tmp}, found {len(parts)}")
+    store.rename(parts[0], uri)
+    store.delete(tmp)
+
+
+def _scatter(images: DataFrame, n: int, path: Path) -> None:
+    import numpy as np
+
+    fraction = min(1.0, SCATTER_SAMPLE / max(n, 1))
+    rows = (
+        images.sample(fraction=fraction, seed=7)
+        .select("label", F.slice("pca", 1, 2).alias("xy"))
+        .collect()
+    )
+    pts = np.asarray([r["xy"] + [0.0] * (2 - len(r["xy"])) for r in rows], dtype=float).reshape(
+        -1, 2
+    )
+    plot_scatter(pts, [r["label"] for r in rows], path)
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        log.debug("clean-up failed", exc_info=True)

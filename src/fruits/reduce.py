@@ -1,0 +1,92 @@
+"""Reduce: StandardScaler (centring: Spark's PCA does not centre) + PCA, fitted on the train
+split, k chosen from an explained-variance target unless fixed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import PCA, StandardScaler
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from fruits.config import ReduceConfig
+
+VEC = "_features_vec"
+SCALED = "_scaled"
+PCA_VEC = "_pca_vec"
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """The fitted scaler + PCA, and what choosing k looked like (for the report and plots)."""
+
+    model: PipelineModel
+    k: int
+    explained_variance: list[float]  # per component, for every candidate k that was computed
+
+    @property
+    def cumulative(self) -> float:
+        return float(np.sum(self.explained_variance[: self.k]))
+
+    def transform(
+        self, df: DataFrame, *, features: str = "features", out: str = "pca"
+    ) -> DataFrame:
+        """Adds `out` (array<float>, k) next to the original columns."""
+        vec = df.withColumn(VEC, array_to_vector(F.col(features)))
+        projected = self.model.transform(vec)
+        return projected.withColumn(out, vector_to_array(F.col(PCA_VEC), "float32")).drop(
+            VEC, SCALED, PCA_VEC
+        )
+
+
+def choose_k(explained: np.ndarray, target: float) -> int:
+    """Smallest k whose cumulative explained variance reaches `target` (all if none does)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"variance target must be in (0, 1], got {target}")
+    cum = np.cumsum(explained)
+    hits = np.nonzero(cum >= target - 1e-12)[0]
+    return int(hits[0] + 1) if len(hits) else len(explained)
+
+
+def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "features") -> Reducer:
+    """Fit on `train` only. With a variance target, a first PCA at the largest useful k gives
+    every component's share; the second fit keeps the chosen k (both cost one pass over the
+    cached, scaled rows plus a d x d eigendecomposition on the driver)."""
+    vec = train.select(array_to_vector(F.col(features)).alias(VEC))
+    scaler = StandardScaler(inputCol=VEC, outputCol=SCALED, withMean=True, withStd=cfg.scale_std)
+    scaler_model = scaler.fit(vec)
+    scaled = scaler_model.transform(vec).select(SCALED).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n = scaled.count()
+        dim = len(scaler_model.mean)
+        if n < 2:
+            raise ValueError(f"PCA needs at least 2 training images, got {n}")
+        k_max = min(dim, n)
+        if cfg.k is not None:
+            if not 1 <= cfg.k <= k_max:
+                raise ValueError(f"--pca-k must be between 1 and {k_max}, got {cfg.k}")
+            k_probe = cfg.k
+        else:
+            k_probe = k_max
+        probe = PCA(k=k_probe, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
+        explained = np.asarray(probe.explainedVariance.toArray())
+        k = cfg.k if cfg.k is not None else choose_k(explained, cfg.variance)
+        pca_model = (
+            probe if k == k_probe else PCA(k=k, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
+        )
+    finally:
+        scaled.unpersist()
+    return Reducer(PipelineModel(stages=[scaler_model, pca_model]), k, explained.tolist())
+
+
+def load_reducer(path: str, explained_variance: list[float] | None = None) -> Reducer:
+    """Reload a saved scaler + PCA (e.g. to project new images without refitting)."""
+    model = PipelineModel.load(path)
+    pca = model.stages[-1]
+    k = int(pca.getK())
+    ev = explained_variance or pca.explainedVariance.toArray().tolist()
+    return Reducer(model, k, list(ev))
