@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 UNREADABLE = "unreadable: the file could not be read (permissions, I/O error or deleted mid-run)"
 IMAGE_FAILURE_TAG = "FruitsImageFailure:"
 SCATTER_SAMPLE = 5000
+# length + modification_time identify a file's version, for incremental runs.
+KEY_COLUMNS = ("path", "label", "split", "length", "modification_time")
+OUTPUT_COLUMNS = ("path", "label", "split", "features", "pca", "length", "modification_time")
 
 
 class ImageFailure(RuntimeError):
@@ -122,8 +125,8 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             )  # fmt: skip
             work = join(staging, "_work", "featurized.parquet")
             featurized = ingested.files.select(
-                "path", "label", "split", udf("path", "content").alias("r")
-            ).select("path", "label", "split", "r.features", F.col("r.error").alias("reason"))
+                *KEY_COLUMNS, udf("path", "content").alias("r")
+            ).select(*KEY_COLUMNS, "r.features", F.col("r.error").alias("reason"))
             _write_featurized(featurized, work)
             feats = spark.read.parquet(work)
             ok = feats.where(F.col("reason").isNull()).drop("reason")
@@ -160,7 +163,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         with timer("reduce"):
             train = ok.where(F.col("split") == "train") if splits.get("train") else ok
             reducer = fit_reducer(train, cfg.reduce)
-            reducer.transform(ok).select("path", "label", "split", "features", "pca").write.parquet(
+            reducer.transform(ok).select(*OUTPUT_COLUMNS).write.parquet(
                 join(staging, "images.parquet")
             )
             reducer.model.write().overwrite().save(join(staging, "models", "scaler_pca"))

@@ -1,0 +1,42 @@
+# Fruits! image pipeline. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= fruits-output
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test test-fast lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/fruits: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[serve,azure,dev]"
+	@touch $@
+
+venv: $(BIN)/fruits  ## create .venv and install the package with every extra
+
+run: $(BIN)/fruits  ## run the pipeline on the bundled sample, outputs in ./fruits-output
+	$(BIN)/fruits run --output $(OUT)
+
+test: $(BIN)/fruits  ## the whole test suite (what CI runs)
+	$(BIN)/pytest
+
+test-fast: $(BIN)/fruits  ## skip the slow tests
+	$(BIN)/pytest -m "not slow"
+
+lint: $(BIN)/fruits  ## ruff lint + format check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(BIN)/fruits  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+bench: $(BIN)/fruits  ## featurization benchmark on ../shared/datasets/fruits-360-dev
+	$(BIN)/python bench/featurize.py
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf $(OUT) .pytest_cache .ruff_cache build dist src/*.egg-info spark-warehouse
