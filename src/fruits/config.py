@@ -59,6 +59,8 @@ class PipelineConfig:
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     classify: bool = True
+    incremental: bool = False  # process only new/changed files, project with the saved PCA
+    refit: bool = False  # with `incremental`: refit scaler + PCA + classifier on every image
     storage: Literal["auto", "hadoop", "fsspec"] = "auto"
     arrow_max_records: int = 256
     arrow_max_bytes: int = 64 * 1024 * 1024
