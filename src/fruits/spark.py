@@ -39,6 +39,9 @@ def default_conf(
         "spark.sql.files.maxPartitionBytes": str(max_partition),
         # Small files count as this many bytes when packing partitions: ~N files per task.
         "spark.sql.files.openCostInBytes": str(max(4096, max_partition // files_per_partition)),
+        # Listing: a Spark job per folder level lists the folders, but not one task per folder
+        # (the default): with 141 class folders that is 280 tiny tasks, 3x slower locally.
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "16",
         "spark.sql.adaptive.enabled": "true",
         "spark.python.worker.reuse": "true",
         "spark.sql.session.timeZone": "UTC",
