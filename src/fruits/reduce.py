@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCA, StandardScaler
+from pyspark.ml.feature import PCA, PCAModel, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -54,33 +55,49 @@ def choose_k(explained: np.ndarray, target: float) -> int:
 
 def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "features") -> Reducer:
     """Fit on `train` only. With a variance target, a first PCA at the largest useful k gives
-    every component's share; the second fit keeps the chosen k (both cost one pass over the
-    cached, scaled rows plus a d x d eigendecomposition on the driver)."""
+    every component's share; the second fit keeps the chosen k (each fit is one pass over the
+    cached, scaled rows plus a d x d decomposition on the driver)."""
     vec = train.select(array_to_vector(F.col(features)).alias(VEC))
     scaler = StandardScaler(inputCol=VEC, outputCol=SCALED, withMean=True, withStd=cfg.scale_std)
     scaler_model = scaler.fit(vec)
     scaled = scaler_model.transform(vec).select(SCALED).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         n = scaled.count()
-        dim = len(scaler_model.mean)
+        std = np.asarray(scaler_model.std.toArray())
         if n < 2:
             raise ValueError(f"PCA needs at least 2 training images, got {n}")
-        k_max = min(dim, n)
-        if cfg.k is not None:
-            if not 1 <= cfg.k <= k_max:
-                raise ValueError(f"--pca-k must be between 1 and {k_max}, got {cfg.k}")
-            k_probe = cfg.k
-        else:
-            k_probe = k_max
+        k_max = min(len(std), n)
+        if cfg.k is not None and not 1 <= cfg.k <= k_max:
+            raise ValueError(f"--pca-k must be between 1 and {k_max}, got {cfg.k}")
+        # Total variance of the scaled data: 1 per non-constant feature, or the raw variances.
+        total = float(np.count_nonzero(std)) if cfg.scale_std else float(np.sum(std**2))
+        k_probe = cfg.k if cfg.k is not None else k_max
         probe = PCA(k=k_probe, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
-        explained = np.asarray(probe.explainedVariance.toArray())
+        explained = _projected_share(probe, scaled, total)
         k = cfg.k if cfg.k is not None else choose_k(explained, cfg.variance)
-        pca_model = (
-            probe if k == k_probe else PCA(k=k, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
-        )
+        if k == k_probe:
+            pca_model = probe
+        else:
+            pca_model = PCA(k=k, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
+            explained[:k] = _projected_share(pca_model, scaled, total)
     finally:
         scaled.unpersist()
     return Reducer(PipelineModel(stages=[scaler_model, pca_model]), k, explained.tolist())
+
+
+def _projected_share(model: PCAModel, scaled: DataFrame, total: float) -> np.ndarray:
+    """Each component's share of the total variance, measured on the projected rows.
+
+    Spark's own `explainedVariance` divides by the sum of *all* singular values of the
+    covariance; with fewer images than features most of them are numerical noise, and we saw
+    that sum come out up to 2.3x too large (the pure-Java LAPACK here), which shrank every
+    share and inflated k. Variances of the projections do not depend on that sum.
+    """
+    proj = model.transform(scaled).select(PCA_VEC)
+    row = proj.select(Summarizer.metrics("variance").summary(F.col(PCA_VEC)).alias("s")).first()
+    assert row is not None
+    variance = np.asarray(row["s"]["variance"].toArray())
+    return variance / total if total > 0 else np.zeros_like(variance)
 
 
 def load_reducer(path: str, explained_variance: list[float] | None = None) -> Reducer:
@@ -88,5 +105,5 @@ def load_reducer(path: str, explained_variance: list[float] | None = None) -> Re
     model = PipelineModel.load(path)
     pca = model.stages[-1]
     k = int(pca.getK())
-    ev = explained_variance or pca.explainedVariance.toArray().tolist()
+    ev = explained_variance or pca.explainedVariance.toArray().tolist()  # see _projected_share
     return Reducer(model, k, list(ev))

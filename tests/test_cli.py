@@ -1,0 +1,68 @@
+"""The CLI as a user meets it, through Typer's test runner."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from fruits.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def tiny_input(tmp_path, sample_dir):
+    root = tmp_path / "in"
+    for cls in ("Kiwi 1", "Orange 1"):
+        for split, n in (("Training", 3), ("Test", 1)):
+            dst = root / split / cls
+            dst.mkdir(parents=True)
+            for f in sorted((sample_dir / split / cls).iterdir())[:n]:
+                shutil.copy(f, dst / f.name)
+    return root
+
+
+def test_run_prints_a_summary_and_where_it_wrote(spark, tiny_input, tmp_path):
+    out = tmp_path / "result"
+    res = runner.invoke(
+        app, ["run", "--input", str(tiny_input), "--output", str(out), "--pca-k", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    summary = json.loads(lines[-2])
+    assert summary["images_ok"] == 8 and summary["images_quarantined"] == 0
+    assert summary["classes"] == 2 and summary["pca_k"] == 2
+    assert lines[-1] == f"outputs written to {out}"
+
+
+def test_missing_input_is_one_line_and_exit_2(spark, tmp_path):
+    res = runner.invoke(
+        app, ["run", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"error: input not found: {tmp_path / 'missing'}"
+
+
+def test_empty_input_is_one_line_and_exit_2(spark, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(
+        app, ["run", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2
+    assert res.stderr.strip().startswith("error: no images under")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_java_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = runner.invoke(app, ["run", "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert res.stderr.strip().startswith("error: Java was not found")
+
+
+def test_bad_option_value_is_rejected(tmp_path):
+    res = runner.invoke(app, ["run", "--on-error", "ignore", "--output", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "--on-error must be quarantine or fail" in res.output
