@@ -1,0 +1,419 @@
+"""Azure Storage locations and credentials: one place that parses the URI forms users paste,
+picks a credential from the environment, and keeps secrets out of logs, errors and reports.
+
+Accepted locations (all name a container and a path inside it):
+
+- `abfss://container@account.dfs.core.windows.net/path` (ADLS Gen2, what Databricks uses;
+  `abfs`, `wasb`, `wasbs` are accepted too),
+- `az://container/path` (fsspec/adlfs style; the account comes from the environment),
+- `https://account.blob.core.windows.net/container/path`, and the emulator's path-style
+  `http://127.0.0.1:10000/account/container/path`.
+
+Credentials, first match wins: `AZURE_STORAGE_CONNECTION_STRING`; `AZURE_STORAGE_ACCOUNT_KEY`;
+`AZURE_STORAGE_SAS_TOKEN` (both with `AZURE_STORAGE_ACCOUNT_NAME` or the URI's account); else
+`azure.identity.DefaultAzureCredential` (managed identity, workload identity, `az login`).
+The Azure SDKs are imported inside functions so `import fruits` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
+ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
+SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
+SECRET_ENV = (CONNECTION_STRING, ACCOUNT_KEY, SAS_TOKEN)
+
+HADOOP_SCHEMES = ("abfss", "abfs", "wasbs", "wasb")
+DEFAULT_SUFFIX = "core.windows.net"
+REDACTED = "***"
+
+CredentialKind = Literal["connection_string", "account_key", "sas_token", "default"]
+
+
+class AzureError(ValueError):
+    """An Azure location or credential problem we can explain in one (secret-free) line."""
+
+
+@dataclass(frozen=True)
+class AzureLocation:
+    """A parsed Azure Storage location; `uri` keeps the user's spelling for messages and paths."""
+
+    uri: str
+    container: str
+    path: str  # inside the container, no leading or trailing slash; "" for the container root
+    account: str | None = None
+    endpoint: str | None = None  # blob service URL when the URI names it (https forms)
+    suffix: str = DEFAULT_SUFFIX  # e.g. core.windows.net; sovereign clouds differ
+
+    @property
+    def blob_prefix(self) -> str:
+        """`container/path`: how adlfs names this location."""
+        return f"{self.container}/{self.path}".rstrip("/")
+
+    def child(self, relative: str) -> str:
+        """The user-facing URI of a file below this location."""
+        return self.uri.rstrip("/") + "/" + relative.lstrip("/")
+
+    def blob_name(self, relative: str = "") -> str:
+        """The blob name (inside the container) of a file below this location."""
+        return "/".join(p for p in (self.path, relative.strip("/")) if p)
+
+    def abfss(self, account: str | None = None) -> str:
+        """The same place as an `abfss://` URI, for Spark's Hadoop connector."""
+        acct = account or self.account
+        if not acct:
+            raise AzureError(
+                f"{redact(self.uri)} names no storage account: set {ACCOUNT_NAME} or use "
+                "abfss://container@account.dfs.core.windows.net/path"
+            )
+        tail = f"/{self.path}" if self.path else "/"
+        return f"abfss://{self.container}@{acct}.dfs.{self.suffix}{tail}"
+
+
+def scheme_of(uri: str) -> str:
+    head = uri.split("/", 1)[0]
+    return head[:-1].lower() if head.endswith(":") else ""
+
+
+def is_azure_uri(uri: str) -> bool:
+    """True for every form `parse_uri` accepts (a cheap check, no credentials involved)."""
+    try:
+        parse_uri(uri)
+    except AzureError:
+        return False
+    return True
+
+
+def parse_uri(uri: str) -> AzureLocation:
+    """Parse one of the accepted forms; anything else is an `AzureError` naming the forms."""
+    scheme = scheme_of(uri)
+    parts = urlsplit(uri)
+    path = parts.path.strip("/")
+    if scheme in HADOOP_SCHEMES:
+        container, at, host = parts.netloc.partition("@")
+        account, _, rest = host.partition(".")
+        service, _, suffix = rest.partition(".")
+        if not at or not container or not account or service not in ("dfs", "blob"):
+            raise AzureError(
+                f"not an Azure URI: {redact(uri)} (expected "
+                f"{scheme}://container@account.dfs.core.windows.net/path)"
+            )
+        return AzureLocation(uri, container, path, account, None, suffix or DEFAULT_SUFFIX)
+    if scheme in ("az", "abfs+az"):
+        if not parts.netloc:
+            raise AzureError(f"not an Azure URI: {redact(uri)} (expected az://container/path)")
+        return AzureLocation(uri, parts.netloc, path)
+    if scheme in ("https", "http"):
+        host = (parts.hostname or "").lower()
+        if parts.query:
+            raise AzureError(
+                "put the SAS token in AZURE_STORAGE_SAS_TOKEN, not in the URL "
+                f"({redact(uri)}): URLs end up in logs and reports"
+            )
+        labels = host.split(".")
+        if len(labels) >= 4 and labels[1] in ("blob", "dfs"):
+            container, _, inner = path.partition("/")
+            if not container:
+                raise AzureError(f"the URL names no container: {redact(uri)}")
+            service = "blob"
+            endpoint = f"{scheme}://{labels[0]}.{service}.{'.'.join(labels[2:])}"
+            if parts.port:
+                endpoint += f":{parts.port}"
+            return AzureLocation(uri, container, inner, labels[0], endpoint, ".".join(labels[2:]))
+        if host in ("127.0.0.1", "localhost", "::1") or host.startswith("azurite"):
+            account, _, rest = path.partition("/")
+            container, _, inner = rest.partition("/")
+            if not account or not container:
+                raise AzureError(
+                    f"expected {scheme}://host:port/account/container/path, got {redact(uri)}"
+                )
+            endpoint = f"{scheme}://{parts.netloc}/{account}"
+            return AzureLocation(uri, container, inner, account, endpoint)
+    raise AzureError(
+        f"not an Azure Storage location: {redact(uri)} (use abfss://container@account."
+        "dfs.core.windows.net/path, az://container/path or "
+        "https://account.blob.core.windows.net/container/path)"
+    )
+
+
+def parse_connection_string(text: str) -> dict[str, str]:
+    """`k=v;k=v` into a dict with the keys' usual case; values may contain `=` (keys, SAS)."""
+    out: dict[str, str] = {}
+    for item in text.split(";"):
+        key, sep, value = item.strip().partition("=")
+        if sep and key:
+            out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """What to authenticate with; secrets are kept out of `repr`, so logging one is safe."""
+
+    kind: CredentialKind
+    account: str | None
+    account_url: str | None
+    connection_string: str | None = None
+    account_key: str | None = None
+    sas_token: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(kind={self.kind!r}, account={self.account!r}, url={self.account_url!r})"
+        )
+
+    __str__ = __repr__
+
+    def describe(self) -> str:
+        """One secret-free line for logs: which kind of credential, which account."""
+        return f"{self.kind} for account {self.account or '?'} ({self.account_url or 'default'})"
+
+    def secrets(self) -> list[str]:
+        found = [s for s in (self.account_key, self.sas_token) if s]
+        if self.connection_string:
+            cs = parse_connection_string(self.connection_string)
+            found += [cs[k] for k in ("AccountKey", "SharedAccessSignature") if cs.get(k)]
+            found.append(self.connection_string)
+        return found
+
+    def blob_service(self) -> Any:
+        """An `azure.storage.blob.BlobServiceClient` for this account."""
+        from azure.storage.blob import BlobServiceClient
+
+        if self.kind == "connection_string":
+            return BlobServiceClient.from_connection_string(self.connection_string or "")
+        if self.kind == "account_key":
+            cred: Any = {"account_name": self.account, "account_key": self.account_key}
+            return BlobServiceClient(self.account_url or "", credential=cred)
+        if self.kind == "sas_token":
+            return BlobServiceClient(self.account_url or "", credential=self.sas_token)
+        return BlobServiceClient(self.account_url or "", credential=_default_credential())
+
+    def filesystem(self) -> Any:
+        """An `adlfs.AzureBlobFileSystem` (fsspec) for this account, never reading env itself."""
+        from adlfs import AzureBlobFileSystem
+
+        common: dict[str, Any] = {"skip_instance_cache": True}
+        if self.kind == "default":
+            host = urlsplit(self.account_url or "").netloc or None
+            return AzureBlobFileSystem(
+                account_name=self.account, credential=_default_credential(), account_host=host,
+                **common,
+            )  # fmt: skip
+        return AzureBlobFileSystem(connection_string=self.as_connection_string(), **common)
+
+    def as_connection_string(self) -> str:
+        """Key and SAS credentials as a connection string: the one form that also carries a
+        custom endpoint (the emulator, sovereign clouds) through adlfs."""
+        if self.kind == "connection_string":
+            return self.connection_string or ""
+        scheme = urlsplit(self.account_url or "https://").scheme or "https"
+        parts = [f"DefaultEndpointsProtocol={scheme}", f"BlobEndpoint={self.account_url}"]
+        if self.kind == "account_key":
+            parts += [f"AccountName={self.account}", f"AccountKey={self.account_key}"]
+        elif self.kind == "sas_token":
+            parts.append(f"SharedAccessSignature={(self.sas_token or '').lstrip('?')}")
+        return ";".join(parts)
+
+
+def _default_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+def _connection_endpoint(cs: Mapping[str, str]) -> tuple[str | None, str | None]:
+    account = cs.get("AccountName")
+    endpoint = cs.get("BlobEndpoint")
+    if not endpoint and account:
+        protocol = cs.get("DefaultEndpointsProtocol", "https")
+        endpoint = f"{protocol}://{account}.blob.{cs.get('EndpointSuffix', DEFAULT_SUFFIX)}"
+    if endpoint and not account:
+        parsed = urlsplit(endpoint)
+        host = parsed.hostname or ""
+        account = (
+            parsed.path.strip("/").split("/")[0]
+            if host in ("127.0.0.1", "localhost")
+            else host.split(".")[0]
+        ) or None
+    return account, endpoint.rstrip("/") if endpoint else None
+
+
+def resolve_credentials(
+    location: AzureLocation | None = None, env: Mapping[str, str] | None = None
+) -> Credentials:
+    """Pick the credential for `location` from `env` (default: the process environment).
+
+    A connection string is used only when it is for the location's account (or the location
+    names none), so a stray emulator connection string never authenticates a real account.
+    """
+    env = os.environ if env is None else env
+    wanted = location.account if location else None
+    conn = env.get(CONNECTION_STRING, "").strip()
+    if conn:
+        cs = parse_connection_string(conn)
+        account, endpoint = _connection_endpoint(cs)
+        if not (cs.get("AccountKey") or cs.get("SharedAccessSignature")) or not endpoint:
+            raise AzureError(
+                f"{CONNECTION_STRING} is malformed: it needs AccountName and AccountKey, or "
+                "BlobEndpoint and SharedAccessSignature"
+            )
+        if wanted is None or account is None or account.lower() == wanted.lower():
+            return Credentials("connection_string", account or wanted, endpoint, conn)
+    account = wanted or env.get(ACCOUNT_NAME, "").strip() or None
+    if location is not None and location.endpoint:
+        url = location.endpoint
+    elif account:
+        suffix = location.suffix if location else DEFAULT_SUFFIX
+        url = f"https://{account}.blob.{suffix}"
+    else:
+        url = None
+    key = env.get(ACCOUNT_KEY, "").strip()
+    sas = env.get(SAS_TOKEN, "").strip().lstrip("?")
+    if (key or sas) and not account:
+        raise AzureError(
+            f"{ACCOUNT_KEY if key else SAS_TOKEN} is set but no account is known: set "
+            f"{ACCOUNT_NAME} or use a URI that names the account"
+        )
+    if key:
+        return Credentials("account_key", account, url, account_key=key)
+    if sas:
+        return Credentials("sas_token", account, url, sas_token=sas)
+    if not account:
+        raise AzureError(
+            f"no storage account: set {ACCOUNT_NAME} (or {CONNECTION_STRING}), or use "
+            "abfss://container@account.dfs.core.windows.net/path"
+        )
+    return Credentials("default", account, url)
+
+
+# --- keeping secrets out of text -------------------------------------------------------------
+
+_PATTERNS = [
+    # connection-string fields and SAS signatures, whatever their value
+    re.compile(r"(?i)(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;\s'\"]+"),
+    re.compile(r"(?i)([?&;]sig=)[^&\s'\";]+"),
+    re.compile(r"(?i)(\bsig%3D)[^&\s'\";]+"),
+    re.compile(
+        r"(?i)(\"?(?:account_key|sas_token|credential|Authorization)\"?\s*[:=]\s*)"
+        r"(['\"]?)[^'\"\s,}]{16,}"
+    ),
+]
+
+
+def _env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    found: list[str] = []
+    for name in SECRET_ENV:
+        value = env.get(name, "").strip()
+        if not value:
+            continue
+        found.append(value)
+        if name == CONNECTION_STRING:
+            cs = parse_connection_string(value)
+            found += [cs[k] for k in ("AccountKey", "SharedAccessSignature") if cs.get(k)]
+        if name == SAS_TOKEN:
+            found.append(value.lstrip("?"))
+    return found
+
+
+def redact(text: object, extra: Iterable[str] = ()) -> str:
+    """`text` with every known secret replaced by `***`: the values of the credential
+    variables, `extra`, and anything shaped like a key or SAS signature."""
+    out = str(text)
+    secrets = sorted({s for s in [*_env_secrets(), *extra] if s and len(s) >= 8}, key=len)
+    for secret in reversed(secrets):  # longest first, so a connection string goes whole
+        out = out.replace(secret, REDACTED)
+    out = _PATTERNS[0].sub(lambda m: f"{m.group(1)}={REDACTED}", out)
+    out = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = _PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = _PATTERNS[3].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)
+    return out
+
+
+_SECRET_KEY = re.compile(r"(?i)(key|secret|token|sas|password|credential|signature)")
+
+
+def redact_conf(value: Any) -> Any:
+    """A copy of a config mapping (nested) with secret-looking settings masked, e.g. a
+    `--conf fs.azure.account.key.<account>...=...` that would otherwise land in report.json."""
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED
+            if isinstance(v, str) and v and _SECRET_KEY.search(str(k))
+            else redact_conf(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_conf(v) for v in value)
+    return redact(value) if isinstance(value, str) else value
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites every record's final text through `redact` (messages and tracebacks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            import traceback
+
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_info = None
+        return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Attach `RedactingFilter` to the handlers of `logger` (default: root), once each."""
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+# --- one-line errors ---------------------------------------------------------------------------
+
+
+def explain(
+    exc: BaseException, location: AzureLocation | None = None, account: str | None = None
+) -> str:
+    """A one-line, secret-free reason for an Azure failure (missing container, refused
+    credential, unreachable endpoint), else the exception's first line."""
+    where = f" ({redact(location.uri)})" if location else ""
+    name_ = account or (location.account if location else None)
+    account = f"account {name_!r}" if name_ else "the storage account"
+    text = str(exc)
+    code = str(getattr(exc, "error_code", "") or "")
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    if code == "ContainerNotFound" or "ContainerNotFound" in text:
+        container = location.container if location else "?"
+        return f"container {container!r} not found in {account}{where}"
+    if code == "BlobNotFound" or isinstance(exc, FileNotFoundError):
+        return f"not found{where}"
+    if (
+        status in (401, 403)
+        or code
+        in ("AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch")
+        or name in ("ClientAuthenticationError", "CredentialUnavailableError")
+    ):
+        return f"credential refused by {account}{where}: check the key, SAS token or role"
+    if name in ("ServiceRequestError", "ClientConnectorError", "ConnectionError") or any(
+        s in text for s in ("Failed to establish", "Connection refused", "Name or service not")
+    ):
+        return f"storage endpoint unreachable{where}: check the account name and network"
+    first = text.strip().splitlines()[0] if text.strip() else name
+    return redact(f"{first}{where}")

@@ -1,0 +1,419 @@
+"""Azure (or any fsspec) paths when Spark itself cannot read them, e.g. a laptop without the
+hadoop-azure connector.
+
+Input: files are listed with fsspec on the driver (one listing call, sizes and times included)
+and read on the executors by a pandas UDF, giving the same columns as `ingest.read_images`.
+Output: the run is written to a local temporary folder as usual and uploaded at publish time,
+into a staging prefix that is then renamed into place, with `_SUCCESS.json` uploaded last.
+
+`plan_storage` picks Hadoop or fsspec per location (`--storage auto|hadoop|fsspec`); the
+pipeline only calls the plan's methods. Credentials reach executors inside the UDF's closure
+(pickled with the task), never through Spark conf, and their `repr` is redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from fruits import azure
+from fruits.ingest import Ingested, InputError, label_col, split_col
+from fruits.storage import publish, split_parent, staging_uri
+
+log = logging.getLogger(__name__)
+
+StorageMode = Literal["auto", "hadoop", "fsspec"]
+LISTING_SCHEMA = T.StructType(
+    [
+        T.StructField("path", T.StringType(), False),
+        T.StructField("_fs_path", T.StringType(), False),
+        T.StructField("length", T.LongType(), False),
+        T.StructField("modification_time", T.TimestampType(), True),
+    ]
+)
+_FILESYSTEMS: dict[Any, Any] = {}  # per Python worker: one client per account
+
+
+# --- which file system opens a location -------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class FsSpec:
+    """A picklable recipe for an fsspec file system: Azure credentials, or a protocol."""
+
+    credentials: azure.Credentials | None = None
+    protocol: str = "file"
+
+    def __repr__(self) -> str:
+        return f"FsSpec({self.credentials!r}, protocol={self.protocol!r})"
+
+    def open(self) -> Any:
+        """The file system, built once per process (executors reuse it across tasks)."""
+        fs = _FILESYSTEMS.get(self)
+        if fs is None:
+            if self.credentials is not None:
+                fs = self.credentials.filesystem()
+            else:
+                import fsspec
+
+                fs = fsspec.filesystem(self.protocol)
+            _FILESYSTEMS[self] = fs
+        return fs
+
+
+@dataclass(frozen=True)
+class Location:
+    """A user-facing URI, the file system that serves it, and its path on that file system."""
+
+    uri: str
+    spec: FsSpec
+    root: str  # path for fsspec calls
+
+    def fs(self) -> Any:
+        return self.spec.open()
+
+    def to_fs(self, uri: str) -> str:
+        """Map a URI below this location (user form) to its fsspec path."""
+        base = self.uri.rstrip("/")
+        if uri.rstrip("/") == base:
+            return self.root
+        if not uri.startswith(base + "/"):
+            raise ValueError(f"{azure.redact(uri)} is not below {azure.redact(self.uri)}")
+        return self.root.rstrip("/") + "/" + uri[len(base) + 1 :]
+
+    def to_uri(self, fs_path: str) -> str:
+        root = self.root.rstrip("/")
+        rel = fs_path[len(root) :].lstrip("/") if fs_path.startswith(root) else fs_path
+        return self.uri.rstrip("/") + ("/" + rel if rel else "")
+
+
+def locate(uri: str, env: Any = None) -> Location:
+    """Azure URIs get credentials from the environment; other URIs use fsspec's own protocols."""
+    if azure.is_azure_uri(uri):
+        loc = azure.parse_uri(uri)
+        creds = azure.resolve_credentials(loc, env)
+        return Location(uri, FsSpec(credentials=creds), loc.blob_prefix)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return Location(uri, FsSpec(protocol=protocol), path)
+
+
+# --- Store ----------------------------------------------------------------------------------------
+
+
+class FsspecStore:
+    """The `storage.Store` operations on fsspec, for URIs below one root location.
+
+    Blob storage has no real folders: a "folder" exists while a blob exists below it, and a
+    rename is a server-side copy then a delete (atomic per blob, not per folder, so readers
+    rely on `_SUCCESS.json` as everywhere else).
+    """
+
+    def __init__(self, root: Location) -> None:
+        self.root = root
+
+    def _loc(self, uri: str) -> tuple[Any, str]:
+        return self.root.fs(), self.root.to_fs(uri)
+
+    def exists(self, uri: str) -> bool:
+        fs, p = self._loc(uri)
+        fs.invalidate_cache()
+        return bool(fs.exists(p))
+
+    def delete(self, uri: str) -> None:
+        fs, p = self._loc(uri)
+        fs.invalidate_cache()
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = self._loc(src)
+        _, d = self._loc(dst)
+        fs.invalidate_cache()
+        if fs.isdir(s):
+            files = fs.find(s)
+            fs.copy(files, [d + f[len(s) :] for f in files])  # one batch, concurrent in adlfs
+            fs.rm(s, recursive=True)
+        else:
+            fs.mv(s, d)
+        fs.invalidate_cache()
+
+    def put(self, local: str | Path, uri: str) -> None:
+        fs, p = self._loc(uri)
+        src = Path(local)
+        if src.is_dir():
+            for f in sorted(x for x in src.rglob("*") if x.is_file()):
+                fs.put_file(str(f), p + "/" + f.relative_to(src).as_posix())
+        else:
+            fs.put_file(str(src), p)
+
+    def get(self, uri: str, local: str | Path) -> None:
+        fs, p = self._loc(uri)
+        dst = Path(local)
+        if fs.isdir(p):
+            for f in fs.find(p):
+                target = dst / f[len(p) :].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f, str(target))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(p, str(dst))
+
+    def list(self, uri: str) -> list[str]:
+        fs, p = self._loc(uri)
+        fs.invalidate_cache()
+        if not fs.exists(p):
+            return []
+        return [self.root.to_uri(e.rstrip("/")) for e in fs.ls(p, detail=False)]
+
+
+# --- ingest ---------------------------------------------------------------------------------------
+
+
+def _mtime(info: dict[str, Any]) -> datetime | None:
+    value = info.get("last_modified") or info.get("mtime") or info.get("LastModified")
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=UTC)
+    return None
+
+
+def list_files(
+    location: Location, extensions: Iterable[str]
+) -> list[tuple[str, str, int, datetime | None]]:
+    """(uri, fsspec path, size, modification time) of every image below `location`."""
+    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
+    fs = location.fs()
+    found = fs.find(location.root, detail=True)
+    rows = []
+    for name, info in sorted(found.items()):
+        if info.get("type") == "directory" or not name.lower().endswith(exts):
+            continue
+        rows.append((location.to_uri(name), name, int(info.get("size") or 0), _mtime(info)))
+    return rows
+
+
+def read_images(
+    spark: SparkSession,
+    uri: str,
+    *,
+    extensions: Iterable[str] = ("jpg", "jpeg", "png"),
+    max_file_bytes: int = 50 * 1024 * 1024,
+    files_per_partition: int = 256,
+    location: Location | None = None,
+) -> Ingested:
+    """`ingest.read_images` for fsspec locations: same columns, same size rule.
+
+    Bytes are read only when `content` is used (a pandas UDF, so counting files reads
+    nothing); a file that cannot be read gets a null `content`, which the featurizer reports
+    as unreadable.
+    """
+    location = location or locate(uri)
+    rows = list_files(location, extensions)
+    parts = max(1, math.ceil(len(rows) / max(1, files_per_partition)))
+    listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, parts), LISTING_SCHEMA)
+    reader = content_udf(location.spec)
+    path = F.col("path")
+    files = listing.select(
+        path.alias("path"),
+        label_col(path).alias("label"),
+        split_col(path).alias("split"),
+        F.col("length"),
+        F.col("modification_time"),
+        reader(F.col("_fs_path")).alias("content"),
+    )
+    ok = files.where(F.col("length") <= max_file_bytes)
+    too_large = files.where(F.col("length") > max_file_bytes).select(
+        "path",
+        F.concat(
+            F.lit("file too large: "),
+            F.col("length").cast("string"),
+            F.lit(f" bytes exceeds the limit of {max_file_bytes}"),
+        ).alias("reason"),
+    )
+    return Ingested(files=ok, too_large=too_large)
+
+
+def content_udf(spec: FsSpec) -> Any:
+    """A pandas UDF fsspec path -> bytes (null when unreadable), one client per worker; the
+    batch is fetched concurrently where the file system supports it (adlfs does)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(T.BinaryType())  # type: ignore[call-overload]
+    def read(paths: pd.Series) -> pd.Series:
+        fs = spec.open()
+        names = list(paths)
+        try:
+            got = fs.cat(names, on_error="return")
+        except Exception:
+            got = {}
+            for name in names:
+                try:
+                    got[name] = fs.cat_file(name)
+                except Exception as exc:
+                    got[name] = exc
+        out = []
+        for name in names:
+            value = got.get(name)
+            if isinstance(value, (bytes, bytearray)):
+                out.append(bytes(value))
+            else:
+                log.warning("could not read %s: %s", name, azure.redact(value))
+                out.append(None)
+        return pd.Series(out, dtype=object)
+
+    return read
+
+
+# --- choosing per location, and the upload at publish time ------------------------------------
+
+
+def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
+    """Does the driver JVM have a Hadoop FileSystem for this URI's scheme?"""
+    scheme = azure.scheme_of(uri)
+    if scheme in ("", "file"):
+        return True
+    jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    try:
+        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, conf)
+    except Exception:
+        return False
+    return True
+
+
+def choose(spark: SparkSession, mode: StorageMode, uri: str) -> tuple[str, str]:
+    """('hadoop'|'fsspec', the URI to use): Azure URIs go to Hadoop as `abfss://`."""
+    is_az = azure.is_azure_uri(uri)
+    if mode == "fsspec":
+        return "fsspec", uri
+    if is_az:
+        if mode == "auto" and not hadoop_can_open(spark, "abfss://"):
+            return "fsspec", uri
+        if azure.scheme_of(uri) in azure.HADOOP_SCHEMES:
+            return "hadoop", uri
+        loc = azure.parse_uri(uri)  # az:// and https:// spell the account differently
+        return "hadoop", loc.abfss(loc.account or azure.resolve_credentials(loc).account)
+    if mode == "hadoop" or hadoop_can_open(spark, uri):
+        return "hadoop", uri
+    return "fsspec", uri
+
+
+@dataclass
+class StoragePlan:
+    """Where the pipeline reads and writes, and what happens at publish time.
+
+    `work_output` is where the pipeline writes and publishes: the output itself with Hadoop, a
+    local temporary folder with fsspec, uploaded to `output` by `finish`.
+    """
+
+    input: str
+    output: str
+    input_mode: str
+    output_mode: str
+    work_output: str
+    files_per_partition: int = 256
+    _tmp: str | None = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, str]:
+        return {"input": self.input_mode, "output": self.output_mode}
+
+    def check_input(self, spark: SparkSession) -> None:
+        if self.input_mode == "hadoop":
+            from fruits.ingest import check_input
+
+            check_input(spark, self.input)
+            return
+        loc = azure.parse_uri(self.input) if azure.is_azure_uri(self.input) else None
+        try:
+            location = locate(self.input)
+            fs = location.fs()
+            exists = fs.exists(location.root)
+        except azure.AzureError as exc:
+            raise InputError(f"cannot access input: {exc}") from None
+        except Exception as exc:
+            raise InputError(f"cannot access input: {azure.explain(exc, loc)}") from None
+        if not exists:
+            raise InputError(f"input not found: {azure.redact(self.input)}")
+
+    def read_images(self, spark: SparkSession, **kwargs: Any) -> Ingested:
+        if self.input_mode == "hadoop":
+            from fruits.ingest import read_images as hadoop_read
+
+            return hadoop_read(spark, self.input, **kwargs)
+        return read_images(
+            spark, self.input, files_per_partition=self.files_per_partition, **kwargs
+        )
+
+    def finish(self, run_id: str) -> None:
+        """Upload the locally published run to `output`: staging prefix, `_SUCCESS.json` last,
+        then the same publish protocol as local runs."""
+        if self.output_mode == "hadoop":
+            return
+        store = FsspecStore(locate(split_parent(self.output)[0]))  # staging is a sibling
+        staging = staging_uri(self.output, run_id)
+        if azure.is_azure_uri(self.output):
+            from fruits.transfer import upload
+
+            summary = upload(
+                self.work_output, staging, progress=False, last=("_SUCCESS.json",),
+                credentials=store.root.spec.credentials,
+            )  # fmt: skip
+            if not summary.ok:
+                _quietly(lambda: store.delete(staging))
+                raise OSError("; ".join(f"{r}: {why}" for r, why in summary.failures[:3]))
+        else:
+            store.put(self.work_output, staging)
+        publish(store, staging, self.output, run_id)
+        log.info("uploaded the run to %s", azure.redact(self.output))
+
+    def cleanup(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+def plan_storage(
+    spark: SparkSession, mode: StorageMode, input_uri: str, output: str, *,
+    files_per_partition: int = 256,
+) -> StoragePlan:  # fmt: skip
+    """Pick Hadoop or fsspec for input and output (auto: Hadoop when the JVM has a FileSystem
+    for the scheme) and, for an fsspec output, the local folder the run is written to first."""
+    if mode not in ("auto", "hadoop", "fsspec"):
+        raise ValueError(f"storage must be auto, hadoop or fsspec, got {mode!r}")
+    in_mode, in_uri = choose(spark, mode, input_uri)
+    out_mode, out_uri = choose(spark, mode, output)
+    tmp = None
+    work = out_uri
+    if out_mode == "fsspec":
+        tmp = tempfile.mkdtemp(prefix="fruits-upload-")
+        work = os.path.join(tmp, out_uri.rstrip("/").rpartition("/")[2] or "output")
+    plan = StoragePlan(
+        in_uri, output if out_mode == "fsspec" else out_uri, in_mode, out_mode, work,
+        files_per_partition, tmp,
+    )  # fmt: skip
+    log.info("storage: input via %s, output via %s", in_mode, out_mode)
+    return plan
+
+
+def _quietly(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        log.debug("clean-up failed", exc_info=True)
