@@ -35,6 +35,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("py4j", "azure", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from fruits.azure import install_log_redaction
+
+    install_log_redaction()  # storage keys and SAS tokens never reach the log
 
 
 def _parse_conf(items: list[str]) -> dict[str, str]:
@@ -99,12 +102,20 @@ def run(
     conf: Annotated[
         list[str], typer.Option("--conf", help="Extra Spark setting key=value (repeatable).")
     ] = [],  # noqa: B006
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="auto: Spark's Hadoop connector when it has the scheme, else fsspec (adlfs); or force hadoop / fsspec."
+        ),
+    ] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
     _setup_logging(verbose)
     if on_error not in ("quarantine", "fail"):
         raise typer.BadParameter("--on-error must be quarantine or fail")
+    if storage not in ("auto", "hadoop", "fsspec"):
+        raise typer.BadParameter("--storage must be auto, hadoop or fsspec")
     cfg = PipelineConfig(
         input=input or bundled_sample(),
         output=output,
@@ -121,6 +132,7 @@ def run(
         reduce=ReduceConfig(variance=pca_variance, k=pca_k),
         classify=classify,
         spark_conf=_parse_conf(conf),
+        storage=storage,  # type: ignore[arg-type]
     )
     result = _guard(lambda: _run(cfg))
     r = result.report
@@ -145,8 +157,74 @@ def _guard(fn):  # noqa: ANN001, ANN202
     try:
         return fn()
     except (InputError, ImageFailure, JavaMissingError, UserError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from fruits.azure import redact
+
+        typer.echo(f"error: {redact(exc)}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def upload(
+    source: Annotated[str, typer.Argument(help="Local folder (or file) to copy.")],
+    destination: Annotated[
+        str,
+        typer.Argument(
+            help="abfss://container@account.dfs.core.windows.net/path, az://container/path or https://account.blob.core.windows.net/container/path"
+        ),
+    ],
+    workers: Annotated[int, typer.Option(help="Files copied in parallel.")] = 8,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be copied; copy nothing.")
+    ] = False,
+    create_container: Annotated[
+        bool, typer.Option("--create-container", help="Create the container if it does not exist.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Copy local images to Azure Storage (like AzCopy): parallel, skips files already there
+    with the same size and MD5, so re-running resumes and a second run copies nothing."""
+    _setup_logging(verbose)
+    from fruits.transfer import upload as do_upload
+
+    summary = _guard(lambda: do_upload(
+        source, destination, workers=workers, dry_run=dry_run, progress=progress,
+        create_container=create_container,
+    ))  # fmt: skip
+    _finish_transfer(summary)
+
+
+@app.command()
+def download(
+    source: Annotated[
+        str,
+        typer.Argument(help="Azure folder (any URI form `upload` accepts), e.g. a run's output."),
+    ],
+    destination: Annotated[str, typer.Argument(help="Local folder.")],
+    workers: Annotated[int, typer.Option(help="Files copied in parallel.")] = 8,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be copied; copy nothing.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Copy results from Azure Storage to a local folder; files already there with the same
+    size and MD5 are skipped."""
+    _setup_logging(verbose)
+    from fruits.transfer import download as do_download
+
+    summary = _guard(lambda: do_download(
+        source, destination, workers=workers, dry_run=dry_run, progress=progress,
+    ))  # fmt: skip
+    _finish_transfer(summary)
+
+
+def _finish_transfer(summary) -> None:  # noqa: ANN001
+    """Print the summary; any failed file makes the exit code 1."""
+    for line in summary.lines():
+        typer.echo(line, err=line.startswith("FAILED"))
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from fruits.models import BackboneSpec, build_torch, fingerprint, get_spec, read
 log = logging.getLogger(__name__)
 
 FEATURE_SCHEMA = "struct<features: array<float>, error: string>"
+UNREADABLE = "unreadable: the file could not be read (permissions, I/O error or deleted mid-run)"
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,8 @@ def featurize_contents(
             for j, i in enumerate(ok):
                 features[start + i] = out[j]
         for i, e in enumerate(errs):
-            errors[start + i] = e
+            # None: the storage layer could not read the file (fsspec ingest), not a bad image
+            errors[start + i] = e if chunk[i] is not None else UNREADABLE
     return features, errors
 
 

@@ -24,9 +24,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits import __version__
+from fruits.azure import redact_conf
 from fruits.config import PipelineConfig
 from fruits.features import build_artifact, featurize_udf, save_artifact
-from fruits.ingest import InputError, check_input, read_images
+from fruits.fsspec_store import plan_storage
+from fruits.ingest import InputError
 from fruits.reduce import fit_reducer
 from fruits.report import plot_confusion, plot_explained_variance, plot_scatter, write_json
 from fruits.spark import default_conf, get_spark
@@ -96,15 +98,18 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
     store: Store = HadoopStore(spark)
     input_uri = resolve_uri(cfg.input, spark)
     output = resolve_uri(cfg.output, spark)
-    check_input(spark, input_uri)
+    io = plan_storage(  # Hadoop where the JVM reads the scheme, else fsspec (fsspec_store.py)
+        spark, cfg.storage, input_uri, output, files_per_partition=cfg.files_per_partition
+    )
+    io.check_input(spark)
     run_id = new_run_id()
-    staging = staging_uri(output, run_id)
+    staging = staging_uri(io.work_output, run_id)
     local = Path(tempfile.mkdtemp(prefix=f"fruits-{run_id}-"))
     report: dict[str, Any] = {"run_id": run_id, "input": input_uri, "output": output}
     try:
         with timer("ingest"):
-            ingested = read_images(
-                spark, input_uri, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes
+            ingested = io.read_images(
+                spark, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes
             )
             listed = ingested.files.select("path").union(ingested.too_large.select("path"))
             images_total = listed.count()
@@ -245,7 +250,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                             "spark.sql.execution.arrow.maxRecordsPerBatch"
                         ),
                     },
-                    "config": cfg.to_dict(),
+                    "config": redact_conf(cfg.to_dict()),  # no --conf secret in the report
                     "versions": {"fruits": __version__, "python": platform.python_version()},
                     "started_at": started.isoformat(),
                     "finished_at": datetime.now(UTC).isoformat(),
@@ -260,7 +265,8 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             )
             store.put(local / "_SUCCESS.json", join(staging, "_SUCCESS.json"))
 
-        publish(store, staging, output, run_id)
+        publish(store, staging, io.work_output, run_id)
+        io.finish(run_id)  # fsspec output: upload the published run; no-op with Hadoop
         log.info("run %s published to %s", run_id, output)
         return RunResult(output=output, report=report)
     except BaseException:
@@ -268,6 +274,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         raise
     finally:
         shutil.rmtree(local, ignore_errors=True)
+        io.cleanup()
 
 
 def _write_featurized(featurized: DataFrame, uri: str) -> None:
