@@ -55,10 +55,9 @@ def _efficientnet_lite0(weights: bytes | None) -> torch.nn.Module:
     return Features(model).eval()
 
 
-def _mobilenet_v2(weights: bytes | None) -> torch.nn.Module:
-    """MobileNetV2 with torchvision's layer names, so a torchvision state dict loads as is
-    (torchvision itself does not import beside our torch build)."""
-    import torch
+def mobilenet_v2_module() -> torch.nn.Module:
+    """MobileNetV2 feature extractor with torchvision's layer names, so a torchvision state dict
+    loads as is (torchvision itself does not import beside our torch build)."""
     from torch import nn
 
     def conv_bn(inp: int, out: int, k: int, s: int, groups: int = 1, act: bool = True) -> list:
@@ -102,7 +101,13 @@ def _mobilenet_v2(weights: bytes | None) -> torch.nn.Module:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.features(x).mean(dim=(2, 3))
 
-    model = MobileNetV2Features()
+    return MobileNetV2Features()
+
+
+def _mobilenet_v2(weights: bytes | None) -> torch.nn.Module:
+    import torch
+
+    model = mobilenet_v2_module()
     if weights is None:
         raise ValueError("mobilenet_v2 needs --weights: a torchvision MobileNetV2 state dict")
     state = torch.load(io.BytesIO(weights), map_location="cpu")
