@@ -50,3 +50,11 @@ def sample_run(spark, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sample-run") / "out"
     return run_pipeline(PipelineConfig(output=str(out)), spark=spark)
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """Azurite's blob service (tests/azurite_service.py): CI's, or one started for the session."""
+    from azurite_service import start
+
+    yield from start()

@@ -108,7 +108,11 @@ def local_files(root: Path, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[st
             if suffixes and name.endswith(suffixes):
                 continue
             full = Path(dirpath) / name
-            out[full.relative_to(root).as_posix()] = full.stat().st_size
+            try:
+                size = full.stat().st_size
+            except OSError:  # e.g. a broken link: listed, then reported as a failed file
+                size = 0
+            out[full.relative_to(root).as_posix()] = size
     return dict(sorted(out.items()))
 
 

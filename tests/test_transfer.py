@@ -1,0 +1,165 @@
+"""`fruits upload` / `fruits download` against a real Azurite: idempotence, dry run, failures,
+one-line errors, and no secret in anything they print or log."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from azurite_service import ACCOUNT, KEY, assert_no_secret
+from typer.testing import CliRunner
+
+from fruits.cli import app
+
+pytestmark = pytest.mark.azure
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """A small image-like folder: nested folders, a space in a name, an empty file."""
+    root = tmp_path / "src"
+    files = {
+        "Training/Apple Red 1/0_100.jpg": os.urandom(3000),
+        "Training/Apple Red 1/1_100.jpg": os.urandom(5000),
+        "Training/Banana/0_100.jpg": os.urandom(7000),
+        "Test/Banana/2_100.jpg": os.urandom(1000),
+        "Test/Banana/empty.jpg": b"",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def container(azurite) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    azurite.service().create_container(name)
+    return name
+
+
+AZURE_ENV = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+)
+
+
+def invoke(args, env, caplog=None):
+    """The CLI in-process with exactly these Azure variables (others removed)."""
+    if caplog is not None:
+        caplog.set_level(logging.INFO)
+    clean = dict.fromkeys(AZURE_ENV)
+    return CliRunner().invoke(app, args, env={**clean, **env})
+
+
+def output_of(result) -> str:
+    """stdout and stderr, interleaved (Click 8.2+ `output`)."""
+    return result.output
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_upload_is_idempotent_and_resumes(azurite, container, tree, tmp_path, caplog):
+    """SAS token + https (path-style emulator) URL; the second run transfers nothing; a changed
+    file of the same size is found by its MD5."""
+    sas = azurite.sas_token()
+    env = {"AZURE_STORAGE_SAS_TOKEN": sas}
+    dest = f"{azurite.endpoint}/{container}/fruits"
+    first = invoke(["upload", str(tree), dest, "--workers", "3"], env, caplog)
+    assert first.exit_code == 0, output_of(first)
+    assert "5 file(s)" in first.output and "transferred 5 " in first.output
+    names = sorted(b.name for b in azurite.service().get_container_client(container).list_blobs())
+    assert "fruits/Training/Apple Red 1/0_100.jpg" in names and len(names) == 5
+
+    second = invoke(["upload", str(tree), dest], env, caplog)
+    assert second.exit_code == 0
+    assert "transferred 0 (0 B), skipped 5" in second.output
+
+    changed = tree / "Training/Banana/0_100.jpg"
+    changed.write_bytes(os.urandom(7000))  # same size, new content
+    third = invoke(["upload", str(tree), dest, "--no-progress"], env, caplog)
+    assert "transferred 1 " in third.output and "skipped 4" in third.output
+    assert_no_secret(first.output, second.output, third.output, caplog.text, secrets=(sas,))
+
+
+def test_upload_dry_run_writes_nothing(azurite, container, tree, caplog):
+    env = azurite.env()
+    dest = f"az://{container}/dry"
+    dry = invoke(["upload", str(tree), dest, "--dry-run"], env, caplog)
+    assert dry.exit_code == 0, output_of(dry)
+    assert "would transfer 5" in dry.output
+    assert list(azurite.service().get_container_client(container).list_blobs()) == []
+    missing = invoke(["upload", str(tree), "az://no-such-container/x", "--dry-run"], env)
+    assert missing.exit_code == 2 and "not found" in output_of(missing)
+    assert_no_secret(dry.output, missing.output, caplog.text)
+
+
+def test_download_round_trip_and_skip(azurite, container, tree, tmp_path, caplog):
+    """abfss:// form with the connection string's account; download lands identical files."""
+    env = azurite.env()
+    uri = f"abfss://{container}@{ACCOUNT}.dfs.core.windows.net/data"
+    assert invoke(["upload", str(tree), uri], env).exit_code == 0
+    out = tmp_path / "back"
+    got = invoke(["download", uri, str(out)], env, caplog)
+    assert got.exit_code == 0, output_of(got)
+    assert digest_tree(out) == digest_tree(tree)
+    again = invoke(["download", uri, str(out)], env, caplog)
+    assert "transferred 0 (0 B), skipped 5" in again.output
+    (out / "Test/Banana/2_100.jpg").write_bytes(b"local edit")
+    fixed = invoke(["download", uri, str(out)], env, caplog)
+    assert "transferred 1 " in fixed.output
+    assert digest_tree(out) == digest_tree(tree)
+    assert not list(out.rglob(".*.part-*"))
+    assert_no_secret(got.output, again.output, fixed.output, caplog.text)
+
+
+def test_failed_files_are_listed_and_exit_1(azurite, container, tree, caplog):
+    (tree / "Test/Banana/broken.jpg").symlink_to(tree / "does-not-exist.jpg")
+    result = invoke(["upload", str(tree), f"az://{container}/f"], azurite.env(), caplog)
+    assert result.exit_code == 1
+    text = output_of(result)
+    assert "failed 1" in text and "FAILED Test/Banana/broken.jpg" in text
+    assert "transferred 5 " in text  # the others went on
+    assert_no_secret(text, caplog.text)
+
+
+def test_location_errors_are_one_clean_line(azurite, tree, tmp_path):
+    bad_key = azurite.connection_string.replace(KEY, KEY[:-8] + "AAAAAAA=")
+    cases = {
+        "container 'nope' not found": (azurite.env(), "az://nope/x"),
+        "credential refused": ({"AZURE_STORAGE_CONNECTION_STRING": bad_key}, "az://nope/x"),
+        "no storage account": ({}, "az://c/x"),
+    }
+    for expected, (env, uri) in cases.items():
+        result = invoke(["upload", str(tree), uri], env)
+        text = output_of(result)
+        assert result.exit_code == 2, text
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected in errors[0], text
+        assert "Traceback" not in text
+        assert_no_secret(text, secrets=(bad_key,))
+    missing = invoke(["download", "az://nope/x", str(tmp_path / "d")], azurite.env())
+    assert missing.exit_code == 2 and "container 'nope' not found" in output_of(missing)
+
+
+def test_unreachable_endpoint(azurite, tree):
+    from azurite_service import free_port
+
+    port = free_port()  # nothing listens there
+    cs = azurite.connection_string.replace(f":{azurite.port}/", f":{port}/")
+    result = invoke(["upload", str(tree), "az://c/x"], {"AZURE_STORAGE_CONNECTION_STRING": cs})
+    text = output_of(result)
+    assert result.exit_code == 2 and "unreachable" in text, text
+    assert_no_secret(text)
