@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= fruits-output
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format bench clean
+.PHONY: help venv run serve load test test-fast lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,12 @@ venv: $(BIN)/fruits  ## create .venv and install the package with every extra
 
 run: $(BIN)/fruits  ## run the pipeline on the bundled sample, outputs in ./fruits-output
 	$(BIN)/fruits run --output $(OUT)
+
+serve: $(BIN)/fruits  ## serve ./fruits-output (make run first) on http://127.0.0.1:8000
+	$(BIN)/fruits serve --run $(OUT)
+
+load: $(BIN)/fruits  ## load test of the API on ./fruits-output: 500 requests, 8 clients
+	$(BIN)/python bench/load.py --run $(OUT)
 
 test: $(BIN)/fruits  ## the whole test suite (what CI runs)
 	$(BIN)/pytest

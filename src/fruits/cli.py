@@ -148,6 +148,31 @@ def _run(cfg: PipelineConfig):  # noqa: ANN202
     return run_pipeline(cfg)
 
 
+@app.command()
+def serve(
+    run: Annotated[
+        str, typer.Option(help="Output folder of `fruits run` (local path).")
+    ] = DEFAULT_OUTPUT,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_mb: Annotated[float, typer.Option(help="Upload size limit in MB.")] = 10.0,
+    threads: Annotated[int, typer.Option(help="CNN threads per request; 0 = every core.")] = 0,
+) -> None:
+    """Serve a run's model: web page at /, API at /v1/predict, docs at /docs."""
+    _setup_logging(False)
+    from fruits.serve import ServeSettings
+    from fruits.serve import serve as start
+    from fruits.serving import ServingError, check_run
+
+    settings = ServeSettings(run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads)
+    try:
+        check_run(run)  # fail here with one line, not inside uvicorn's start-up
+    except (ServingError, OSError, ValueError, KeyError) as exc:
+        typer.echo(f"error: cannot serve {run}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    start(settings, host=host, port=port)
+
+
 def _guard(fn):  # noqa: ANN001, ANN202
     """Known failures become one line on stderr and exit code 2, not a stack trace."""
     from fruits.ingest import InputError

@@ -196,6 +196,11 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                     images.where(F.col("split") == "train") if splits.get("train") else images
                 )
                 model.write().overwrite().save(join(staging, "models", "classifier"))
+                from fruits.serving import export_serving
+
+                export_serving(
+                    reducer.model, model, models_dir, featurizer=cfg.featurizer, run_id=run_id
+                )
                 evaluation = evaluate(model, images.where(F.col("split") == "test"))
                 plot_confusion(
                     evaluation.labels, evaluation.confusion, plots / "confusion_matrix.png"
@@ -257,7 +262,10 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                 }
             )
             write_json(report, local / "report.json")
-            for item in ("models", "plots", "report.json"):
+            # models/ already holds Spark's saved models: put files into it one by one (a Hadoop
+            # copy of the whole folder would land in models/models/)
+            models = [f"models/{p.name}" for p in sorted(models_dir.iterdir())]
+            for item in (*models, "plots", "report.json"):
                 store.put(local / item, join(staging, item))
             store.delete(join(staging, "_work"))
             write_json(

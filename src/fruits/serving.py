@@ -1,0 +1,312 @@
+"""Serving without Spark: the fitted scaler + PCA + classifier as plain numpy arrays.
+
+The pipeline calls `export_serving` right after the classifier is fitted; it writes
+`models/serving.npz` (the arrays) and `models/serving.json` (classes and image settings) next to
+`models/backbone.onnx`. `Predictor` loads a run folder and reproduces Spark's transform step by
+step: the image maths is `images.decode_image` + `features.Featurizer` (the code the Spark UDF
+runs), then the arrays below, with the same float32 rounding of the PCA output that
+`images.parquet` stores. No Spark session and no torch are needed at serve time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fruits.features import Featurizer, ModelArtifact, featurize_contents, load_artifact
+from fruits.images import ImageError, decode_image
+
+if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import SparkSession
+
+    from fruits.config import FeaturizerConfig
+
+FORMAT_VERSION = 1
+ARRAYS_FILE = "serving.npz"
+META_FILE = "serving.json"
+
+
+class ServingError(RuntimeError):
+    """A run folder that cannot be served (missing or inconsistent files)."""
+
+
+@dataclass(frozen=True)
+class ServingArrays:
+    """Spark's fitted chain as arrays; shapes: d features, k components, R model outputs.
+
+    R is the number of classes plus one when the label indexer keeps an "unknown" slot
+    (classify.py's StringIndexer uses handleInvalid="keep", so Spark's logistic regression has
+    an output for it that no training row ever had). The softmax runs over all R outputs, as
+    Spark's does; only the first len(classes) are ever reported.
+    """
+
+    mean: np.ndarray  # (d,) subtracted first (StandardScaler withMean)
+    scale: np.ndarray  # (d,) 1/std, 0 where std == 0, as Spark's StandardScalerModel does
+    pc: np.ndarray  # (d, k) PCA loadings
+    coef: np.ndarray  # (R, k) multinomial logistic regression
+    intercept: np.ndarray  # (R,)
+
+    def validate(self, classes: Sequence[str]) -> None:
+        d, k = self.pc.shape
+        r = self.coef.shape[0]
+        ok = (
+            self.mean.shape == (d,)
+            and self.scale.shape == (d,)
+            and self.coef.shape == (r, k)
+            and self.intercept.shape == (r,)
+            and len(classes) <= r <= len(classes) + 1
+        )
+        if not ok:
+            raise ServingError(
+                f"inconsistent serving arrays: pc {self.pc.shape}, mean {self.mean.shape}, "
+                f"scale {self.scale.shape}, coef {self.coef.shape}, intercept "
+                f"{self.intercept.shape}, {len(classes)} classes"
+            )
+
+    def reduce(self, features: np.ndarray) -> np.ndarray:
+        """(N, d) CNN features -> (N, k) PCA coordinates, rounded to float32 like the stored
+        `pca` column the classifier was trained on."""
+        x = np.asarray(features, dtype=np.float32).astype(np.float64)
+        z = ((x - self.mean) * self.scale) @ self.pc
+        return z.astype(np.float32).astype(np.float64)
+
+    def probabilities(self, pca: np.ndarray) -> np.ndarray:
+        """(N, k) -> (N, R) softmax of the logits, max-shifted as Spark does."""
+        logits = np.asarray(pca, dtype=np.float64) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> ServingArrays:
+    """Read the fitted stages: reducer = [StandardScalerModel, PCAModel], classifier =
+    [StringIndexerModel, LogisticRegressionModel] (see reduce.py and classify.py)."""
+    scaler, pca = reducer.stages[0], reducer.stages[-1]
+    lr = classifier.stages[-1]
+    std = scaler.std.toArray()
+    d = len(std)
+    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(d)
+    if scaler.getWithStd():
+        scale = np.divide(1.0, std, out=np.zeros(d), where=std != 0)
+    else:
+        scale = np.ones(d)
+    return ServingArrays(
+        mean=np.asarray(mean, dtype=np.float64),
+        scale=np.asarray(scale, dtype=np.float64),
+        pc=np.asarray(pca.pc.toArray(), dtype=np.float64),
+        coef=np.asarray(lr.coefficientMatrix.toArray(), dtype=np.float64),
+        intercept=np.asarray(lr.interceptVector.toArray(), dtype=np.float64),
+    )
+
+
+def export_serving(
+    reducer: PipelineModel,
+    classifier: PipelineModel,
+    directory: str | Path,
+    *,
+    featurizer: FeaturizerConfig,
+    run_id: str | None = None,
+) -> Path:
+    """Write serving.npz + serving.json into a run's local models folder."""
+    from fruits.classify import class_labels
+
+    classes = class_labels(classifier)
+    arrays = arrays_from_spark(reducer, classifier)
+    arrays.validate(classes)
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        d / ARRAYS_FILE,
+        mean=arrays.mean,
+        scale=arrays.scale,
+        pc=arrays.pc,
+        coef=arrays.coef,
+        intercept=arrays.intercept,
+    )
+    meta = {
+        "format": FORMAT_VERSION,
+        "run_id": run_id,
+        "classes": classes,
+        "image_size": featurizer.image_size,
+        "max_pixels": featurizer.max_pixels,
+        "feature_dim": int(arrays.pc.shape[0]),
+        "pca_k": int(arrays.pc.shape[1]),
+    }
+    (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return d / ARRAYS_FILE
+
+
+def export_saved_run(spark: SparkSession, run: str | Path) -> Path:
+    """Export a finished local run whose models predate serving.npz (needs Spark, once)."""
+    from pyspark.ml import PipelineModel
+
+    from fruits.config import FeaturizerConfig
+
+    root = Path(run)
+    report = _read_json(root / "report.json")
+    fcfg = (report.get("config") or {}).get("featurizer") or {}
+    cfg = FeaturizerConfig(
+        image_size=int(fcfg.get("image_size", FeaturizerConfig.image_size)),
+        max_pixels=int(fcfg.get("max_pixels", FeaturizerConfig.max_pixels)),
+    )
+    reducer = PipelineModel.load(str(root / "models" / "scaler_pca"))
+    classifier = PipelineModel.load(str(root / "models" / "classifier"))
+    return export_serving(
+        reducer, classifier, root / "models", featurizer=cfg, run_id=report.get("run_id")
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def check_run(run: str | Path) -> dict[str, Any]:
+    """Read and cross-check a run's serving files without starting the CNN; returns the
+    metadata. Raises `ServingError` with what is missing."""
+    meta, arrays, artifact = _read_run(run)
+    if arrays.pc.shape[0] != artifact.spec.feature_dim:
+        raise ServingError(
+            f"backbone gives {artifact.spec.feature_dim} features but the PCA expects "
+            f"{arrays.pc.shape[0]}"
+        )
+    return meta
+
+
+def _read_run(run: str | Path) -> tuple[dict[str, Any], ServingArrays, ModelArtifact]:
+    root = Path(run)
+    models = root / "models"
+    if not root.is_dir():
+        raise ServingError(f"{root} is not a folder (give the output folder of `fruits run`)")
+    for needed in (ARRAYS_FILE, META_FILE, "backbone.json"):
+        if not (models / needed).exists():
+            raise ServingError(
+                f"{models / needed} is missing: is {root} the output of `fruits run` with a "
+                "Test split (the classifier is only trained when one exists)?"
+            )
+    meta = json.loads((models / META_FILE).read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise ServingError(f"unsupported serving format {meta.get('format')!r}")
+    with np.load(models / ARRAYS_FILE) as npz:
+        arrays = ServingArrays(**{name: npz[name] for name in npz.files})
+    arrays.validate(meta["classes"])
+    artifact = load_artifact(models)
+    if artifact.engine == "onnx" and not artifact.payload:
+        raise ServingError(f"{models / 'backbone.onnx'} is missing")
+    if not meta.get("run_id"):
+        meta["run_id"] = _read_json(root / "report.json").get("run_id")
+    return meta, arrays, artifact
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Classes best first, with their probabilities."""
+
+    labels: list[str]
+    probabilities: list[float]
+
+
+class Predictor:
+    """One loaded run: CNN session + arrays. Thread-safe (ONNX Runtime sessions are), so one
+    instance serves every request of a process."""
+
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        arrays: ServingArrays,
+        classes: Sequence[str],
+        *,
+        image_size: int,
+        max_pixels: int,
+        run_id: str | None = None,
+        backbone: dict[str, Any] | None = None,
+    ) -> None:
+        arrays.validate(classes)
+        if arrays.pc.shape[0] != featurizer.spec.feature_dim:
+            raise ServingError(
+                f"backbone gives {featurizer.spec.feature_dim} features but the PCA expects "
+                f"{arrays.pc.shape[0]}"
+            )
+        self.featurizer = featurizer
+        self.arrays = arrays
+        self.classes = list(classes)
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.run_id = run_id
+        self.backbone = backbone or {}
+
+    @classmethod
+    def load(cls, run: str | Path, *, threads: int = 0) -> Predictor:
+        """Load `run` (a local `fruits run` output folder). `threads`: ONNX Runtime intra-op
+        threads, 0 = every core."""
+        meta, arrays, artifact = _read_run(run)
+        featurizer = Featurizer(artifact, threads=threads or os.cpu_count() or 1)
+        return cls(
+            featurizer,
+            arrays,
+            meta["classes"],
+            image_size=int(meta["image_size"]),
+            max_pixels=int(meta["max_pixels"]),
+            run_id=meta.get("run_id"),
+            backbone=artifact.describe(),
+        )
+
+    def pixels(self, data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
+        """Bytes -> (size, size, 3) uint8; raises `ImageError` with a readable reason."""
+        limit = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
+        return decode_image(data, size=self.image_size, max_pixels=limit)
+
+    def probabilities_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, size, size, 3) uint8 -> (N, R): Spark's `probability` vector (see
+        `ServingArrays`)."""
+        return self.arrays.probabilities(self.arrays.reduce(self.featurizer(pixels)))
+
+    def predict_proba(self, contents: Sequence[bytes]) -> tuple[np.ndarray, list[str | None]]:
+        """A batch through `featurize_contents` (the Spark UDF's function): (N, R) probabilities
+        with NaN rows where the image failed, and the failure reasons."""
+        feats, errors = featurize_contents(
+            self.featurizer,
+            list(contents),
+            size=self.image_size,
+            max_pixels=self.max_pixels,
+        )
+        out = np.full((len(contents), self.arrays.coef.shape[0]), np.nan)
+        ok = [i for i, f in enumerate(feats) if f is not None]
+        if ok:
+            stacked = np.stack([feats[i] for i in ok])  # type: ignore[misc]
+            out[ok] = self.arrays.probabilities(self.arrays.reduce(stacked))
+        return out, errors
+
+    def predict(self, data: bytes, *, top_k: int = 3, max_pixels: int | None = None) -> Prediction:
+        """One encoded image -> its top-k classes. Raises `ImageError` for a bad image."""
+        probs = self.probabilities_from_pixels(self.pixels(data, max_pixels=max_pixels)[None])[0]
+        return self.top(probs, top_k)
+
+    def top(self, probs: np.ndarray, top_k: int) -> Prediction:
+        """Best known classes first (the indexer's "unknown" slot is never a guess)."""
+        known = probs[: len(self.classes)]
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-known, kind="stable")[:k]
+        return Prediction([self.classes[i] for i in order], [float(probs[i]) for i in order])
+
+
+__all__ = [
+    "ImageError",
+    "Prediction",
+    "Predictor",
+    "ServingArrays",
+    "ServingError",
+    "arrays_from_spark",
+    "check_run",
+    "export_saved_run",
+    "export_serving",
+]

@@ -1,0 +1,172 @@
+"""Serving parity: the exported arrays + the pipeline's own image code give Spark's answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.sql import functions as F
+
+from fruits.classify import ClassifierConfig, fit_classifier, predict
+from fruits.config import FeaturizerConfig, ReduceConfig
+from fruits.images import ImageError
+from fruits.reduce import fit_reducer
+from fruits.serving import (
+    ARRAYS_FILE,
+    META_FILE,
+    Predictor,
+    ServingArrays,
+    ServingError,
+    arrays_from_spark,
+    check_run,
+    export_saved_run,
+    export_serving,
+)
+
+PROB_TOL = 1e-5
+
+
+def local_path(uri: str) -> Path:
+    return Path(unquote(urlparse(uri).path))
+
+
+@pytest.fixture(scope="module")
+def run_dir(sample_run) -> Path:
+    return Path(sample_run.output)
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir) -> Predictor:
+    return Predictor.load(run_dir, threads=2)
+
+
+@pytest.fixture(scope="module")
+def spark_scored(spark, run_dir) -> pd.DataFrame:
+    """Spark's own predictions for the test split, from the run's saved classifier."""
+    images = spark.read.parquet(str(run_dir / "images.parquet")).where(F.col("split") == "test")
+    model = PipelineModel.load(str(run_dir / "models" / "classifier"))
+    rows = predict(model, images).select("path", "label", "features", "pca", "predicted_label",
+                                         "probability").collect()  # fmt: skip
+    return pd.DataFrame([r.asDict() for r in rows]).sort_values("path", ignore_index=True)
+
+
+def test_run_folder_holds_the_exported_chain(run_dir, predictor):
+    meta = json.loads((run_dir / "models" / META_FILE).read_text())
+    assert meta["classes"] == sorted(meta["classes"])
+    assert len(meta["classes"]) == 10
+    assert meta["image_size"] == FeaturizerConfig.image_size
+    assert (
+        check_run(run_dir)["run_id"] == json.loads((run_dir / "report.json").read_text())["run_id"]
+    )
+    with np.load(run_dir / "models" / ARRAYS_FILE) as npz:
+        assert set(npz.files) == {"mean", "scale", "pc", "coef", "intercept"}
+        assert npz["pc"].shape[0] == 1280
+    assert predictor.classes == meta["classes"]
+
+
+def test_arrays_reproduce_spark_from_the_stored_features(predictor, spark_scored):
+    """Pure maths: scaler, PCA (rounded to float32 like the stored column) and softmax."""
+    feats = np.stack(spark_scored["features"].map(np.asarray))
+    pca = predictor.arrays.reduce(feats)
+    np.testing.assert_allclose(
+        pca, np.stack(spark_scored["pca"].map(np.asarray)), rtol=1e-6, atol=1e-6
+    )
+    probs = predictor.arrays.probabilities(np.stack(spark_scored["pca"].map(np.asarray)))
+    np.testing.assert_allclose(probs, np.stack(spark_scored["probability"]), atol=1e-12)
+
+
+def test_served_predictions_equal_spark_from_the_image_bytes(predictor, spark_scored):
+    """The issue's parity test: image bytes through the serving path, one request at a time."""
+    assert len(spark_scored) == 80
+    worst = 0.0
+    for row in spark_scored.itertuples():
+        data = local_path(row.path).read_bytes()
+        probs = predictor.probabilities_from_pixels(predictor.pixels(data)[None])[0]
+        spark_probs = np.asarray(row.probability)
+        assert probs.shape == spark_probs.shape
+        worst = max(worst, float(np.max(np.abs(probs - spark_probs))))
+        assert predictor.predict(data, top_k=1).labels[0] == row.predicted_label, row.path
+    assert worst <= PROB_TOL, f"largest probability difference {worst:.2e}"
+
+
+def test_batch_path_matches_single_requests_and_reports_bad_images(predictor, spark_scored):
+    paths = list(spark_scored["path"][:5])
+    contents = [local_path(p).read_bytes() for p in paths]
+    contents.insert(2, b"not an image at all")
+    probs, errors = predictor.predict_proba(contents)
+    assert errors[2] is not None and "not an image" in errors[2]
+    assert np.isnan(probs[2]).all()
+    good = np.delete(probs, 2, axis=0)
+    np.testing.assert_allclose(good, np.stack(spark_scored["probability"][:5]), atol=PROB_TOL)
+
+
+def test_predict_returns_sorted_top_k_and_refuses_bad_bytes(predictor, sample_dir):
+    banana = next((sample_dir / "Test" / "Banana 1").glob("*.jpg")).read_bytes()
+    pred = predictor.predict(banana, top_k=4)
+    assert pred.labels[0] == "Banana 1"
+    assert len(pred.labels) == 4 == len(set(pred.labels))
+    assert pred.probabilities == sorted(pred.probabilities, reverse=True)
+    assert len(predictor.predict(banana, top_k=999).labels) == 10
+    for bad in (b"", b"GIF89a broken", banana[: len(banana) // 3]):
+        with pytest.raises(ImageError):
+            predictor.predict(bad)
+
+
+def test_export_from_in_memory_models_matches_spark_on_synthetic_data(spark, tmp_path):
+    """No CNN: small fitted chain, arrays vs Spark's transform on fresh rows."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(scale=6, size=(3, 8))
+    labels = np.repeat(["b", "a", "c"], 40)
+    x = centres[np.repeat([0, 1, 2], 40)] + rng.normal(size=(120, 8))
+    x[:, 5] = 2.0  # a constant feature: std 0, Spark scales it to 0 instead of dividing
+    pdf = pd.DataFrame({"label": labels, "features": list(x.astype(np.float32))})
+    df = spark.createDataFrame(pdf)
+    reducer = fit_reducer(df, ReduceConfig(k=3))
+    reduced = reducer.transform(df)
+    classifier = fit_classifier(reduced, ClassifierConfig(max_iter=50, reg_param=0.1))
+    export_serving(reducer.model, classifier, tmp_path, featurizer=FeaturizerConfig(), run_id="r1")
+
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["classes"] == ["a", "b", "c"] and meta["run_id"] == "r1" and meta["pca_k"] == 3
+    with np.load(tmp_path / ARRAYS_FILE) as npz:
+        arrays = ServingArrays(**{k: npz[k] for k in npz.files})
+    assert arrays.scale[5] == 0.0
+
+    scored = predict(classifier, reduced).select("features", "pca", "probability").collect()
+    feats = np.asarray([r["features"] for r in scored])
+    np.testing.assert_allclose(arrays.reduce(feats), [r["pca"] for r in scored], atol=1e-5)
+    np.testing.assert_allclose(
+        arrays.probabilities(arrays.reduce(feats)), [r["probability"] for r in scored], atol=1e-9
+    )
+    again = arrays_from_spark(reducer.model, classifier)
+    np.testing.assert_array_equal(again.coef, arrays.coef)
+
+
+def test_export_saved_run_rebuilds_the_arrays_of_an_older_run(spark, run_dir, tmp_path):
+    copy = tmp_path / "old-run"
+    shutil.copytree(run_dir, copy)
+    (copy / "models" / ARRAYS_FILE).unlink()
+    (copy / "models" / META_FILE).unlink()
+    with pytest.raises(ServingError, match="missing"):
+        check_run(copy)
+    export_saved_run(spark, copy)
+    with (
+        np.load(copy / "models" / ARRAYS_FILE) as new,
+        np.load(run_dir / "models" / ARRAYS_FILE) as old,
+    ):
+        for name in old.files:
+            np.testing.assert_array_equal(new[name], old[name])
+
+
+def test_unservable_folders_fail_with_a_reason(tmp_path):
+    with pytest.raises(ServingError, match="not a folder"):
+        Predictor.load(tmp_path / "nope")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ServingError, match=r"serving\.npz is missing"):
+        check_run(tmp_path)
