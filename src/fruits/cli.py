@@ -108,6 +108,20 @@ def run(
             help="auto: Spark's Hadoop connector when it has the scheme, else fsspec (adlfs); or force hadoop / fsspec."
         ),
     ] = "auto",
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Process only files new or changed since the output's run (path, size, mtime); project them with its saved scaler + PCA; drop deleted files' rows and list them in report.json.",
+        ),
+    ] = False,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit",
+            help="Like --incremental, then refit scaler, PCA and classifier on every image (stored features are reused).",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
@@ -132,20 +146,42 @@ def run(
         reduce=ReduceConfig(variance=pca_variance, k=pca_k),
         classify=classify,
         spark_conf=_parse_conf(conf),
+        incremental=incremental or refit,
+        refit=refit,
         storage=storage,  # type: ignore[arg-type]
     )
     result = _guard(lambda: _run(cfg))
     r = result.report
-    summary = {k: r.get(k) for k in ("images_total", "images_ok", "images_quarantined", "classes",
+    summary = {k: r.get(k) for k in ("images_total", "images_processed", "images_ok", "images_quarantined", "classes",
                                      "pca_k", "pca_explained_variance", "accuracy", "images_per_second")}  # fmt: skip
     typer.echo(json.dumps(summary))
-    typer.echo(f"outputs written to {result.output}")
+    if r.get("published", True):
+        typer.echo(f"outputs written to {result.output}")
+    else:
+        typer.echo(f"nothing new: {result.output} left as it was")
 
 
 def _run(cfg: PipelineConfig):  # noqa: ANN202
     from fruits.pipeline import run_pipeline
 
     return run_pipeline(cfg)
+
+
+@app.command(name="refit")
+def refit_command(
+    output: Annotated[
+        str, typer.Option(help="Output folder of an earlier `fruits run`.")
+    ] = DEFAULT_OUTPUT,
+    input: Annotated[
+        Optional[str], typer.Option(help="Images folder of that run. Default: the bundled sample.")
+    ] = None,
+    master: Annotated[Optional[str], typer.Option(help="Spark master.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Refit scaler, PCA and classifier on every image of an output, reusing its stored
+    features (new or changed files are featurised first). `fruits run --refit` takes every
+    other run option."""
+    run(input=input, output=output, master=master, refit=True, verbose=verbose)
 
 
 @app.command()

@@ -5,8 +5,13 @@ Nothing here collects file names to the driver; label and split are Spark SQL ex
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -55,7 +60,7 @@ def split_col(path: Column) -> Column:
 @dataclass(frozen=True)
 class Ingested:
     """`files`: every listed image with its bytes still unread (lazy); `too_large`: files we
-    refuse to read at all because of their size, with a reason."""
+    refuse to read at all (their size, or a broken or looping symlink), with a reason."""
 
     files: DataFrame
     too_large: DataFrame
@@ -99,8 +104,65 @@ def read_images(
             F.col("length").cast("string"),
             F.lit(f" bytes exceeds the limit of {max_file_bytes}"),
         ).alias("reason"),
+        "length",
+        "modification_time",
     )
+    local = local_path(uri)
+    if local is not None:
+        unlisted = unlisted_files(local, extensions)
+        if unlisted:
+            schema = "path string, reason string, length bigint, modification_time timestamp"
+            too_large = too_large.unionByName(spark.createDataFrame(unlisted, schema))
     return Ingested(files=ok, too_large=too_large)
+
+
+def local_path(uri: str) -> str | None:
+    """The local folder behind a bare path or `file:` URI; None for other schemes."""
+    if uri.startswith("file:"):
+        return "/" + uri[len("file:") :].lstrip("/")
+    has_scheme = ":" in uri.split("/", 1)[0]
+    return None if has_scheme else os.path.abspath(uri)
+
+
+def unlisted_files(root: str, extensions: Iterable[str]) -> list[tuple[Any, ...]]:
+    """Local image files Spark's scan drops without a word, as quarantine rows
+    (path, reason, length, modification_time); found by a walk on the driver.
+
+    Zero-byte files and links to an image that are broken or loop never reach a DataFrame, so
+    without this they would vanish instead of being quarantined. A folder link to its own
+    ancestor makes the listing follow it until the OS refuses (about 40 levels), listing every
+    image below it 40 times: that input is refused in one line, naming the link. (Object stores
+    have no symlinks; an empty blob there is still skipped by Spark, see docs/reliability.md.)
+    """
+    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for name in dirs:  # symlinks to folders are listed here and not followed
+            link = os.path.join(folder, name)
+            if os.path.islink(link):
+                target, here = os.path.realpath(link), os.path.realpath(folder)
+                if here == target or here.startswith(target.rstrip("/") + "/"):
+                    raise InputError(
+                        f"symlink loop in the input: {link} -> {os.readlink(link)} points to a"
+                        " folder above it, so every image below would be listed again and again;"
+                        " remove the link"
+                    )
+        for name in names:
+            if not name.lower().endswith(exts):
+                continue
+            full = os.path.join(folder, name)
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                if os.path.islink(full):
+                    what = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink"
+                    reason = f"{what}: {name} -> {os.readlink(full)}"
+                    found.append(("file:" + full, reason, None, None))
+                continue
+            if st.st_size == 0 and stat.S_ISREG(st.st_mode):
+                mtime = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+                found.append(("file:" + full, "empty file (0 bytes)", 0, mtime))
+    return found
 
 
 def check_input(spark: SparkSession, uri: str) -> None:

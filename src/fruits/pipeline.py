@@ -106,6 +106,8 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
     staging = staging_uri(io.work_output, run_id)
     local = Path(tempfile.mkdtemp(prefix=f"fruits-{run_id}-"))
     report: dict[str, Any] = {"run_id": run_id, "input": input_uri, "output": output}
+    group = f"fruits-{run_id}"  # this run's Spark jobs, to count retried tasks at the end
+    spark.sparkContext.setJobGroup(group, f"fruits run {run_id}")
     try:
         with timer("ingest"):
             ingested = io.read_images(
@@ -118,6 +120,16 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                     f"no images under {input_uri} (extensions: {', '.join(cfg.extensions)})"
                 )
             log.info("ingest: %d image files listed", images_total)
+            plan = None
+            if cfg.incremental:  # only new or changed files go on (incremental.py)
+                from fruits.incremental import plan_increment
+
+                plan = plan_increment(spark, store, cfg, output, ingested)
+            if plan is not None and plan.nothing_to_do:
+                log.info("incremental: nothing new, changed or deleted; output left as it was")
+                return RunResult(output=output, report=plan.unchanged_report(run_id, images_total))
+            files = plan.todo if plan is not None else ingested.files
+            too_large = plan.todo_refused if plan is not None else ingested.too_large
 
         with timer("featurize"):
             artifact = build_artifact(cfg.featurizer)
@@ -129,26 +141,32 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                 threads=threads, fail_fast=cfg.on_error == "fail",
             )  # fmt: skip
             work = join(staging, "_work", "featurized.parquet")
-            featurized = ingested.files.select(
-                *KEY_COLUMNS, udf("path", "content").alias("r")
-            ).select(*KEY_COLUMNS, "r.features", F.col("r.error").alias("reason"))
+            featurized = files.select(*KEY_COLUMNS, udf("path", "content").alias("r")).select(
+                *KEY_COLUMNS, "r.features", F.col("r.error").alias("reason")
+            )
+            spark.sparkContext.setJobDescription(f"fruits {run_id}: featurize")
             _write_featurized(featurized, work)
+            spark.sparkContext.setJobDescription(None)
             feats = spark.read.parquet(work)
             ok = feats.where(F.col("reason").isNull()).drop("reason")
+            if plan is not None:
+                ok = ok.unionByName(plan.kept_features)
 
         with timer("quarantine"):
             unreadable = (
-                ingested.files.select("path")
+                files.select("path", "length", "modification_time")
                 .join(feats.select("path"), "path", "left_anti")
                 .withColumn("reason", F.lit(UNREADABLE))
             )
-            quarantine = (
+            quarantine = (  # length + modification_time: incremental runs skip known bad files
                 feats.where(F.col("reason").isNotNull())
-                .select("path", "reason")
-                .unionByName(ingested.too_large)
+                .select("path", "reason", "length", "modification_time")
+                .unionByName(too_large, allowMissingColumns=True)
                 .unionByName(unreadable)
-                .coalesce(1)
             )
+            if plan is not None:
+                quarantine = quarantine.unionByName(plan.kept_quarantine)
+            quarantine = quarantine.coalesce(1)
             quarantine.write.parquet(join(staging, "quarantine.parquet"))
             quarantine = spark.read.parquet(join(staging, "quarantine.parquet"))
             n_bad = quarantine.count()
@@ -156,7 +174,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                 first = quarantine.first()
                 assert first is not None
                 raise ImageFailure(f"{first['path']}: {first['reason']}")
-            _single_csv(store, quarantine, join(staging, "quarantine.csv"))
+            _single_csv(store, quarantine.select("path", "reason"), join(staging, "quarantine.csv"))
             log.info("quarantine: %d file(s)", n_bad)
 
         splits = {r["split"]: r["count"] for r in ok.groupBy("split").count().collect()}
@@ -167,7 +185,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
 
         with timer("reduce"):
             train = ok.where(F.col("split") == "train") if splits.get("train") else ok
-            reducer = fit_reducer(train, cfg.reduce)
+            reducer = plan.reducer if plan and plan.reducer else fit_reducer(train, cfg.reduce)
             reducer.transform(ok).select(*OUTPUT_COLUMNS).write.parquet(
                 join(staging, "images.parquet")
             )
@@ -192,9 +210,14 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             with timer("classify"):
                 from fruits.classify import evaluate, fit_classifier
 
-                model = fit_classifier(
-                    images.where(F.col("split") == "train") if splits.get("train") else images
-                )
+                if plan is not None and plan.classifier_path:  # incremental: no refit
+                    from fruits.incremental import load_classifier
+
+                    model = load_classifier(plan.classifier_path)
+                else:
+                    model = fit_classifier(
+                        images.where(F.col("split") == "train") if splits.get("train") else images
+                    )
                 model.write().overwrite().save(join(staging, "models", "classifier"))
                 from fruits.serving import export_serving
 
@@ -234,6 +257,9 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                     "macro_f1": evaluation.macro_f1 if evaluation else None,
                     "classification": evaluation.summary() if evaluation else None,
                     "stage_seconds": timer.seconds,
+                    "images_processed": plan.processed if plan is not None else images_total,
+                    "incremental": plan.describe() if plan is not None else None,
+                    "task_retries": task_retries(spark, group),
                     "total_seconds": round(total, 3),
                     "images_per_second": round(images_total / total, 2),
                     "featurize_images_per_second": round(
@@ -282,6 +308,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         raise
     finally:
         shutil.rmtree(local, ignore_errors=True)
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         io.cleanup()
 
 
@@ -328,3 +355,24 @@ def _quietly(fn: Any) -> None:
         fn()
     except Exception:
         log.debug("clean-up failed", exc_info=True)
+
+
+def task_retries(spark: SparkSession, group: str) -> dict[str, int]:
+    """Failed task attempts and re-run stages of this run's jobs (a lost executor, a task that
+    crashed), read from Spark's status tracker at the driver: no listener to register. Spark
+    keeps the last attempt of each stage, so `failed_tasks` is a lower bound when a whole stage
+    was re-run; `stage_retries` counts those re-runs."""
+    tracker = spark.sparkContext.statusTracker()
+    jobs = tracker.getJobIdsForGroup(group)
+    stages: set[int] = set()
+    for job in jobs:
+        info = tracker.getJobInfo(job)
+        if info is not None:
+            stages.update(info.stageIds)
+    failed = retried = 0
+    for stage in stages:
+        st = tracker.getStageInfo(stage)
+        if st is not None:
+            failed += st.numFailedTasks
+            retried += st.currentAttemptId
+    return {"jobs": len(jobs), "failed_tasks": failed, "stage_retries": retried}
