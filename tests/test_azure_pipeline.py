@@ -1,0 +1,218 @@
+"""The pipeline on Azure paths through fsspec (Spark here has no Azure connector), against a
+real Azurite: upload the sample -> a second upload copies nothing -> `fruits run` reading and
+writing Azurite -> download, and compare with the local run of the same sample."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from azurite_service import ACCOUNT, KEY, assert_no_secret
+from typer.testing import CliRunner
+
+from fruits import fsspec_store
+from fruits.cli import app
+
+pytestmark = pytest.mark.azure
+
+AZURE_ENV = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+)
+
+
+@pytest.fixture
+def azure_env(azurite, monkeypatch):
+    for name in AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    return azurite
+
+
+@pytest.fixture
+def container(azurite) -> str:
+    name = f"p-{uuid.uuid4().hex[:10]}"
+    azurite.service().create_container(name)
+    return name
+
+
+def small_tree(sample_dir: Path, root: Path, per_class: int = 2) -> Path:
+    """A few real JPEGs of two classes in Training/Test, copied from the bundled sample."""
+    for split in ("Training", "Test"):
+        for cls in sorted(p.name for p in (sample_dir / split).iterdir())[:2]:
+            for img in sorted((sample_dir / split / cls).glob("*.jpg"))[:per_class]:
+                dst = root / split / cls / img.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(img, dst)
+    return root
+
+
+def test_choose_falls_back_to_fsspec_without_connector(spark, azure_env):
+    assert not fsspec_store.hadoop_can_open(spark, "abfss://c@a.dfs.core.windows.net/x")
+    assert fsspec_store.hadoop_can_open(spark, "/tmp/x")
+    assert fsspec_store.choose(spark, "auto", "az://c/x") == ("fsspec", "az://c/x")
+    assert fsspec_store.choose(spark, "auto", "/tmp/x") == ("hadoop", "/tmp/x")
+    # forced Hadoop turns az:// into the abfss:// URI Spark's connector expects
+    assert fsspec_store.choose(spark, "hadoop", "az://c/x") == (
+        "hadoop",
+        f"abfss://c@{ACCOUNT}.dfs.core.windows.net/x",
+    )
+    assert fsspec_store.choose(spark, "fsspec", "/tmp/x") == ("fsspec", "/tmp/x")
+
+
+def test_fsspec_ingest_matches_binaryfile_ingest(spark, azure_env, container, sample_dir, tmp_path):
+    """Same columns, types, labels, splits, sizes and bytes as Spark's own binaryFile ingest."""
+    from fruits.ingest import read_images
+    from fruits.transfer import upload
+
+    local = small_tree(sample_dir, tmp_path / "imgs")
+    (local / "Training" / "notes.txt").write_text("not an image")
+    big = next(local.rglob("*.jpg"))
+    assert upload(local, f"az://{container}/imgs", progress=False).ok
+
+    limit = big.stat().st_size - 1  # at least one file is "too large"
+    remote = fsspec_store.read_images(spark, f"az://{container}/imgs", max_file_bytes=limit)
+    hadoop = read_images(spark, str(local), max_file_bytes=limit)
+    assert remote.files.schema.simpleString() == hadoop.files.schema.simpleString()
+
+    def rows(ingested, prefix):
+        out = {}
+        for r in ingested.files.collect():
+            out[r["path"].split(prefix, 1)[1]] = (r["label"], r["split"], r["length"], r["content"])
+        return out
+
+    assert rows(remote, f"az://{container}/imgs/") == rows(hadoop, str(local) + "/")
+    too_large = {r["path"].rpartition("/imgs/")[2] for r in remote.too_large.collect()}
+    assert too_large == {r["path"].rpartition("/imgs/")[2] for r in hadoop.too_large.collect()}
+    assert too_large  # the size rule applied, before any byte was read
+    mtimes = remote.files.select("modification_time").collect()
+    assert all(r[0] is not None for r in mtimes)
+
+
+def test_fsspec_unreadable_file_has_null_content(spark, azure_env, container, sample_dir, tmp_path):
+    """A file deleted between listing and reading is not a crash: null content, quarantined
+    as unreadable by the featurizer."""
+    from fruits.features import UNREADABLE
+    from fruits.transfer import upload
+
+    local = small_tree(sample_dir, tmp_path / "imgs", per_class=1)
+    assert upload(local, f"az://{container}/imgs", progress=False).ok
+    ingested = fsspec_store.read_images(spark, f"az://{container}/imgs")
+    victim = ingested.files.select("path").first()["path"]
+    blob = victim.split(f"az://{container}/", 1)[1]
+    azure_env.service().get_container_client(container).delete_blob(blob)
+    content = {r["path"]: r["content"] for r in ingested.files.select("path", "content").collect()}
+    assert content[victim] is None
+    assert sum(v is not None for v in content.values()) == len(content) - 1
+    assert UNREADABLE.startswith("unreadable")
+
+
+def test_fsspec_store_operations(azure_env, container, tmp_path):
+    root = f"az://{container}/store"
+    store = fsspec_store.FsspecStore(fsspec_store.locate(root))
+    src = tmp_path / "dir"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.txt").write_text("bb")
+    assert not store.exists(f"{root}/x")
+    store.put(src, f"{root}/x")
+    store.put(src / "a.txt", f"{root}/single.txt")
+    assert store.exists(f"{root}/x") and store.exists(f"{root}/single.txt")
+    assert sorted(store.list(root)) == [f"{root}/single.txt", f"{root}/x"]
+    store.rename(f"{root}/x", f"{root}/y")
+    assert not store.exists(f"{root}/x")
+    assert sorted(store.list(f"{root}/y")) == [f"{root}/y/a.txt", f"{root}/y/sub"]
+    store.get(f"{root}/y", tmp_path / "back")
+    assert (tmp_path / "back" / "sub" / "b.txt").read_text() == "bb"
+    store.delete(f"{root}/y")
+    store.delete(f"{root}/never-there")
+    assert store.list(root) == [f"{root}/single.txt"]
+
+
+def test_missing_input_container_is_one_line(spark, azure_env):
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--input", "az://no-such-container/x", "--output", "o"])
+    assert result.exit_code == 2
+    assert "error: " in result.output and "not found" in result.output
+    assert "Traceback" not in result.output
+    assert_no_secret(result.output)
+
+
+@pytest.mark.slow
+def test_upload_run_download_round_trip(
+    spark, azure_env, container, sample_dir, sample_run, tmp_path, caplog, capfd
+):
+    """The issue's acceptance path, as a new user would run it, compared with a local run."""
+    caplog.set_level(logging.INFO)
+    runner = CliRunner()
+    data = f"abfss://{container}@{ACCOUNT}.dfs.core.windows.net/fruits-360-sample"
+    out = f"az://{container}/runs/sample"
+
+    first = runner.invoke(app, ["upload", str(sample_dir), data, "--no-progress"])
+    assert first.exit_code == 0, first.output
+    n_files = sum(1 for p in sample_dir.rglob("*") if p.is_file())
+    assert f"transferred {n_files} " in first.output
+    second = runner.invoke(app, ["upload", str(sample_dir), data, "--no-progress"])
+    assert second.exit_code == 0 and "transferred 0 (0 B)" in second.output
+
+    ran = runner.invoke(app, ["run", "--input", data, "--output", out])
+    assert ran.exit_code == 0, ran.output
+    assert f"outputs written to {out}" in ran.output
+
+    blobs = [b.name for b in azure_env.service().get_container_client(container).list_blobs()]
+    runs = {name.split("/")[1] for name in blobs if name.startswith("runs/")}
+    assert runs == {"sample"}  # published; no staging or old folder left behind
+    assert not any(name.endswith(".crc") for name in blobs)
+
+    local = tmp_path / "downloaded"
+    got = runner.invoke(app, ["download", out, str(local), "--no-progress"])
+    assert got.exit_code == 0, got.output
+
+    expected = Path(sample_run.output)
+    report = json.loads((local / "report.json").read_text())
+    base = sample_run.report
+    assert (local / "_SUCCESS.json").exists()
+    for key in ("images_total", "images_ok", "images_quarantined", "classes", "feature_dim"):
+        assert report[key] == base[key], key
+    assert report["images_by_split"] == base["images_by_split"]
+    assert report["pca_k"] == base["pca_k"]
+    assert report["pca_explained_variance"] == pytest.approx(base["pca_explained_variance"], 1e-4)
+    assert report["input"] == data and report["output"] == out
+
+    azure_images = spark.read.parquet(str(local / "images.parquet"))
+    local_images = spark.read.parquet(str(expected / "images.parquet"))
+    assert azure_images.columns == local_images.columns
+    assert azure_images.count() == local_images.count() == base["images_ok"]
+
+    def keyed(df, marker):
+        return {
+            (r["path"].split(marker, 1)[1], r["label"], r["split"], r["length"])
+            for r in df.select("path", "label", "split", "length").collect()
+        }
+
+    assert keyed(azure_images, "fruits-360-sample/") == keyed(local_images, "fruits-360-sample/")
+    assert all(
+        r["path"].startswith(data + "/") for r in azure_images.select("path").limit(5).collect()
+    )
+    pca_csv = (local / "pca.csv").read_text().splitlines()
+    assert pca_csv[0] == (expected / "pca.csv").read_text().splitlines()[0]
+    assert len(pca_csv) == base["images_ok"] + 1
+    for plot in (expected / "plots").iterdir():
+        assert (local / "plots" / plot.name).exists()
+    assert sorted(p.name for p in (local / "models").iterdir()) == sorted(
+        p.name for p in (expected / "models").iterdir()
+    )
+
+    # no secret anywhere: CLI output, logs, the driver's stdout/stderr, Spark conf, every file
+    captured = capfd.readouterr()
+    conf = "\n".join(f"{k}={v}" for k, v in spark.sparkContext.getConf().getAll())
+    files = [p.read_bytes() for p in local.rglob("*") if p.is_file()]
+    outputs = (first.output, second.output, ran.output, got.output, caplog.text)
+    assert_no_secret(*outputs, captured.out, captured.err, conf, *files)
+    assert KEY not in json.dumps(report)

@@ -1,0 +1,160 @@
+"""The Databricks Asset Bundle and notebook refer only to things that exist in the package:
+entry point, CLI command and options, job parameters, variables, and the wheel the build makes."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extra")
+tomllib = pytest.importorskip("tomllib", reason="Python 3.11+")
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "deploy" / "databricks"
+
+
+@pytest.fixture(scope="module")
+def bundle() -> dict:
+    main = yaml.safe_load((BUNDLE / "databricks.yml").read_text())
+    merged = {**main, "resources": {}}
+    for pattern in main["include"]:
+        files = sorted(BUNDLE.glob(pattern))
+        assert files, f"include {pattern} matches nothing"
+        for f in files:
+            for kind, items in yaml.safe_load(f.read_text())["resources"].items():
+                merged["resources"].setdefault(kind, {}).update(items)
+    return merged
+
+
+@pytest.fixture(scope="module")
+def job(bundle) -> dict:
+    return bundle["resources"]["jobs"]["fruits_pipeline"]
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_entry_point_exists(job, pyproject):
+    task = job["tasks"][0]["python_wheel_task"]
+    assert task["package_name"] == pyproject["project"]["name"]
+    target = pyproject["project"]["scripts"][task["entry_point"]]
+    module, _, func = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_cli_command_and_options_exist(job):
+    import typer.main
+
+    from fruits.cli import app
+
+    params = job["tasks"][0]["python_wheel_task"]["parameters"]
+    group = typer.main.get_command(app)
+    command = group.commands[params[0]]  # type: ignore[attr-defined]
+    options = {opt for p in command.params for opt in p.opts}
+    flags = [p for p in params[1:] if p.startswith("--")]
+    assert flags and set(flags) <= options, set(flags) - options
+    declared = {p["name"] for p in job["parameters"]}
+    used = set(re.findall(r"\{\{job\.parameters\.(\w+)\}\}", " ".join(params)))
+    assert used and used <= declared
+    storage = next(p for p in job["parameters"] if p["name"] == "storage")
+    assert storage["default"] in ("auto", "hadoop", "fsspec")
+
+
+def test_variables_are_defined(bundle):
+    text = (BUNDLE / "databricks.yml").read_text() + "".join(
+        f.read_text() for f in (BUNDLE / "resources").glob("*.yml")
+    )
+    used = set(re.findall(r"\$\{var\.(\w+)\}", text))
+    assert used <= set(bundle["variables"]), used - set(bundle["variables"])
+
+
+def test_cluster_scales_and_stops(job, bundle):
+    cluster = job["job_clusters"][0]["new_cluster"]
+    assert cluster["autoscale"]["min_workers"] >= 1
+    assert job["timeout_seconds"] > 0  # a job cluster ends with the run; this bounds a hang
+    interactive = bundle["resources"]["clusters"]["fruits_interactive"]
+    assert 0 < interactive["autotermination_minutes"] <= 60
+    assert int(bundle["variables"]["max_workers"]["default"]) >= 1
+
+
+def test_runtime_matches_the_spark_the_package_needs(bundle, pyproject):
+    runtime = bundle["variables"]["spark_version"]["default"]
+    major = int(runtime.split(".")[0])
+    assert major >= 17, "Databricks Runtime 17+ ships Spark 4.0"
+    assert any(d.startswith("pyspark>=4.0") for d in pyproject["project"]["dependencies"])
+
+
+def test_wheel_is_built_and_installed(job, bundle):
+    artifact = bundle["artifacts"]["fruits_wheel"]
+    assert (BUNDLE / artifact["path"]).resolve() == ROOT
+    out = re.search(r"--out (\S+)", artifact["build"]).group(1)
+    libs = [lib["whl"] for lib in job["tasks"][0]["libraries"]]
+    jobfile = BUNDLE / "resources"
+    assert any((jobfile / lib).resolve().parent == (ROOT / out).resolve() for lib in libs), libs
+
+
+def test_no_secret_in_the_bundle(job, bundle):
+    confs = [job["job_clusters"][0]["new_cluster"]["spark_conf"]]
+    confs.append(bundle["resources"]["clusters"]["fruits_interactive"]["spark_conf"])
+    for conf in confs:
+        for key, value in conf.items():
+            if "key" in key or "secret" in key or "sas" in key:
+                assert re.fullmatch(r"\{\{secrets/.+\}\}", value), key
+
+
+def test_eu_region_is_stated():
+    text = (BUNDLE / "databricks.yml").read_text()
+    assert "GDPR" in text and re.search(r"westeurope|northeurope", text)
+
+
+def test_notebook_calls_the_package_and_holds_no_logic():
+    path = BUNDLE / "notebooks" / "fruits_pipeline.py"
+    source = path.read_text()
+    assert source.startswith("# Databricks notebook source\n")
+    assert source.count("# COMMAND ----------") >= 5
+    tree = ast.parse(source)
+    defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert not defs, "the notebook should call the package, not define its own logic"
+    imported = [
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fruits")
+        for alias in node.names
+    ]
+    assert {m for m, _ in imported} >= {"fruits.pipeline", "fruits.config"}
+    for module, name in imported:
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
+
+
+def test_databricks_wheel_drops_only_pyspark(tmp_path):
+    sys.path.insert(0, str(BUNDLE))
+    try:
+        build_wheel = importlib.import_module("build_wheel")
+    finally:
+        sys.path.remove(str(BUNDLE))
+    wheel = tmp_path / "fruits-0.1.0-py3-none-any.whl"
+    meta = "fruits-0.1.0.dist-info/METADATA"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("fruits/__init__.py", "")
+        z.writestr(
+            meta,
+            "Metadata-Version: 2.1\nName: fruits\nRequires-Dist: pyspark<4.1,>=4.0\n"
+            "Requires-Dist: numpy>=1.26\nRequires-Dist: adlfs>=2024.4; extra == 'azure'\n",
+        )
+        z.writestr("fruits-0.1.0.dist-info/RECORD", f"{meta},sha256=x,1\nfruits/__init__.py,,\n")
+    out = build_wheel.strip_requirement(wheel, tmp_path / "out")
+    with zipfile.ZipFile(out) as z:
+        text = z.read(meta).decode()
+        record = z.read("fruits-0.1.0.dist-info/RECORD").decode()
+        assert "fruits/__init__.py" in z.namelist()
+    assert "pyspark" not in text
+    assert "numpy>=1.26" in text and "adlfs" in text
+    assert f"{meta},sha256=x,1" not in record and record.startswith(meta + ",sha256=")
