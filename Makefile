@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= fruits-output
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run serve load test test-fast lint format bench clean
+.PHONY: help venv run serve load test test-fast lint format bench clean azurite azurite-stop
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,17 @@ format: $(BIN)/fruits  ## apply ruff's fixes and formatting
 
 bench: $(BIN)/fruits  ## featurization benchmark on ../shared/datasets/fruits-360-dev
 	$(BIN)/python bench/featurize.py
+
+node_modules/.bin/azurite-blob: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+azurite: node_modules/.bin/azurite-blob  ## start Azurite (Azure Storage emulator) on 127.0.0.1, port AZURITE_BLOB_PORT or 10000
+	scripts/azurite.sh start
+	@echo "export AZURITE_BLOB_PORT=$${AZURITE_BLOB_PORT:-10000}  # tests then use this Azurite"
+
+azurite-stop:  ## stop the Azurite started by `make azurite`
+	scripts/azurite.sh stop
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache build dist src/*.egg-info spark-warehouse
