@@ -2,7 +2,7 @@
 
 Databricks Runtime ships Spark; pip installing PyPI's pyspark on a cluster shadows it and breaks
 the runtime. Every other dependency stays declared, so the cluster installs them with the wheel.
-Run from the repository root (the bundle's artifact build does): writes dist/databricks/*.whl.
+Run from the repository root (the bundle's artifact build does): writes dist/fruits-*.whl.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def strip_requirement(wheel: Path, out_dir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="dist/databricks")
+    parser.add_argument("--out", default="dist")
     parser.add_argument("--project", default=".")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
