@@ -196,8 +196,12 @@ def serve(
 ) -> None:
     """Serve a run's model: web page at /, API at /v1/predict, docs at /docs."""
     _setup_logging(False)
-    from fruits.serve import ServeSettings
-    from fruits.serve import serve as start
+    try:
+        from fruits.serve import ServeSettings
+        from fruits.serve import serve as start
+    except ImportError as exc:
+        typer.echo(f"error: {exc.name} is missing: pip install 'fruits[serve]'", err=True)
+        raise typer.Exit(2) from None
     from fruits.serving import ServingError, check_run
 
     settings = ServeSettings(run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads)
