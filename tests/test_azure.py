@@ -255,3 +255,25 @@ def test_explain_messages_are_one_line_and_clean():
     assert azure.explain(missing, loc) == "not found (az://images/x)"
     other = azure.explain(RuntimeError(f"boom AccountKey={KEY}\nsecond line"))
     assert "\n" not in other and KEY not in other
+
+
+def test_fsspec_store_on_local_files(tmp_path):
+    """The Store protocol through fsspec, on the local file system (Azure: test_azure_pipeline)."""
+    from fruits.fsspec_store import FsspecStore, locate
+    from fruits.storage import publish
+
+    root = str(tmp_path / "remote")
+    store = FsspecStore(locate(root))
+    src = tmp_path / "run"
+    (src / "plots").mkdir(parents=True)
+    (src / "report.json").write_text("{}")
+    (src / "plots" / "a.png").write_bytes(b"png")
+    store.put(src, f"{root}/.out.staging-1")
+    assert store.exists(f"{root}/.out.staging-1/plots/a.png")
+    publish(store, f"{root}/.out.staging-1", f"{root}/out", "1")
+    assert sorted(store.list(root)) == [f"{root}/out"]
+    store.put(src, f"{root}/.out.staging-2")
+    publish(store, f"{root}/.out.staging-2", f"{root}/out", "2")  # replaces the old output
+    assert sorted(store.list(f"{root}/out")) == [f"{root}/out/plots", f"{root}/out/report.json"]
+    store.get(f"{root}/out", tmp_path / "back")
+    assert (tmp_path / "back" / "plots" / "a.png").read_bytes() == b"png"

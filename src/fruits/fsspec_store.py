@@ -145,7 +145,10 @@ class FsspecStore:
         fs, s = self._loc(src)
         _, d = self._loc(dst)
         fs.invalidate_cache()
-        if fs.isdir(s):
+        if self.root.spec.credentials is None:  # local and other real file systems
+            fs.makedirs(fs._parent(d), exist_ok=True)
+            fs.mv(s, d, recursive=True)
+        elif fs.isdir(s):
             files = fs.find(s)
             fs.copy(files, [d + f[len(s) :] for f in files])  # one batch, concurrent in adlfs
             fs.rm(s, recursive=True)
@@ -156,11 +159,16 @@ class FsspecStore:
     def put(self, local: str | Path, uri: str) -> None:
         fs, p = self._loc(uri)
         src = Path(local)
-        if src.is_dir():
-            for f in sorted(x for x in src.rglob("*") if x.is_file()):
-                fs.put_file(str(f), p + "/" + f.relative_to(src).as_posix())
-        else:
-            fs.put_file(str(src), p)
+        pairs = (
+            [(f, p + "/" + f.relative_to(src).as_posix()) for f in sorted(src.rglob("*"))]
+            if src.is_dir()
+            else [(src, p)]
+        )
+        for f, target in pairs:
+            if f.is_file():
+                if self.root.spec.credentials is None:  # blob stores have no folders to make
+                    fs.makedirs(fs._parent(target), exist_ok=True)
+                fs.put_file(str(f), target)
 
     def get(self, uri: str, local: str | Path) -> None:
         fs, p = self._loc(uri)
@@ -246,6 +254,8 @@ def read_images(
             F.col("length").cast("string"),
             F.lit(f" bytes exceeds the limit of {max_file_bytes}"),
         ).alias("reason"),
+        "length",
+        "modification_time",
     )
     return Ingested(files=ok, too_large=too_large)
 
@@ -349,6 +359,8 @@ class StoragePlan:
             raise InputError(f"cannot access input: {exc}") from None
         except Exception as exc:
             raise InputError(f"cannot access input: {azure.explain(exc, loc)}") from None
+        if not exists and loc is not None and not fs.exists(loc.container):
+            raise InputError(f"input container {loc.container!r} not found ({self.input})")
         if not exists:
             raise InputError(f"input not found: {azure.redact(self.input)}")
 
