@@ -1,0 +1,165 @@
+"""A corpus of bad and odd files, made by the test, through a real `fruits run` (real CNN, local
+Spark in a subprocess): no crash, every usable file processed, every other one quarantined
+with its reason.
+
+Unreadable files: tests run as root, and root reads a mode-000 file anyway. The run is
+therefore started through `setpriv` without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, the
+capabilities that let root ignore permissions; the JVM then gets EACCES like any user would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fruits.ingest import InputError, read_images
+
+pytestmark = pytest.mark.slow
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def fruit(size: int = 100) -> Image.Image:
+    """A red disc on white, like a Fruits-360 image."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    arr = np.full((size, size, 3), 255, np.uint8)
+    arr[disc] = (200, 30, 40)
+    return Image.fromarray(arr)
+
+
+def bomb_png(side: int = 30000) -> bytes:
+    """A valid PNG header claiming 30000 x 30000 pixels (900 Mpx), about 1 KB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + chunk(b"IEND", b"")
+    )
+
+
+def make_corpus(root: Path, sample_dir: Path) -> tuple[dict[str, Path], dict[str, tuple]]:
+    """-> (usable kind -> path, unusable kind -> (path, expected reason fragment))."""
+    odd = root / "Training" / "Odd"
+    odd.mkdir(parents=True)
+    usable: dict[str, Path] = {}
+    for label in ("Banana 1", "Kiwi 1"):  # real images, so PCA has something to fit
+        (root / "Training" / label).mkdir(parents=True)
+        for f in sorted((sample_dir / "Training" / label).iterdir())[:3]:
+            usable[f"sample {label} {f.name}"] = shutil.copy(f, root / "Training" / label)
+    jpeg = encode(fruit(), "JPEG", quality=90)
+
+    def put(name: str, data: bytes) -> Path:
+        (odd / name).write_bytes(data)
+        return odd / name
+
+    rgba = fruit().convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(100, dtype=np.uint8), (100, 1))))
+    usable["png with alpha"] = put("alpha.png", encode(rgba, "PNG"))
+    sixteen = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    usable["16-bit png"] = put("sixteen.png", encode(Image.fromarray(sixteen), "PNG"))
+    usable["cmyk jpeg"] = put("cmyk.jpg", encode(fruit().convert("CMYK"), "JPEG"))
+    usable["grayscale jpeg"] = put("gray.jpg", encode(fruit().convert("L"), "JPEG"))
+    usable["1x1 pixel"] = put("tiny.png", encode(Image.new("RGB", (1, 1), (9, 200, 9)), "PNG"))
+    usable["unicode and spaces"] = put("pomme rouge é 🍎 (1).jpg", jpeg)
+    usable["png named .jpg"] = put("really-a-png.jpg", encode(fruit(), "PNG"))
+    usable["upper-case extension"] = put("SHOUT.JPG", jpeg)
+    (odd / "link-to-fruit.jpg").symlink_to(odd / "gray.jpg")
+    usable["symlink to an image"] = odd / "link-to-fruit.jpg"
+
+    bad = bytearray(jpeg)
+    bad[0:40] = b"\x00" * 40
+    unusable = {
+        "corrupt header": (put("corrupt-header.jpg", bytes(bad)), "not an image"),
+        "truncated jpeg": (put("truncated.jpg", jpeg[: len(jpeg) // 2]), "truncated"),
+        "zero bytes": (put("empty.jpg", b""), "empty file (0 bytes)"),
+        "text renamed .jpg": (put("notes.jpg", b"some text, not pixels\n" * 20), "not an image"),
+        "decompression bomb": (put("bomb.png", bomb_png()), "image too large: 30000x30000"),
+        "unreadable": (put("locked.jpg", jpeg), "unreadable"),
+    }
+    os.chmod(unusable["unreadable"][0], 0)
+    (odd / "loop-a.jpg").symlink_to(odd / "loop-b.jpg")
+    (odd / "loop-b.jpg").symlink_to(odd / "loop-a.jpg")
+    unusable["symlink loop"] = (odd / "loop-a.jpg", "symlink loop")
+    unusable["symlink loop (other end)"] = (odd / "loop-b.jpg", "symlink loop")
+    (odd / "dangling.jpg").symlink_to(odd / "gone.jpg")
+    unusable["broken symlink"] = (odd / "dangling.jpg", "broken symlink")
+    (odd / "readme.txt").write_text("not an image extension: never listed")
+    return usable, unusable
+
+
+def without_root_privileges() -> list[str]:
+    """A command prefix under which file permissions apply, even for root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        if os.environ.get("CI"):
+            pytest.fail("setpriv (util-linux) is needed to test unreadable files as root")
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    drop = "-dac_override,-dac_read_search"
+    return [setpriv, "--inh-caps", drop, "--bounding-set", drop]
+
+
+def uri(path: Path) -> str:
+    return f"file:{path}"
+
+
+def test_bad_and_odd_files_never_crash_a_run(sample_dir, tmp_path):
+    usable, unusable = make_corpus(tmp_path / "in", sample_dir)
+    assert len(usable) - 6 + len(unusable) >= 12  # kinds beyond the 6 plain sample images
+    out = tmp_path / "out"
+    cmd = [
+        *without_root_privileges(), sys.executable, "-m", "fruits", "run",
+        "--input", str(tmp_path / "in"), "--output", str(out), "--master", "local[2]",
+        "--no-classify", "--pca-k", "2",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    rows = pd.read_parquet(out / "images.parquet")
+    assert rows["path"].is_unique
+    assert sorted(rows["path"]) == sorted(uri(p) for p in usable.values())
+    assert all(len(f) == 1280 for f in rows["features"])
+
+    quarantine = pd.read_parquet(out / "quarantine.parquet").set_index("path")["reason"]
+    assert quarantine.index.is_unique
+    assert sorted(quarantine.index) == sorted(uri(p) for p, _ in unusable.values())
+    for kind, (path, why) in unusable.items():
+        assert why in quarantine[uri(path)], (kind, quarantine[uri(path)])
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["images_total"] == len(usable) + len(unusable)
+    assert (report["images_ok"], report["images_quarantined"]) == (len(usable), len(unusable))
+    csv = pd.read_csv(out / "quarantine.csv")
+    assert list(csv.columns) == ["path", "reason"] and len(csv) == len(unusable)
+
+
+def test_a_folder_symlink_loop_is_refused_in_one_line(spark, tmp_path):
+    (tmp_path / "Training" / "Kiwi").mkdir(parents=True)
+    (tmp_path / "Training" / "Kiwi" / "a.jpg").write_bytes(encode(fruit(), "JPEG"))
+    (tmp_path / "Training" / "Kiwi" / "again").symlink_to(tmp_path / "Training")
+    with pytest.raises(InputError, match=r"symlink loop in the input: .*again"):
+        read_images(spark, str(tmp_path))
