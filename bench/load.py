@@ -34,9 +34,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str, port: int, threads: int) -> subprocess.Popen:
+def start_server(run: str, port: int, threads: int, max_batch: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fruits.cli", "serve", "--run", run, "--host", "127.0.0.1",
-           "--port", str(port), "--threads", str(threads)]  # fmt: skip
+           "--port", str(port), "--threads", str(threads),
+           "--max-batch", str(max_batch)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -67,9 +68,11 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--image", type=Path, default=None, help="default: a 100x100 sample banana")
     ap.add_argument("--threads", type=int, default=0, help="server CNN threads (0 = all cores)")
+    ap.add_argument("--max-batch", type=int, default=16, help="server micro-batch (1 = off)")
     ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--url", default=None, help="use a running server instead of starting one")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]  # what else was running: figures are noisy when high
 
     image = args.image or sorted(SAMPLE_BANANA.glob("*.jpg"))[0]
     data = image.read_bytes()
@@ -79,7 +82,7 @@ def main() -> int:
     proc = None
     if args.url is None:
         port = free_port()
-        proc = start_server(args.run, port, args.threads)
+        proc = start_server(args.run, port, args.threads, args.max_batch)
         url = f"http://127.0.0.1:{port}"
     else:
         url = args.url.rstrip("/")
@@ -137,7 +140,9 @@ def main() -> int:
         "p99_ms": round(percentile(lat, 99), 1),
         "max_ms": round(lat[-1], 1) if lat else None,
         "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+        "max_batch": args.max_batch,
         "cpu_cores": os.cpu_count(),
+        "load_average_1m_before": round(load_before, 1),
     }
     print(f"{result['requests']} requests, {args.concurrency} clients, {result['errors']} errors, "
           f"{result['throughput_rps']} req/s")  # fmt: skip

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -20,6 +23,7 @@ from fruits.reduce import fit_reducer
 from fruits.serving import (
     ARRAYS_FILE,
     META_FILE,
+    MicroBatcher,
     Predictor,
     ServingArrays,
     ServingError,
@@ -170,3 +174,50 @@ def test_unservable_folders_fail_with_a_reason(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(ServingError, match=r"serving\.npz is missing"):
         check_run(tmp_path)
+
+
+def test_micro_batcher_splits_results_back_to_their_callers():
+    calls: list[int] = []
+
+    def fn(rows):
+        calls.append(len(rows))
+        if (rows < 0).any():
+            raise ValueError("negative")
+        return rows * 10
+
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda rows: (gate.wait(5), fn(rows))[1], max_batch=8)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(batcher, np.full((1, 2), i)) for i in range(12)]
+            deadline = time.monotonic() + 10
+            while batcher._queue.qsize() < 11 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the first call holds the worker; the other 11 wait in line
+            gate.set()
+            results = [f.result(timeout=10) for f in futures]
+        for i, r in enumerate(results):
+            np.testing.assert_array_equal(r, np.full((1, 2), 10 * i))
+        assert calls == [1, 8, 3]  # the first alone, then whatever had queued, 8 at most
+        with pytest.raises(ValueError, match="negative"):
+            batcher(np.full((1, 2), -1))
+        np.testing.assert_array_equal(batcher(np.ones((1, 2))), np.full((1, 2), 10))  # still alive
+    finally:
+        batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher(np.ones((1, 2)))
+
+
+def test_concurrent_batched_predictions_match_single_ones(predictor, spark_scored):
+    contents = [local_path(p).read_bytes() for p in spark_scored["path"][:16]]
+    single = [predictor.predict(c, top_k=3) for c in contents]
+    predictor.start_batching(max_batch=8)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            batched = list(pool.map(lambda c: predictor.predict(c, top_k=3), contents))
+        with pytest.raises(ImageError):  # a bad image fails in its own thread, not the batch
+            predictor.predict(b"nope")
+    finally:
+        predictor.stop_batching()
+    for a, b in zip(single, batched, strict=True):
+        assert a.labels == b.labels
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=PROB_TOL)

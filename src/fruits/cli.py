@@ -192,7 +192,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_mb: Annotated[float, typer.Option(help="Upload size limit in MB.")] = 10.0,
-    threads: Annotated[int, typer.Option(help="CNN threads per request; 0 = every core.")] = 0,
+    threads: Annotated[int, typer.Option(help="CNN threads; 0 = every core.")] = 0,
+    max_batch: Annotated[
+        int, typer.Option(help="Concurrent requests share CNN calls up to this many; 1 = off.")
+    ] = 16,
 ) -> None:
     """Serve a run's model: web page at /, API at /v1/predict, docs at /docs."""
     _setup_logging(False)
@@ -204,7 +207,9 @@ def serve(
         raise typer.Exit(2) from None
     from fruits.serving import ServingError, check_run
 
-    settings = ServeSettings(run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads)
+    settings = ServeSettings(
+        run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads, max_batch=max_batch
+    )
     try:
         check_run(run)  # fail here with one line, not inside uvicorn's start-up
     except (ServingError, OSError, ValueError, KeyError) as exc:

@@ -44,6 +44,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # capped by the run's own limit
     default_top_k: int = 3
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = every core
+    max_batch: int = 16  # concurrent requests share CNN calls up to this size; 1 = no batching
 
 
 class ApiError(StarletteHTTPException):
@@ -201,9 +202,16 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = predictor or Predictor.load(settings.run, threads=settings.threads)
+        batching = settings.max_batch > 1 and predictor is None  # a lent predictor stays as is
+        if batching:
+            loaded.start_batching(max_batch=settings.max_batch)
         app.state.predictor = loaded
         log.info("serving run %s (%d classes)", loaded.run_id, len(loaded.classes))
-        yield
+        try:
+            yield
+        finally:
+            if batching:
+                loaded.stop_batching()
 
     app = FastAPI(
         title="Fruits! recognition API",
