@@ -141,7 +141,14 @@ def plan_increment(
 ) -> Increment | None:
     """Compare the listing with the published output; None when there is no finished output
     to build on (the caller then does a full run)."""
-    if not finished(store, output):
+    try:
+        done = finished(store, output)
+    except Exception as exc:  # e.g. an fsspec-only output (`--storage fsspec`)
+        raise ValueError(
+            f"--incremental needs an output Spark's Hadoop connector can read: {output}"
+            f" ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+        ) from None
+    if not done:
         log.info("incremental: no finished output at %s, processing everything", output)
         return None
     previous = read_report(store, output)
