@@ -222,7 +222,12 @@ def plan_increment(
         deleted=len(deleted),
         unchanged=counts.get("unchanged", 0),
         refit=cfg.refit,
-        reducer=None if cfg.refit else load_reducer(join(output, "models", "scaler_pca")),
+        reducer=None
+        if cfg.refit
+        else load_reducer(
+            join(output, "models", "scaler_pca"),
+            previous.get("pca_explained_variance_per_component"),
+        ),
         classifier_path=None if cfg.refit else _classifier(store, output),
     )
 

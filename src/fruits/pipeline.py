@@ -251,6 +251,9 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                     "feature_dim": artifact.spec.feature_dim,
                     "pca_k": reducer.k,
                     "pca_explained_variance": round(reducer.cumulative, 6),
+                    "pca_explained_variance_per_component": [
+                        round(v, 8) for v in reducer.explained_variance
+                    ],
                     "pca_variance_target": None if cfg.reduce.k else cfg.reduce.variance,
                     "pca_fitted_on": "train" if splits.get("train") else "all",
                     "accuracy": evaluation.accuracy if evaluation else None,
