@@ -27,6 +27,7 @@ from fruits.models import BackboneSpec, build_torch, fingerprint, get_spec, read
 log = logging.getLogger(__name__)
 
 FEATURE_SCHEMA = "struct<features: array<float>, error: string>"
+GPU_BATCH_FACTOR = 4  # a GPU wants larger batches than a CPU core (Arrow batches bound them)
 UNREADABLE = "unreadable: the file could not be read (permissions, I/O error or deleted mid-run)"
 
 
@@ -175,10 +176,11 @@ class Featurizer:
             opts.intra_op_num_threads = max(1, threads)
             opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            providers = ["CPUExecutionProvider"]
+            providers: list[Any] = ["CPUExecutionProvider"]
             if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-                self.device = "cuda"
+                gpu = _gpu_index()  # one session per GPU: the one Spark gave this task
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": gpu}))
+                self.device = f"cuda:{gpu}"
             self._session = ort.InferenceSession(artifact.payload, opts, providers=providers)
             self._input = self._session.get_inputs()[0].name
         else:
@@ -221,10 +223,14 @@ class Featurizer:
 
 
 def _cpu_has_bf16() -> bool:
-    import torch
+    """Native bf16 only (AVX512-BF16 or AMX): elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:  # not Linux: trust torch's view of the CPU
+        import torch
 
-    cap = torch.backends.cpu.get_cpu_capability()
-    return "AVX512" in cap.upper() or "AMX" in cap.upper()
+        return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
 
 
 def _gpu_index() -> int:
@@ -241,6 +247,12 @@ def _gpu_index() -> int:
 
 
 _FEATURIZERS: dict[tuple[Any, ...], Featurizer] = {}
+_BUILDS: dict[tuple[Any, ...], int] = {}  # networks built in this process, per cache key
+
+
+def featurizer_builds() -> dict[tuple[Any, ...], int]:
+    """How many times this process built each network (1 per key when the cache works)."""
+    return dict(_BUILDS)
 
 
 def get_featurizer(key: tuple[Any, ...], artifact: Any, **kwargs: Any) -> Featurizer:
@@ -251,6 +263,7 @@ def get_featurizer(key: tuple[Any, ...], artifact: Any, **kwargs: Any) -> Featur
         value = artifact.value if hasattr(artifact, "value") else artifact
         fz = Featurizer(value, **kwargs)
         _FEATURIZERS[key] = fz
+        _BUILDS[key] = _BUILDS.get(key, 0) + 1
     return fz
 
 
@@ -295,12 +308,13 @@ def featurize_udf(
     @pandas_udf(FEATURE_SCHEMA)  # type: ignore[call-overload]
     def featurize(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
         fz = get_featurizer(
-            key, artifact, threads=threads, precision=cfg.precision,
+            (*key, _gpu_index()), artifact, threads=threads, precision=cfg.precision,
             channels_last=cfg.channels_last,
         )  # fmt: skip
+        step = batch if fz.device == "cpu" else batch * GPU_BATCH_FACTOR
         for paths, contents in batches:
             feats, errs = featurize_contents(
-                fz, list(contents), size=size, max_pixels=max_pixels, batch_size=batch
+                fz, list(contents), size=size, max_pixels=max_pixels, batch_size=step
             )
             if fail_fast:
                 for path, err in zip(paths, errs, strict=True):
