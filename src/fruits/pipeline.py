@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -321,9 +322,10 @@ def _write_featurized(featurized: DataFrame, uri: str) -> None:
         featurized.write.parquet(uri)
     except Exception as exc:
         text = str(exc)
-        if IMAGE_FAILURE_TAG in text:
-            line = text.split(IMAGE_FAILURE_TAG, 1)[1].splitlines()[0].strip()
-            raise ImageFailure(line) from None
+        # The Python traceback quotes the raising source line too; take the message itself.
+        found = re.search(re.escape(IMAGE_FAILURE_TAG) + r" (?!\{)(.+)", text)
+        if found:
+            raise ImageFailure(found.group(1).strip()) from None
         raise
 
 
