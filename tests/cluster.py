@@ -101,7 +101,7 @@ class StandaloneCluster:
     def alive_workers(self) -> int:
         try:
             return sum(w["state"] == "ALIVE" for w in self.state()["workers"])
-        except OSError:
+        except (OSError, ValueError):  # not up yet, or not JSON yet
             return 0
 
     def wait_workers(self, n: int, timeout: float = 120) -> None:
@@ -121,7 +121,7 @@ class StandaloneCluster:
             try:
                 if not self.state().get("activeapps"):
                     return
-            except OSError:
+            except (OSError, ValueError):  # not up yet, or not JSON yet
                 pass
             time.sleep(0.5)
         raise TimeoutError("an application is still registered at the master")
@@ -172,7 +172,7 @@ def running_job(ui: str, description: str) -> dict[str, Any] | None:
         if not apps:
             return None
         jobs = get_json(f"{ui}/api/v1/applications/{apps[0]['id']}/jobs?status=running")
-    except OSError:
+    except (OSError, ValueError):  # not up yet, or not JSON yet
         return None
     for job in jobs:
         if description in (job.get("description") or ""):

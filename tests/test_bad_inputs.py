@@ -24,9 +24,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fruits.ingest import InputError, read_images
-
-pytestmark = pytest.mark.slow
+from fruits.ingest import InputError, read_images, unlisted_files
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -127,6 +125,7 @@ def uri(path: Path) -> str:
     return f"file:{path}"
 
 
+@pytest.mark.slow
 def test_bad_and_odd_files_never_crash_a_run(sample_dir, tmp_path):
     usable, unusable = make_corpus(tmp_path / "in", sample_dir)
     assert len(usable) - 6 + len(unusable) >= 12  # kinds beyond the 6 plain sample images
@@ -163,3 +162,25 @@ def test_a_folder_symlink_loop_is_refused_in_one_line(spark, tmp_path):
     (tmp_path / "Training" / "Kiwi" / "again").symlink_to(tmp_path / "Training")
     with pytest.raises(InputError, match=r"symlink loop in the input: .*again"):
         read_images(spark, str(tmp_path))
+
+
+def test_files_spark_would_drop_silently_are_found(tmp_path):
+    """Spark's scan gives no row for these; `unlisted_files` turns them into quarantine rows."""
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "empty.txt").write_bytes(b"")  # not an image extension: ignored
+    (tmp_path / "ok.jpg").write_bytes(encode(fruit(), "JPEG"))
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "dangling.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
+    got = {Path(p[len("file:") :]).name: (reason, n) for p, reason, n, _ in unlisted_files(
+        str(tmp_path), ["jpg", "jpeg", "png"]
+    )}  # fmt: skip
+    assert got == {
+        "empty.jpg": ("empty file (0 bytes)", 0),
+        "a.png": ("symlink loop: a.png -> " + str(tmp_path / "b.png"), None),
+        "b.png": ("symlink loop: b.png -> " + str(tmp_path / "a.png"), None),
+        "dangling.jpeg": (
+            "broken symlink: dangling.jpeg -> " + str(tmp_path / "nowhere.jpeg"),
+            None,
+        ),
+    }

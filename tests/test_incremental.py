@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from fruits.cli import app
 from fruits.config import FeaturizerConfig, PipelineConfig
+from fruits.incremental import escape_glob, read_paths
+from fruits.ingest import read_images
 from fruits.pipeline import run_pipeline
-
-pytestmark = pytest.mark.slow
 
 CLASSES = ("Banana 1", "Kiwi 1", "Lemon 1")
 
@@ -52,6 +52,7 @@ def state(tmp_path_factory, sample_dir):
     return {"cfg": cfg, "in": inp, "out": out, "spare": spare[:10]}
 
 
+@pytest.mark.slow
 def test_first_incremental_run_without_output_processes_everything(spark, state):
     t0 = time.perf_counter()
     report = run_pipeline(state["cfg"], spark=spark).report
@@ -61,6 +62,7 @@ def test_first_incremental_run_without_output_processes_everything(spark, state)
     assert report["images_ok"] == 24 and report["images_quarantined"] == 1
 
 
+@pytest.mark.slow
 def test_adding_10_images_processes_10_and_leaves_existing_rows_untouched(spark, state):
     out = state["out"]
     before = images(out)
@@ -87,6 +89,7 @@ def test_adding_10_images_processes_10_and_leaves_existing_rows_untouched(spark,
     assert list(quarantine["path"]) == [f"file:{state['in']}/Training/{CLASSES[0]}/empty.jpg"]
 
 
+@pytest.mark.slow
 def test_nothing_new_processes_nothing_fast_and_leaves_the_output_alone(spark, state):
     out = state["out"]
     run_id = published_run(out)
@@ -103,6 +106,7 @@ def test_nothing_new_processes_nothing_fast_and_leaves_the_output_alone(spark, s
     assert seconds < 0.5 * state["full_seconds"], (seconds, state["full_seconds"])
 
 
+@pytest.mark.slow
 def test_a_changed_file_is_processed_again(spark, state):
     out = state["out"]
     target = (
@@ -125,6 +129,7 @@ def test_a_changed_file_is_processed_again(spark, state):
     assert after.loc[key, "length"] == target.stat().st_size
 
 
+@pytest.mark.slow
 def test_a_deleted_file_is_reported_and_its_row_removed(spark, state):
     out = state["out"]
     gone = state["spare"][0][1]
@@ -138,6 +143,7 @@ def test_a_deleted_file_is_reported_and_its_row_removed(spark, state):
     assert len(after) == 33 and f"file:{gone}" not in after.index
 
 
+@pytest.mark.slow
 def test_refit_refits_on_every_image_without_recomputing_features(spark, state):
     out = state["out"]
     before = images(out)
@@ -151,6 +157,7 @@ def test_refit_refits_on_every_image_without_recomputing_features(spark, state):
         assert list(after.loc[path, "features"]) == list(row["features"])
 
 
+@pytest.mark.slow
 def test_incremental_refuses_another_featurizer(spark, state):
     cfg = PipelineConfig(
         input=str(state["in"]), output=str(state["out"]), incremental=True,
@@ -158,3 +165,20 @@ def test_incremental_refuses_another_featurizer(spark, state):
     )  # fmt: skip
     with pytest.raises(ValueError, match="run without --incremental"):
         run_pipeline(cfg, spark=spark)
+
+
+def test_read_paths_opens_exactly_the_named_files_even_with_glob_characters(spark, tmp_path):
+    """New files are opened by an explicit path list; `[1]`, `{a}`, `*`, `?` stay literal."""
+    folder = tmp_path / "Training" / "Kiwi"
+    folder.mkdir(parents=True)
+    for name in ("odd [1] {a}*?.jpg", "odd 1 a.jpg", "other.jpg"):
+        (folder / name).write_bytes(b"\xff\xd8 not really a jpeg " + name.encode())
+    listed = read_images(spark, str(tmp_path)).files
+    wanted = [f"file:{folder}/odd [1] {{a}}*?.jpg", f"file:{folder}/odd 1 a.jpg"]
+    got = read_paths(spark, wanted, listed.columns, 10**6)
+    assert got.columns == listed.columns
+    rows = {r["path"]: r for r in got.collect()}
+    assert sorted(rows) == sorted(wanted)
+    assert rows[wanted[0]]["label"] == "Kiwi" and rows[wanted[0]]["split"] == "train"
+    assert bytes(rows[wanted[0]]["content"]).endswith(b"odd [1] {a}*?.jpg")
+    assert escape_glob("a[1]{b}*?.jpg") == "a\\[1\\]\\{b\\}\\*\\?.jpg"
