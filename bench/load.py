@@ -53,6 +53,15 @@ def start_server(run: str, port: int, threads: int, max_batch: int) -> subproces
     raise SystemExit("fruits serve did not answer /health within 120 s")
 
 
+def _cpu_seconds(proc: subprocess.Popen | None) -> float:
+    if proc is None:
+        return 0.0
+    import psutil
+
+    t = psutil.Process(proc.pid).cpu_times()
+    return t.user + t.system
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     """Nearest-rank percentile, so p95 of 500 samples is an observed latency."""
     if not sorted_ms:
@@ -116,6 +125,7 @@ def main() -> int:
                         if why:
                             errors.append(why)
 
+        server_cpu = _cpu_seconds(proc)
         started = time.perf_counter()
         workers = [threading.Thread(target=client) for _ in range(args.concurrency)]
         for w in workers:
@@ -123,6 +133,7 @@ def main() -> int:
         for w in workers:
             w.join()
         wall = time.perf_counter() - started
+        server_cpu = _cpu_seconds(proc) - server_cpu
     finally:
         if proc is not None:
             proc.terminate()
@@ -140,12 +151,17 @@ def main() -> int:
         "p99_ms": round(percentile(lat, 99), 1),
         "max_ms": round(lat[-1], 1) if lat else None,
         "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+        # CPU the server burnt per request: unlike latency, barely moved by other processes
+        "server_cpu_ms_per_request": round(1000 * server_cpu / max(len(lat), 1), 1)
+        if proc is not None
+        else None,
         "max_batch": args.max_batch,
         "cpu_cores": os.cpu_count(),
         "load_average_1m_before": round(load_before, 1),
     }
     print(f"{result['requests']} requests, {args.concurrency} clients, {result['errors']} errors, "
           f"{result['throughput_rps']} req/s")  # fmt: skip
+    print(f"server CPU per request: {result['server_cpu_ms_per_request']} ms")
     print(f"latency ms: p50 {result['p50_ms']}  p95 {result['p95_ms']}  p99 {result['p99_ms']}  "
           f"max {result['max_ms']}")  # fmt: skip
     print(json.dumps(result))
