@@ -214,3 +214,14 @@ def test_onnx_engine_matches_eager_torch_on_sample_images(sample_dir):
     a, b = results["onnx"], results["torch"]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.999, cos
+
+
+def test_report_records_the_featurization_levers(sample_run):
+    report = sample_run.report
+    fz = report["featurizer"]
+    for key in ("engine", "image_size", "precision", "channels_last", "batch_size",
+                "threads_per_task", "jpeg_draft"):  # fmt: skip
+        assert key in fz, key
+    spark_conf = report["spark"]
+    assert spark_conf["spark.sql.execution.arrow.maxBytesPerBatch"]
+    assert spark_conf["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "16"

@@ -187,9 +187,12 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         with timer("reduce"):
             train = ok.where(F.col("split") == "train") if splits.get("train") else ok
             reducer = plan.reducer if plan and plan.reducer else fit_reducer(train, cfg.reduce)
-            reducer.transform(ok).select(*OUTPUT_COLUMNS).write.parquet(
-                join(staging, "images.parquet")
-            )
+            projected = reducer.transform(ok).select(*OUTPUT_COLUMNS)
+            # One file per ~128 MB read partition of the staged features (maxPartitionBytes),
+            # so the file count grows with bytes, never with the image count; or a fixed count.
+            if cfg.output_files:
+                projected = projected.coalesce(cfg.output_files)
+            projected.write.parquet(join(staging, "images.parquet"))
             reducer.model.write().overwrite().save(join(staging, "models", "scaler_pca"))
             images = spark.read.parquet(join(staging, "images.parquet"))
             log.info(
@@ -276,6 +279,8 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                         "channels_last": cfg.featurizer.channels_last,
                         "batch_size": cfg.featurizer.batch_size,
                         "threads_per_task": threads,
+                        "max_pixels": cfg.featurizer.max_pixels,
+                        "jpeg_draft": True,  # large JPEGs decode at a reduced scale (images.py)
                     },
                     "spark": {
                         "version": spark.version,
@@ -284,6 +289,17 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                         "arrow_max_records_per_batch": spark.conf.get(
                             "spark.sql.execution.arrow.maxRecordsPerBatch"
                         ),
+                        **{  # the other levers of docs/performance.md, as Spark saw them
+                            key: spark.conf.get(key, None)
+                            for key in (
+                                "spark.sql.execution.arrow.maxBytesPerBatch",
+                                "spark.sql.files.openCostInBytes",
+                                "spark.sql.files.maxPartitionBytes",
+                                "spark.sql.sources.parallelPartitionDiscovery.parallelism",
+                                "spark.task.cpus",
+                                "spark.task.resource.gpu.amount",
+                            )
+                        },
                     },
                     "config": redact_conf(cfg.to_dict()),  # no --conf secret in the report
                     "versions": {"fruits": __version__, "python": platform.python_version()},
