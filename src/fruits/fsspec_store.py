@@ -351,14 +351,16 @@ class StoragePlan:
             check_input(spark, self.input)
             return
         loc = azure.parse_uri(self.input) if azure.is_azure_uri(self.input) else None
+        account = None
         try:
             location = locate(self.input)
+            account = location.spec.credentials.account if location.spec.credentials else None
             fs = location.fs()
             exists = fs.exists(location.root)
         except azure.AzureError as exc:
             raise InputError(f"cannot access input: {exc}") from None
         except Exception as exc:
-            raise InputError(f"cannot access input: {azure.explain(exc, loc)}") from None
+            raise InputError(f"cannot access input: {azure.explain(exc, loc, account)}") from None
         if not exists and loc is not None and not fs.exists(loc.container):
             raise InputError(f"input container {loc.container!r} not found ({self.input})")
         if not exists:
