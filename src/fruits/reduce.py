@@ -3,15 +3,17 @@ split, k chosen from an explained-variance target unless fixed."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCA, PCAModel, StandardScaler
+from pyspark.ml.feature import PCAModel, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.stat import Summarizer
-from pyspark.sql import DataFrame
+from pyspark.ml.linalg import DenseMatrix, DenseVector
+from pyspark.ml.stat import Correlation
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import ReduceConfig
@@ -54,50 +56,68 @@ def choose_k(explained: np.ndarray, target: float) -> int:
 
 
 def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "features") -> Reducer:
-    """Fit on `train` only. With a variance target, a first PCA at the largest useful k gives
-    every component's share; the second fit keeps the chosen k (each fit is one pass over the
-    cached, scaled rows plus a d x d decomposition on the driver)."""
+    """Fit on `train` only: Spark's StandardScaler, then a PCA whose covariance Spark computes
+    in one distributed pass; only the d x d eigendecomposition runs in numpy on the driver.
+
+    Why not `pyspark.ml.feature.PCA.fit`: on this stack (pure-Java LAPACK, no native BLAS) its
+    SVD of a rank-deficient covariance (fewer images than the 1280 features, as on the sample)
+    returned spurious large singular values: shares up to 2.3x too small and spurious components
+    ranked among the top ones, so k overshot and the variance kept fell short of the target.
+    `numpy.linalg.eigh` on the same covariance agrees with scikit-learn (tests/test_reduce.py).
+    The result is a genuine Spark `PCAModel`: it transforms, saves and loads like one.
+    """
     vec = train.select(array_to_vector(F.col(features)).alias(VEC))
     scaler = StandardScaler(inputCol=VEC, outputCol=SCALED, withMean=True, withStd=cfg.scale_std)
     scaler_model = scaler.fit(vec)
     scaled = scaler_model.transform(vec).select(SCALED).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         n = scaled.count()
-        std = np.asarray(scaler_model.std.toArray())
         if n < 2:
             raise ValueError(f"PCA needs at least 2 training images, got {n}")
+        std = np.asarray(scaler_model.std.toArray())
         k_max = min(len(std), n)
         if cfg.k is not None and not 1 <= cfg.k <= k_max:
             raise ValueError(f"--pca-k must be between 1 and {k_max}, got {cfg.k}")
-        # Total variance of the scaled data: 1 per non-constant feature, or the raw variances.
-        total = float(np.count_nonzero(std)) if cfg.scale_std else float(np.sum(std**2))
-        k_probe = cfg.k if cfg.k is not None else k_max
-        probe = PCA(k=k_probe, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
-        explained = _projected_share(probe, scaled, total)
-        k = cfg.k if cfg.k is not None else choose_k(explained, cfg.variance)
-        if k == k_probe:
-            pca_model = probe
-        else:
-            pca_model = PCA(k=k, inputCol=SCALED, outputCol=PCA_VEC).fit(scaled)
-            explained[:k] = _projected_share(pca_model, scaled, total)
+        cov = _covariance(scaled, std, cfg.scale_std)
     finally:
         scaled.unpersist()
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][:k_max]
+    eigval = np.clip(eigval[order], 0.0, None)
+    eigvec = eigvec[:, order]
+    total = float(np.trace(cov))
+    explained = eigval / total if total > 0 else np.zeros_like(eigval)
+    k = cfg.k if cfg.k is not None else choose_k(explained, cfg.variance)
+    # Fix each component's sign (largest loading positive) so re-fits are comparable.
+    signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
+    eigvec = eigvec * np.where(signs == 0, 1.0, signs)
+    pca_model = _spark_pca_model(train.sparkSession, eigvec[:, :k], explained[:k])
     return Reducer(PipelineModel(stages=[scaler_model, pca_model]), k, explained.tolist())
 
 
-def _projected_share(model: PCAModel, scaled: DataFrame, total: float) -> np.ndarray:
-    """Each component's share of the total variance, measured on the projected rows.
-
-    Spark's own `explainedVariance` divides by the sum of *all* singular values of the
-    covariance; with fewer images than features most of them are numerical noise, and we saw
-    that sum come out up to 2.3x too large (the pure-Java LAPACK here), which shrank every
-    share and inflated k. Variances of the projections do not depend on that sum.
-    """
-    proj = model.transform(scaled).select(PCA_VEC)
-    row = proj.select(Summarizer.metrics("variance").summary(F.col(PCA_VEC)).alias("s")).first()
+def _covariance(scaled: DataFrame, std: np.ndarray, scale_std: bool) -> np.ndarray:
+    """Covariance of the scaled column via Spark's distributed Pearson correlation
+    (`pyspark.ml.stat.Correlation`: a Gramian aggregated on the executors)."""
+    row = Correlation.corr(scaled, SCALED, "pearson").first()
     assert row is not None
-    variance = np.asarray(row["s"]["variance"].toArray())
-    return variance / total if total > 0 else np.zeros_like(variance)
+    corr = np.nan_to_num(np.asarray(row[0].toArray()), nan=0.0)  # constant features: NaN
+    s = (std > 0).astype(float) if scale_std else std
+    return corr * np.outer(s, s)
+
+
+def _spark_pca_model(spark: SparkSession, pc: np.ndarray, explained: np.ndarray) -> PCAModel:
+    """Wrap our components in Spark's own PCAModel class (transform, save, load unchanged)."""
+    from pyspark.ml.common import _py2java
+
+    sc = spark.sparkContext
+    d, k = pc.shape
+    jpc = _py2java(sc, DenseMatrix(d, k, pc.flatten(order="F").tolist()))
+    jev = _py2java(sc, DenseVector(explained.tolist()))
+    uid = f"PCA_{uuid.uuid4().hex[:12]}"
+    jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(uid, jpc, jev)  # type: ignore[union-attr]
+    jmodel.set(jmodel.k(), k)
+    jmodel.setInputCol(SCALED).setOutputCol(PCA_VEC)
+    return PCAModel(jmodel)
 
 
 def load_reducer(path: str, explained_variance: list[float] | None = None) -> Reducer:
@@ -105,5 +125,5 @@ def load_reducer(path: str, explained_variance: list[float] | None = None) -> Re
     model = PipelineModel.load(path)
     pca = model.stages[-1]
     k = int(pca.getK())
-    ev = explained_variance or pca.explainedVariance.toArray().tolist()  # see _projected_share
+    ev = explained_variance or pca.explainedVariance.toArray().tolist()
     return Reducer(model, k, list(ev))
