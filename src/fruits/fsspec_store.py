@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits import azure
-from fruits.ingest import Ingested, InputError, label_col, split_col
+from fruits.ingest import Ingested, InputError, label_col, split_by_size, split_col
 from fruits.storage import publish, split_parent, staging_uri
 
 log = logging.getLogger(__name__)
@@ -246,17 +246,7 @@ def read_images(
         F.col("modification_time"),
         reader(F.col("_fs_path")).alias("content"),
     )
-    ok = files.where(F.col("length") <= max_file_bytes)
-    too_large = files.where(F.col("length") > max_file_bytes).select(
-        "path",
-        F.concat(
-            F.lit("file too large: "),
-            F.col("length").cast("string"),
-            F.lit(f" bytes exceeds the limit of {max_file_bytes}"),
-        ).alias("reason"),
-        "length",
-        "modification_time",
-    )
+    ok, too_large = split_by_size(files, max_file_bytes)
     return Ingested(files=ok, too_large=too_large)
 
 

@@ -96,6 +96,19 @@ def read_images(
         F.col("modificationTime").alias("modification_time"),
         F.col("content"),
     )
+    ok, too_large = split_by_size(files, max_file_bytes)
+    local = local_path(uri)
+    if local is not None:
+        unlisted = unlisted_files(local, extensions)
+        if unlisted:
+            schema = "path string, reason string, length bigint, modification_time timestamp"
+            too_large = too_large.unionByName(spark.createDataFrame(unlisted, schema))
+    return Ingested(files=ok, too_large=too_large)
+
+
+def split_by_size(files: DataFrame, max_file_bytes: int) -> tuple[DataFrame, DataFrame]:
+    """Files to read, and those refused for their size with a reason. On the binaryFile source
+    the length filter is pushed down, so refused files are never read."""
     ok = files.where(F.col("length") <= max_file_bytes)
     too_large = files.where(F.col("length") > max_file_bytes).select(
         "path",
@@ -107,13 +120,7 @@ def read_images(
         "length",
         "modification_time",
     )
-    local = local_path(uri)
-    if local is not None:
-        unlisted = unlisted_files(local, extensions)
-        if unlisted:
-            schema = "path string, reason string, length bigint, modification_time timestamp"
-            too_large = too_large.unionByName(spark.createDataFrame(unlisted, schema))
-    return Ingested(files=ok, too_large=too_large)
+    return ok, too_large
 
 
 def local_path(uri: str) -> str | None:
