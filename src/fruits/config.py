@@ -28,7 +28,7 @@ class FeaturizerConfig:
 
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
-    image_size: int = 224
+    image_size: int = 100  # the photos are 100x100: same dev accuracy as 224, ~4x cheaper
     engine: Engine = "auto"
     precision: Precision = "fp32"
     channels_last: bool = False
