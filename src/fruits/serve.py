@@ -190,7 +190,8 @@ class UploadGuard:
 
     def _limit_text(self) -> str:
         limit = self.max_body - MULTIPART_SLACK
-        return f"upload is over the limit of {limit} bytes ({limit / 2**20:.0f} MB)"
+        mb = f" ({limit / 2**20:g} MB)" if limit >= 2**20 else ""
+        return f"upload is over the limit of {limit} bytes{mb}"
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
         await _error(413, "too_large", self._limit_text())(scope, receive, send)
