@@ -379,6 +379,66 @@ def summarise(res: dict, base_n: int, sizes: list[int]) -> None:
         print(f"  {k:<40} {v}")
 
 
+# ------------------------------------------------------------------ PCA on the driver
+
+
+def child_pca(rows: int, native: str | None) -> None:
+    """StandardScaler + PCA (fruits.reduce) on rows x 1280 features; with `native`, Spark ML's
+    BLAS/LAPACK calls go to the OpenBLAS found in that folder instead of the Java fall-back."""
+    import numpy as np
+    from pyspark.sql import SparkSession
+
+    from fruits.config import ReduceConfig
+    from fruits.reduce import fit_reducer
+
+    os.environ.setdefault("PYSPARK_PYTHON", PY)
+    builder = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+    builder = builder.config("spark.driver.memory", "2g")
+    if native:
+        opts = (f"-Ddev.ludovic.netlib.blas.nativeLibPath={native}/libblas.so.3 "
+                f"-Ddev.ludovic.netlib.lapack.nativeLibPath={native}/liblapack.so.3")  # fmt: skip
+        builder = builder.config("spark.driver.extraJavaOptions", opts)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(rows, 64)) @ rng.normal(size=(64, 1280))
+    x = np.maximum(latent + rng.normal(size=(rows, 1280)), 0).astype(np.float32)  # ReLU-like
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    df = spark.createDataFrame(pd.DataFrame({"features": list(x)}), "features array<float>")
+    df = df.cache()
+    df.count()
+    jvm = spark.sparkContext._jvm
+    impl = {
+        "blas": jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName(),
+        "lapack": jvm.dev.ludovic.netlib.lapack.LAPACK.getInstance().getClass().getSimpleName(),
+    }
+    t0 = time.perf_counter()
+    reducer = fit_reducer(df, ReduceConfig())
+    seconds = time.perf_counter() - t0
+    spark.stop()
+    print(json.dumps({"rows": rows, "seconds": round(seconds, 2), "k": reducer.k, **impl}))
+
+
+def main_pca(args: argparse.Namespace) -> dict:
+    """Driver-side PCA cost with the Java BLAS/LAPACK fall-back and, if given, native OpenBLAS."""
+    res: dict = {"rows": []}
+    variants = [None, args.native_blas] if args.native_blas else [None]
+    for rows in args.sizes:
+        for native in variants:
+            env = {}
+            if native:  # libgfortran may sit beside OpenBLAS when unpacked from a .deb
+                env["LD_LIBRARY_PATH"] = f"{native}:{Path(native).parent}"
+            out = subprocess.run([PY, __file__, "--child", "pca", str(rows)]
+                                 + (["--native", native] if native else []),
+                                 cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                                 text=True, check=True)  # fmt: skip
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            res["rows"].append(r)
+            print(f"  PCA fit on {rows} x 1280: {r['seconds']:7.1f} s (k={r['k']}, "
+                  f"BLAS {r['blas']}, LAPACK {r['lapack']})", flush=True)  # fmt: skip
+    return res
+
+
 # ------------------------------------------------------------------ levers
 
 
@@ -503,13 +563,18 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="with --levers: try torch.compile")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=4, help="with --levers: timed batches")
+    ap.add_argument("--pca", action="store_true", help="PCA fit cost on --sizes x 1280 rows")
+    ap.add_argument("--native-blas", help="with --pca: folder holding libblas.so.3/liblapack.so.3")
+    ap.add_argument("--native", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, *rest = args.child
-        if kind == "baseline":
+        if kind == "pca":
+            child_pca(int(rest[0]), args.native)
+        elif kind == "baseline":
             child_baseline(rest[0], rest[1], args.size)
         elif args.limit:  # warm-up: export the ONNX graph once
             from fruits.config import FeaturizerConfig
@@ -521,7 +586,10 @@ def main() -> None:
         return
     if args.quick:
         args.sizes, args.baseline_size = [300, 1000], 300
-    res = main_levers(args) if args.levers else main_bench(args)
+    if args.pca:
+        res = main_pca(args)
+    else:
+        res = main_levers(args) if args.levers else main_bench(args)
     if args.json and res:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 
