@@ -77,7 +77,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--image", type=Path, default=None, help="default: a 100x100 sample banana")
     ap.add_argument("--threads", type=int, default=0, help="server CNN threads (0 = all cores)")
-    ap.add_argument("--max-batch", type=int, default=16, help="server micro-batch (1 = off)")
+    ap.add_argument("--max-batch", type=int, default=1, help="server micro-batch (1 = off)")
     ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--url", default=None, help="use a running server instead of starting one")
     args = ap.parse_args()

@@ -195,7 +195,7 @@ def serve(
     threads: Annotated[int, typer.Option(help="CNN threads; 0 = every core.")] = 0,
     max_batch: Annotated[
         int, typer.Option(help="Concurrent requests share CNN calls up to this many; 1 = off.")
-    ] = 16,
+    ] = 1,
 ) -> None:
     """Serve a run's model: web page at /, API at /v1/predict, docs at /docs."""
     _setup_logging(False)

@@ -44,7 +44,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # capped by the run's own limit
     default_top_k: int = 3
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = every core
-    max_batch: int = 16  # concurrent requests share CNN calls up to this size; 1 = no batching
+    max_batch: int = 1  # >1: concurrent requests share CNN calls (slower on a 2-core CPU)
 
 
 class ApiError(StarletteHTTPException):
