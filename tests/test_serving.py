@@ -185,14 +185,26 @@ def test_micro_batcher_splits_results_back_to_their_callers():
             raise ValueError("negative")
         return rows * 10
 
-    gate = threading.Event()
-    batcher = MicroBatcher(lambda rows: (gate.wait(5), fn(rows))[1], max_batch=8)
+    gate, entered = threading.Event(), threading.Event()
+
+    def held(rows):
+        entered.set()
+        gate.wait(5)
+        return fn(rows)
+
+    batcher = MicroBatcher(held, max_batch=8)
     try:
         with ThreadPoolExecutor(12) as pool:
-            futures = [pool.submit(batcher, np.full((1, 2), i)) for i in range(12)]
-            deadline = time.monotonic() + 10
-            while batcher._queue.qsize() < 11 and time.monotonic() < deadline:
-                time.sleep(0.01)  # the first call holds the worker; the other 11 wait in line
+
+            def wait_for(size: int) -> None:
+                deadline = time.monotonic() + 10
+                while batcher._queue.qsize() != size and time.monotonic() < deadline:
+                    time.sleep(0.01)
+
+            futures = [pool.submit(batcher, np.full((1, 2), 0))]
+            entered.wait(10)  # the worker took the first call alone and holds it at the gate
+            futures += [pool.submit(batcher, np.full((1, 2), i)) for i in range(1, 12)]
+            wait_for(11)  # the other 11 wait in line
             gate.set()
             results = [f.result(timeout=10) for f in futures]
         for i, r in enumerate(results):
