@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits import azure
-from fruits.ingest import Ingested, InputError, label_col, split_by_size, split_col
+from fruits.ingest import Ingested, InputError, image_rows, split_by_size
 from fruits.storage import publish, split_parent, staging_uri
 
 log = logging.getLogger(__name__)
@@ -237,15 +237,7 @@ def read_images(
     parts = max(1, math.ceil(len(rows) / max(1, files_per_partition)))
     listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, parts), LISTING_SCHEMA)
     reader = content_udf(location.spec)
-    path = F.col("path")
-    files = listing.select(
-        path.alias("path"),
-        label_col(path).alias("label"),
-        split_col(path).alias("split"),
-        F.col("length"),
-        F.col("modification_time"),
-        reader(F.col("_fs_path")).alias("content"),
-    )
+    files = image_rows(listing, F.col("modification_time"), reader(F.col("_fs_path")))
     ok, too_large = split_by_size(files, max_file_bytes)
     return Ingested(files=ok, too_large=too_large)
 

@@ -87,15 +87,7 @@ def read_images(
         .option("ignoreMissingFiles", "true")
         .load(uri)
     )
-    path = F.col("path")
-    files = raw.select(
-        path.alias("path"),
-        label_col(path).alias("label"),
-        split_col(path).alias("split"),
-        F.col("length"),
-        F.col("modificationTime").alias("modification_time"),
-        F.col("content"),
-    )
+    files = image_rows(raw, F.col("modificationTime"), F.col("content"))
     ok, too_large = split_by_size(files, max_file_bytes)
     local = local_path(uri)
     if local is not None:
@@ -104,6 +96,20 @@ def read_images(
             schema = "path string, reason string, length bigint, modification_time timestamp"
             too_large = too_large.unionByName(spark.createDataFrame(unlisted, schema))
     return Ingested(files=ok, too_large=too_large)
+
+
+def image_rows(listing: DataFrame, modification_time: Column, content: Column) -> DataFrame:
+    """The columns every ingest path yields: path, label, split, length, modification_time,
+    content (still lazy: nothing is read until a later stage asks for `content`)."""
+    path = F.col("path")
+    return listing.select(
+        path.alias("path"),
+        label_col(path).alias("label"),
+        split_col(path).alias("split"),
+        F.col("length"),
+        modification_time.alias("modification_time"),
+        content.alias("content"),
+    )
 
 
 def split_by_size(files: DataFrame, max_file_bytes: int) -> tuple[DataFrame, DataFrame]:

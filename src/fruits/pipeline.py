@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from fruits import __version__
 from fruits.azure import redact_conf
 from fruits.config import PipelineConfig
-from fruits.features import build_artifact, featurize_udf, save_artifact
+from fruits.features import UNREADABLE, build_artifact, featurize_udf, save_artifact
 from fruits.fsspec_store import plan_storage
 from fruits.ingest import InputError
 from fruits.reduce import fit_reducer
@@ -37,7 +37,6 @@ from fruits.storage import HadoopStore, Store, join, new_run_id, publish, stagin
 
 log = logging.getLogger(__name__)
 
-UNREADABLE = "unreadable: the file could not be read (permissions, I/O error or deleted mid-run)"
 IMAGE_FAILURE_TAG = "FruitsImageFailure:"
 SCATTER_SAMPLE = 5000
 # length + modification_time identify a file's version, for incremental runs.
