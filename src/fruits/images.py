@@ -2,6 +2,11 @@
 
 Every failure becomes an `ImageError` with a reason a person can read, so callers can quarantine
 the file instead of crashing a run.
+
+What one decode may cost is known from the header before any pixel is decoded: the pixel count
+(`max_pixels`) and the bytes the decoder and our conversions will hold at once (`decode_cost`,
+checked against `max_decode_bytes`). A small file can describe a huge image (a 6300 x 6300 16-bit
+PNG compresses to a few hundred KB), so the file size says nothing about the memory it needs.
 """
 
 from __future__ import annotations
@@ -10,13 +15,36 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
-# Pillow's own bomb check only warns below 2x its limit; we enforce our limit explicitly.
+# Pillow's own bomb check only warns below 2x its limit; we enforce our limits explicitly.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# 100 MiB holds a 24 MP RGB PNG (6000 x 4000, 4 bytes a pixel in Pillow), a 6300 x 6300 16-bit
+# grayscale PNG (2 bytes a pixel) or a 12 MP progressive JPEG; see `decode_cost`.
+DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
+
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "LA", "PA")
+
+# EXIF Orientation -> the transposition that makes the picture upright (the table of
+# PIL.ImageOps.exif_transpose, which we do not call: it copies even upright images and
+# re-serialises the EXIF block, work thrown away here).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Measured peak memory of Pillow's WebP decoder for a 6000 x 4000 photo: 377 MB, about 16 bytes
+# a pixel, i.e. three RGBA frames on top of the image it returns.
+_WEBP_DECODER_BYTES_PER_PIXEL = 12
 
 
 class ImageError(ValueError):
@@ -27,29 +55,129 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def stored_bytes_per_pixel(mode: str) -> int:
+    """Bytes a pixel of `mode` takes in Pillow's memory: 1 for "1", "L" and "P", 2 for the
+    16-bit modes, 4 for every other mode (Pillow pads RGB to 4 bytes; "I" and "F" are 32-bit)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+
+
+def _working_bytes_per_pixel(img: Image.Image) -> int:
+    """Full-size copies `_to_rgb` makes on top of the decoded image, in bytes a pixel."""
+    if img.mode in ("RGB", "L") or img.mode in HIGH_BIT_MODES:
+        return 0  # RGB is used as is; the others are shrunk before they are converted
+    if img.mode == "1":
+        return 1  # to L, then shrunk
+    if _has_alpha(img):
+        # an RGBA copy (unless it is RGBA already), its alpha channel, the white background
+        return (0 if img.mode == "RGBA" else 4) + 1 + 4
+    return 4  # P, CMYK, YCbCr...: one conversion to RGB
+
+
+def _jpeg_coefficient_bytes(img: Image.Image, full_size: tuple[int, int]) -> int:
+    """A progressive JPEG is decoded from whole-image DCT coefficient buffers (libjpeg keeps
+    every scan's coefficients, 2 bytes a sample, at full resolution whatever the draft scale):
+    measured 73 MB for a 6000 x 4000 4:2:0 photo, 141 MB at 4:4:4."""
+    if img.format != "JPEG" or not img.info.get("progressive"):
+        return 0
+    width, height = full_size
+    layers = getattr(img, "layer", None) or [(None, 1, 1, None)] * len(img.getbands())
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    samples = sum(h * v for _, h, v, _ in layers) / (h_max * v_max)
+    return int(width * height * samples * 2)
+
+
+def decode_cost(
+    img: Image.Image, *, transpose: bool = False, full_size: tuple[int, int] | None = None
+) -> int:
+    """Bytes an opened, not yet loaded image will hold at its peak while `decode_image` turns it
+    into pixels: the decoded image (width x height x `stored_bytes_per_pixel`), the full-size
+    copies of the conversion to RGB, the transposed copy when EXIF asks for one, and what the
+    decoder itself buffers (progressive JPEG, WebP). Read from the header only. Call it after
+    `draft`, which shrinks a JPEG's size to what will really be decoded; `full_size` is the size
+    before the draft (default: the current size)."""
+    width, height = img.size
+    pixels = width * height
+    stored = stored_bytes_per_pixel(img.mode)
+    cost = pixels * (stored + _working_bytes_per_pixel(img))
+    if transpose:
+        cost += pixels * stored
+    if img.format == "WEBP":
+        cost += pixels * _WEBP_DECODER_BYTES_PER_PIXEL
+    return cost + _jpeg_coefficient_bytes(img, full_size or img.size)
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF Orientation (1 = upright) without decoding any pixel."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # PngImageFile.getexif() would decode the pixels to find a late eXIf chunk
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a broken EXIF block costs the photo its rotation, not its pixels
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def _shrink(img: Image.Image, size: int) -> Image.Image:
+    if img.size == (size, size):
+        return img
+    if img.mode.startswith("I;16"):  # Pillow's reduce() refuses 16-bit modes: plain bilinear
+        return img.resize((size, size), Image.Resampling.BILINEAR)
+    return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def _high_bit_to_rgb(img: Image.Image, size: int) -> Image.Image:
+    """16/32-bit grayscale: shrink in the image's own mode first, then scale the size x size
+    result to 8 bits, so no full-size float copy is ever made (it used to be float64: 8 bytes a
+    pixel plus temporaries, 1 GB for a 6300 x 6300 PNG)."""
+    _, high = img.getextrema()
+    top = 65535.0 if float(high) > 255 else 255.0
+    small = np.asarray(_shrink(img, size), dtype=np.float32)
+    arr8 = np.clip(small * np.float32(255.0 / top) + np.float32(0.5), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr8).convert("RGB")
+
+
+def _to_rgb(img: Image.Image, size: int) -> Image.Image:
     """Bring every mode (L, LA, P, RGBA, CMYK, I;16, F...) to 8-bit RGB on a white background,
-    because Fruits-360 fruits sit on white and alpha should not turn into black."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    because Fruits-360 fruits sit on white and alpha should not turn into black. Grayscale modes
+    come back already at (size, size): shrinking before the conversion gives the same pixels for
+    L (one channel or three, bilinear treats each alike) at a quarter of the memory."""
+    if _has_alpha(img):
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode in HIGH_BIT_MODES:
+        return _high_bit_to_rgb(img, size)
+    if img.mode in ("L", "1"):
+        return _shrink(img.convert("L") if img.mode == "1" else img, size).convert("RGB")
     if img.mode != "RGB":
         return img.convert("RGB")
     return img
 
 
-def decode_image(data: bytes, *, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one encoded image to a (size, size, 3) uint8 array.
+def decode_image(
+    data: bytes,
+    *,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> np.ndarray:
+    """Decode one encoded image to an upright (size, size, 3) uint8 array.
 
-    The pixel count is checked from the header before decoding, so a decompression bomb costs
-    nothing. Large JPEGs are decoded at a reduced scale (`draft`) since we downsample anyway.
+    Everything that bounds the cost happens before decoding, from the header: the pixel count
+    (`max_pixels`), then a JPEG's `draft` (libjpeg decodes at 1/2, 1/4 or 1/8 scale, the smallest
+    still >= size: a 12 MP phone photo is decoded at 500 x 375 for 100 px), then the memory the
+    decode will hold (`decode_cost` against `max_decode_bytes`). The EXIF orientation is applied
+    after the draft reduction, where the copy is small.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -66,8 +194,18 @@ def decode_image(data: bytes, *, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
                 )
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))
+            orientation = _orientation(img)
+            cost = decode_cost(img, transpose=orientation != 1, full_size=(width, height))
+            if cost > max_decode_bytes:
+                raise ImageError(
+                    f"image too large to decode: {width}x{height} {img.mode} needs about "
+                    f"{cost / 2**20:.0f} MB of memory, over the limit of "
+                    f"{max_decode_bytes / 2**20:.0f} MB"
+                )
             img.load()
-            img = _to_rgb(img)
+            if orientation != 1:
+                img = img.transpose(_UPRIGHT[orientation])
+            img = _to_rgb(img, size)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
             return np.asarray(img, dtype=np.uint8)
@@ -84,14 +222,20 @@ def decode_image(data: bytes, *, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def decode_many(
-    contents: list[bytes | None], *, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    contents: list[bytes | None],
+    *,
+    size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Decode a batch; bad items get a reason and a zero image so batch shapes stay fixed."""
     pixels = np.zeros((len(contents), size, size, 3), dtype=np.uint8)
     errors: list[str | None] = [None] * len(contents)
     for i, data in enumerate(contents):
         try:
-            pixels[i] = decode_image(data or b"", size=size, max_pixels=max_pixels)
+            pixels[i] = decode_image(
+                data or b"", size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes
+            )
         except ImageError as exc:
             errors[i] = exc.reason
     return pixels, errors
