@@ -139,3 +139,28 @@ def test_on_error_fail_stops_with_the_file_and_keeps_the_previous_output(
         run_pipeline(_config(small_input, out, on_error="fail"), spark=spark)
     assert json.loads((out / "report.json").read_text())["run_id"] == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"], "staging removed"
+
+
+def test_every_file_whatever_its_name_ends_in_exactly_one_row(spark, small_input, tmp_path):
+    """Spark's listing hides `_x`/`.x` names and Hadoop's Path rejects `a:b`: none may vanish."""
+    jpg = sorted((small_input / "Training" / "Banana 1").iterdir())[0].read_bytes()
+    for name in (
+        "_x.jpg",
+        ".x.jpg",
+        "12:30.jpg",
+        "crème brûlée.jpg",
+        "with space.JPG",
+        "日本.jpeg",
+    ):
+        write(small_input / "Training" / "Banana 1" / name, jpg)
+    write(small_input / "Training" / "_batch" / "a.jpg", jpg)
+    write(small_input / "Training" / ".hidden" / "b.jpg", jpg)
+    write(small_input / "Training" / "Lemon 1" / "_broken.jpg", b"not an image")
+    result = run_pipeline(_config(small_input, tmp_path / "out", classify=False), spark=spark)
+    listed = {f"file:{p}" for p in small_input.rglob("*") if p.is_file()}
+    images = pd.read_parquet(tmp_path / "out" / "images.parquet")
+    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    assert len(images) + len(quarantine) == len(listed) == result.report["images_total"]
+    assert set(images["path"]) | set(quarantine["path"]) == listed
+    assert list(quarantine["path"]) == [f"file:{small_input}/Training/Lemon 1/_broken.jpg"]
+    assert quarantine["reason"][0].startswith("not an image")

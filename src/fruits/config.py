@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 OnError = Literal["quarantine", "fail"]
@@ -68,8 +67,10 @@ class PipelineConfig:
     output_files: int = 0  # 0: derived from the row count, so outputs never explode into tiny files
     spark_conf: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def inputs(self) -> list[str]:
+        """Every labelled source of the run, the first one being `input`."""
+        return [self.input]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def with_output(self, output: str | Path) -> PipelineConfig:
-        return dataclasses.replace(self, output=str(output))

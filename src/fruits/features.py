@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 FEATURE_SCHEMA = "struct<features: array<float>, error: string>"
 GPU_BATCH_FACTOR = 4  # a GPU wants larger batches than a CPU core (Arrow batches bound them)
 UNREADABLE = "unreadable: the file could not be read (permissions, I/O error or deleted mid-run)"
+IMAGE_FAILURE_TAG = "FruitsImageFailure:"
+KEY_COLUMNS = ("path", "label", "split", "length", "modification_time")
+
+
+class ImageFailure(RuntimeError):
+    """`--on-error fail` met a bad file: the run stops with that file and its reason."""
 
 
 @dataclass(frozen=True)
@@ -319,7 +325,45 @@ def featurize_udf(
             if fail_fast:
                 for path, err in zip(paths, errs, strict=True):
                     if err is not None:
-                        raise ValueError(f"FruitsImageFailure: {path}: {err}")
+                        raise ValueError(f"{IMAGE_FAILURE_TAG} {path}: {err}")
             yield pd.DataFrame({"features": feats, "error": errs})
 
     return featurize
+
+
+def featurize(run: Any, files: Any) -> tuple[ModelArtifact, Any]:
+    """The featurize stage: (path, label, split, length, modification_time, content) ->
+    the same keys + `features` + `reason` (null when usable), materialised once as Parquet in
+    the run's staging folder, because every later stage reads it and the CNN is the costly part.
+    """
+    from pyspark.sql import functions as F
+
+    cfg, spark = run.cfg, run.spark
+    artifact = build_artifact(cfg.featurizer)
+    threads = cfg.featurizer.threads_per_task or int(spark.conf.get("spark.task.cpus", "1") or 1)
+    run.threads_per_task = threads
+    udf = featurize_udf(
+        spark.sparkContext.broadcast(artifact),
+        artifact.fingerprint,
+        cfg.featurizer,
+        threads=threads,
+        fail_fast=cfg.on_error == "fail",
+    )
+    work = run.uri("_work", "featurized.parquet")
+    featurized = files.select(*KEY_COLUMNS, udf("path", "content").alias("r")).select(
+        *KEY_COLUMNS, "r.features", F.col("r.error").alias("reason")
+    )
+    spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
+    try:
+        featurized.write.parquet(work)
+    except Exception as exc:
+        # The Python traceback quotes the raising source line too; take the message itself.
+        import re
+
+        found = re.search(re.escape(IMAGE_FAILURE_TAG) + r" (?!\{)(.+)", str(exc))
+        if found:
+            raise ImageFailure(found.group(1).strip()) from None
+        raise
+    finally:
+        spark.sparkContext.setJobDescription(None)
+    return artifact, spark.read.parquet(work)

@@ -30,8 +30,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits import azure
-from fruits.ingest import Ingested, InputError, image_rows, split_by_size
-from fruits.storage import publish, split_parent, staging_uri
+from fruits.ingest import Ingested, InputError, image_rows, local_path, split_by_size
+from fruits.storage import MARKER, publish, split_parent, staging_uri
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,16 @@ class FsspecStore:
             fs.makedirs(fs._parent(d), exist_ok=True)
             fs.mv(s, d, recursive=True)
         elif fs.isdir(s):
+            # A blob "rename" is copy + delete: the marker is copied strictly last and deleted
+            # from the source first, so neither side ever holds a marker beside partial data.
             files = fs.find(s)
-            fs.copy(files, [d + f[len(s) :] for f in files])  # one batch, concurrent in adlfs
+            marker = [f for f in files if f.rpartition("/")[2] == MARKER]
+            rest = [f for f in files if f not in marker]
+            fs.copy(rest, [d + f[len(s) :] for f in rest])  # one batch, concurrent in adlfs
+            for f in marker:
+                fs.copy(f, d + f[len(s) :])
+            for f in marker:
+                fs.rm(f)
             fs.rm(s, recursive=True)
         else:
             fs.mv(s, d)
@@ -188,6 +196,27 @@ class FsspecStore:
         if not fs.exists(p):
             return []
         return [self.root.to_uri(e.rstrip("/")) for e in fs.ls(p, detail=False)]
+
+    def is_file(self, uri: str) -> bool:
+        fs, p = self._loc(uri)
+        fs.invalidate_cache()
+        return bool(fs.isfile(p))
+
+    def read_text(self, uri: str) -> str:
+        fs, p = self._loc(uri)
+        return bytes(fs.cat_file(p)).decode("utf-8")
+
+    def create_new(self, uri: str, text: str) -> bool:
+        """Create `uri` unless it exists. Blob stores have no exclusive create through fsspec:
+        check then write, so two writers starting within the same second may both pass."""
+        fs, p = self._loc(uri)
+        fs.invalidate_cache()
+        if fs.exists(p):
+            return False
+        if self.root.spec.credentials is None:
+            fs.makedirs(fs._parent(p), exist_ok=True)
+        fs.pipe_file(p, text.encode("utf-8"))
+        return True
 
 
 # --- ingest ---------------------------------------------------------------------------------------
@@ -309,53 +338,41 @@ def choose(spark: SparkSession, mode: StorageMode, uri: str) -> tuple[str, str]:
 
 @dataclass
 class StoragePlan:
-    """Where the pipeline reads and writes, and what happens at publish time.
+    """Where the pipeline reads and writes, and what happens at publish time; chosen once.
 
-    `work_output` is where the pipeline writes and publishes: the output itself with Hadoop, a
-    local temporary folder with fsspec, uploaded to `output` by `finish`.
+    `inputs`: (mode, URI) per source: `local` (a walk on the driver, see ingest.read_local),
+    `hadoop` (Spark's binaryFile source) or `fsspec`. `work_output` is where the pipeline
+    writes and publishes: the output itself with Hadoop, a local temporary folder with fsspec,
+    uploaded to `output` by `finish`.
     """
 
-    input: str
+    inputs: list[tuple[str, str]]
     output: str
-    input_mode: str
     output_mode: str
     work_output: str
     files_per_partition: int = 256
     _tmp: str | None = field(default=None, repr=False)
 
-    def describe(self) -> dict[str, str]:
-        return {"input": self.input_mode, "output": self.output_mode}
-
     def check_input(self, spark: SparkSession) -> None:
-        if self.input_mode == "hadoop":
-            from fruits.ingest import check_input
+        for mode, uri in self.inputs:
+            if mode == "fsspec":
+                _check_fsspec_input(uri)
+            else:
+                from fruits.ingest import check_input
 
-            check_input(spark, self.input)
-            return
-        loc = azure.parse_uri(self.input) if azure.is_azure_uri(self.input) else None
-        account = None
-        try:
-            location = locate(self.input)
-            account = location.spec.credentials.account if location.spec.credentials else None
-            fs = location.fs()
-            exists = fs.exists(location.root)
-        except azure.AzureError as exc:
-            raise InputError(f"cannot access input: {exc}") from None
-        except Exception as exc:
-            raise InputError(f"cannot access input: {azure.explain(exc, loc, account)}") from None
-        if not exists and loc is not None and not fs.exists(loc.container):
-            raise InputError(f"input container {loc.container!r} not found ({self.input})")
-        if not exists:
-            raise InputError(f"input not found: {azure.redact(self.input)}")
+                check_input(spark, uri)
 
-    def read_images(self, spark: SparkSession, **kwargs: Any) -> Ingested:
-        if self.input_mode == "hadoop":
+    def read_images(self, spark: SparkSession, uri: str, **kwargs: Any) -> Ingested:
+        mode = dict((u, m) for m, u in self.inputs)[uri]
+        if mode == "local":
+            from fruits.ingest import read_local
+
+            return read_local(spark, uri, files_per_partition=self.files_per_partition, **kwargs)
+        if mode == "hadoop":
             from fruits.ingest import read_images as hadoop_read
 
-            return hadoop_read(spark, self.input, **kwargs)
-        return read_images(
-            spark, self.input, files_per_partition=self.files_per_partition, **kwargs
-        )
+            return hadoop_read(spark, uri, **kwargs)
+        return read_images(spark, uri, files_per_partition=self.files_per_partition, **kwargs)
 
     def finish(self, run_id: str) -> None:
         """Upload the locally published run to `output`: staging prefix, `_SUCCESS.json` last,
@@ -368,7 +385,7 @@ class StoragePlan:
             from fruits.transfer import upload
 
             summary = upload(
-                self.work_output, staging, progress=False, last=("_SUCCESS.json",),
+                self.work_output, staging, progress=False, last=(MARKER,),
                 credentials=store.root.spec.credentials,
             )  # fmt: skip
             if not summary.ok:
@@ -385,26 +402,79 @@ class StoragePlan:
             self._tmp = None
 
 
+def _check_fsspec_input(uri: str) -> None:
+    loc = azure.parse_uri(uri) if azure.is_azure_uri(uri) else None
+    account = None
+    try:
+        location = locate(uri)
+        account = location.spec.credentials.account if location.spec.credentials else None
+        fs = location.fs()
+        exists = fs.exists(location.root)
+    except azure.AzureError as exc:
+        raise InputError(f"cannot access input: {exc}") from None
+    except Exception as exc:
+        raise InputError(f"cannot access input: {azure.explain(exc, loc, account)}") from None
+    if not exists and loc is not None and not fs.exists(loc.container):
+        raise InputError(f"input container {loc.container!r} not found ({uri})")
+    if not exists:
+        raise InputError(f"input not found: {azure.redact(uri)}")
+
+
+def _check_fsspec_output(uri: str) -> None:
+    """Before any work: an Azure output's container must exist (`fruits upload
+    --create-container` or the portal makes it), so a run never computes for nothing."""
+    if not azure.is_azure_uri(uri):
+        return
+    loc = azure.parse_uri(uri)
+    try:
+        fs = locate(uri).fs()
+        found = fs.exists(loc.container)
+    except azure.AzureError as exc:
+        raise InputError(f"cannot access output: {exc}") from None
+    except Exception as exc:
+        raise InputError(f"cannot access output: {azure.explain(exc, loc, None)}") from None
+    if not found:
+        raise InputError(
+            f"output container {loc.container!r} not found ({azure.redact(uri)}): create it"
+            f" first (e.g. `az storage container create --name {loc.container}`)"
+        )
+
+
 def plan_storage(
-    spark: SparkSession, mode: StorageMode, input_uri: str, output: str, *,
+    spark: SparkSession,
+    mode: StorageMode,
+    inputs: list[str],
+    output: str,
+    *,
     files_per_partition: int = 256,
-) -> StoragePlan:  # fmt: skip
-    """Pick Hadoop or fsspec for input and output (auto: Hadoop when the JVM has a FileSystem
-    for the scheme) and, for an fsspec output, the local folder the run is written to first."""
+) -> StoragePlan:
+    """Pick a reader per input and Hadoop or fsspec for the output (auto: Hadoop when the JVM
+    has a FileSystem for the scheme; local folders are walked by Python, see ingest.read_local)
+    and, for an fsspec output, the local folder the run is written to first."""
     if mode not in ("auto", "hadoop", "fsspec"):
         raise ValueError(f"storage must be auto, hadoop or fsspec, got {mode!r}")
-    in_mode, in_uri = choose(spark, mode, input_uri)
+    planned = []
+    for uri in inputs:
+        in_mode, in_uri = choose(spark, mode, uri)
+        if mode == "auto" and in_mode == "hadoop" and local_path(in_uri) is not None:
+            in_mode = "local"
+        planned.append((in_mode, in_uri))
     out_mode, out_uri = choose(spark, mode, output)
     tmp = None
     work = out_uri
     if out_mode == "fsspec":
+        _check_fsspec_output(output)
         tmp = tempfile.mkdtemp(prefix="fruits-upload-")
         work = os.path.join(tmp, out_uri.rstrip("/").rpartition("/")[2] or "output")
     plan = StoragePlan(
-        in_uri, output if out_mode == "fsspec" else out_uri, in_mode, out_mode, work,
-        files_per_partition, tmp,
-    )  # fmt: skip
-    log.info("storage: input via %s, output via %s", in_mode, out_mode)
+        planned,
+        output if out_mode == "fsspec" else out_uri,
+        out_mode,
+        work,
+        files_per_partition,
+        tmp,
+    )
+    log.info("storage: inputs via %s, output via %s", [m for m, _ in planned], out_mode)
     return plan
 
 

@@ -58,8 +58,8 @@ class Increment:
     previous_report: dict[str, Any]
     todo: DataFrame
     todo_refused: DataFrame
-    kept_features: DataFrame
-    kept_quarantine: DataFrame
+    kept_features: DataFrame | None
+    kept_quarantine: DataFrame | None
     new: int
     changed: int
     deleted_paths: list[str]
@@ -69,6 +69,18 @@ class Increment:
     reducer: Reducer | None = None
     classifier_path: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    incremental: bool = True
+
+    @classmethod
+    def full(cls, listed: Ingested) -> Increment:
+        """A full run is an incremental run with an empty past: everything is new."""
+        total = listed.count()
+        return cls(
+            previous_run_id=None, previous_report={}, todo=listed.files,
+            todo_refused=listed.too_large, kept_features=None, kept_quarantine=None,
+            new=total, changed=0, deleted_paths=[], deleted=0, unchanged=0, refit=False,
+            incremental=False,
+        )  # fmt: skip
 
     @property
     def processed(self) -> int:
@@ -76,9 +88,18 @@ class Increment:
 
     @property
     def nothing_to_do(self) -> bool:
-        return self.processed == 0 and self.deleted == 0 and not self.refit
+        return self.incremental and self.processed == 0 and self.deleted == 0 and not self.refit
 
-    def describe(self) -> dict[str, Any]:
+    def with_kept_features(self, df: DataFrame) -> DataFrame:
+        """This run's rows plus the previous output's rows that are still current."""
+        return df if self.kept_features is None else df.unionByName(self.kept_features)
+
+    def with_kept_quarantine(self, df: DataFrame) -> DataFrame:
+        return df if self.kept_quarantine is None else df.unionByName(self.kept_quarantine)
+
+    def describe(self) -> dict[str, Any] | None:
+        if not self.incremental:
+            return None
         return {
             "mode": "incremental",
             "previous_run_id": self.previous_run_id,
@@ -134,6 +155,15 @@ def check_same_featurizer(cfg: PipelineConfig, previous: dict[str, Any]) -> None
             f" this run asks for {wanted} at {cfg.featurizer.image_size} px: run without"
             " --incremental to recompute every image"
         )
+
+
+def previous(run: Any, listed: Ingested) -> Increment:
+    """What this run can reuse from the published output: nothing for a full run (or when no
+    finished output exists yet), else the rows and models of the files that did not change."""
+    if not run.cfg.incremental:
+        return Increment.full(listed)
+    plan = plan_increment(run.spark, run.store, run.cfg, run.output, listed)
+    return plan if plan is not None else Increment.full(listed)
 
 
 def plan_increment(
@@ -192,11 +222,12 @@ def plan_increment(
         counts.get("unchanged", 0),
     )  # fmt: skip
 
-    todo = (
-        read_paths(spark, todo_paths, ingested.files.columns, cfg.max_file_bytes)
-        if todo_paths
-        else ingested.files.limit(0)
-    )
+    if not todo_paths:
+        todo = ingested.files.limit(0)
+    elif ingested.may_drop:  # binaryFile: a join would read every file; open only these
+        todo = read_paths(spark, todo_paths, ingested.files.columns, cfg.max_file_bytes)
+    else:  # a driver-made listing: the filter runs before any byte is read
+        todo = ingested.files.join(F.broadcast(_paths_df(spark, todo_paths)), "path", "left_semi")
     todo_refused = (
         refused.join(F.broadcast(_paths_df(spark, refused_paths)), "path", "left_semi")
         if refused_paths

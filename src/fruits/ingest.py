@@ -6,6 +6,7 @@ Nothing here collects file names to the driver; label and split are Spark SQL ex
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterable
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd  # module level: Spark resolves the UDF's type hints here
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES: dict[str, str] = {
     "training": "train",
@@ -60,10 +64,31 @@ def split_col(path: Column) -> Column:
 @dataclass(frozen=True)
 class Ingested:
     """`files`: every listed image with its bytes still unread (lazy); `too_large`: files we
-    refuse to read at all (their size, or a broken or looping symlink), with a reason."""
+    refuse to read at all (their size, or a broken or looping symlink), with a reason.
+
+    `may_drop`: the source can lose a listed file without a row (Spark's binaryFile with
+    `ignoreCorruptFiles`), so the pipeline must compare the listing with what it featurised.
+    """
 
     files: DataFrame
     too_large: DataFrame
+    may_drop: bool = True
+    total: int | None = None  # files listed (usable + refused), when the listing knows it
+
+    def union(self, other: Ingested) -> Ingested:
+        both = None if self.total is None or other.total is None else self.total + other.total
+        return Ingested(
+            files=self.files.unionByName(other.files),
+            too_large=self.too_large.unionByName(other.too_large),
+            may_drop=self.may_drop or other.may_drop,
+            total=both,
+        )
+
+    def count(self) -> int:
+        """Files listed; a Spark count only where the listing did not say."""
+        if self.total is not None:
+            return self.total
+        return self.files.select("path").union(self.too_large.select("path")).count()
 
 
 def read_images(
@@ -176,6 +201,124 @@ def unlisted_files(root: str, extensions: Iterable[str]) -> list[tuple[Any, ...]
                 mtime = datetime.fromtimestamp(st.st_mtime, tz=UTC)
                 found.append(("file:" + full, "empty file (0 bytes)", 0, mtime))
     return found
+
+
+LISTING_SCHEMA = "path string, _local string, length bigint, modification_time timestamp"
+REFUSED_SCHEMA = "path string, reason string, length bigint, modification_time timestamp"
+
+
+def walk_local(
+    root: str, extensions: Iterable[str]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every local image file under `root`, whatever its name, as listing rows
+    (path, local path, length, modification_time), and the files refused before reading
+    (empty, a broken or looping link, not a regular file) as quarantine rows.
+
+    A walk on the driver, not Spark's listing: Spark's file index hides names starting with
+    `_` or `.` and Hadoop's `Path` rejects a `:` in a file name (`12:30.jpg`), so files would
+    vanish uncounted or fail with a Java trace. Folder links are followed, except a link to
+    its own ancestor, which would list every image below it again and again: that input is
+    refused in one line, naming the link.
+    """
+    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
+    listed, refused = [], []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        for name in dirs:
+            link = os.path.join(folder, name)
+            if os.path.islink(link):
+                target, here = os.path.realpath(link), os.path.realpath(folder)
+                if here == target or here.startswith(target.rstrip("/") + "/"):
+                    raise InputError(
+                        f"symlink loop in the input: {link} -> {os.readlink(link)} points to a"
+                        " folder above it, so every image below would be listed again and again;"
+                        " remove the link"
+                    )
+        for name in sorted(names):
+            if not name.lower().endswith(exts):
+                continue
+            full = os.path.join(folder, name)
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                if os.path.islink(full):
+                    what = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink"
+                    reason = f"{what}: {name} -> {os.readlink(full)}"
+                else:
+                    reason = f"cannot stat: {exc.strerror}"
+                refused.append(("file:" + full, reason, None, None))
+                continue
+            mtime = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+            if not stat.S_ISREG(st.st_mode):
+                refused.append(("file:" + full, "not a regular file", None, mtime))
+            elif st.st_size == 0:
+                refused.append(("file:" + full, "empty file (0 bytes)", 0, mtime))
+            else:
+                listed.append(("file:" + full, full, st.st_size, mtime))
+    return listed, refused
+
+
+def read_local(
+    spark: SparkSession,
+    uri: str,
+    *,
+    extensions: Iterable[str] = ("jpg", "jpeg", "png"),
+    max_file_bytes: int = 50 * 1024 * 1024,
+    files_per_partition: int = 256,
+) -> Ingested:
+    """`read_images` for a local folder: listed by `walk_local`, every file counted; bytes
+    are read by the executors' Python only when `content` is used (null when unreadable)."""
+    root = local_path(uri)
+    assert root is not None, uri
+    listed, refused = walk_local(root, extensions)
+    parts = max(1, -(-len(listed) // max(1, files_per_partition)))
+    listing = spark.createDataFrame(listed, LISTING_SCHEMA)
+    if parts > 1:
+        listing = listing.repartition(parts)
+    files = image_rows(listing, F.col("modification_time"), read_local_udf(F.col("_local")))
+    ok, too_large = split_by_size(files, max_file_bytes)
+    if refused:
+        too_large = too_large.unionByName(spark.createDataFrame(refused, REFUSED_SCHEMA))
+    return Ingested(files=ok, too_large=too_large, may_drop=False, total=len(listed) + len(refused))
+
+
+def read_local_udf(paths: Column) -> Column:
+    """Bytes of local files, null where the read fails (permissions, deleted mid-run)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("binary")  # type: ignore[call-overload]
+    def read(batch: pd.Series) -> pd.Series:
+        out: list[bytes | None] = []
+        for name in batch:
+            try:
+                with open(name, "rb") as fh:
+                    out.append(fh.read())
+            except OSError:
+                out.append(None)
+        return pd.Series(out, dtype=object)
+
+    return read(paths)
+
+
+def read_sources(run: Any) -> Ingested:
+    """Every input of the run, through the reader its storage plan chose, as one listing.
+
+    Raises `InputError` when nothing at all was listed, so an empty or mistyped input is a
+    one-line error rather than an empty run.
+    """
+    cfg = run.cfg
+    found: Ingested | None = None
+    for uri in run.inputs:
+        got = run.io.read_images(
+            run.spark, uri, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes
+        )
+        found = got if found is None else found.union(got)
+    assert found is not None
+    total = found.count()
+    if total == 0:
+        where = ", ".join(run.inputs)
+        raise InputError(f"no images under {where} (extensions: {', '.join(cfg.extensions)})")
+    log.info("ingest: %d image files listed", total)
+    return Ingested(found.files, found.too_large, found.may_drop, total)
 
 
 def check_input(spark: SparkSession, uri: str) -> None:

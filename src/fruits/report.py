@@ -3,10 +3,140 @@
 from __future__ import annotations
 
 import json
+import platform
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+SCATTER_SAMPLE = 5000  # points in the PCA scatter plot, whatever the data size
+SPARK_LEVERS = (  # the levers of docs/performance.md, as Spark saw them
+    "spark.sql.execution.arrow.maxRecordsPerBatch",
+    "spark.sql.execution.arrow.maxBytesPerBatch",
+    "spark.sql.files.openCostInBytes",
+    "spark.sql.files.maxPartitionBytes",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism",
+    "spark.task.cpus",
+    "spark.task.resource.gpu.amount",
+)
+
+
+def build(
+    run: Any,
+    *,
+    artifact: Any,
+    reducer: Any,
+    images: Any,
+    labels: list[Any],
+    quarantined: int,
+    evaluation: Any,
+    prev: Any,
+    images_total: int,
+) -> dict[str, Any]:
+    """Draw the plots into the run's local folder and return the report dict."""
+    from fruits import __version__
+    from fruits.azure import redact_conf
+
+    cfg, spark = run.cfg, run.spark
+    plots = run.local / "plots"
+    plots.mkdir(exist_ok=True)
+    target = None if cfg.reduce.k else cfg.reduce.variance
+    plot_explained_variance(
+        reducer.explained_variance, reducer.k, target, plots / "explained_variance.png"
+    )
+    splits: dict[str, int] = {}
+    for r in labels:
+        splits[r["split"]] = splits.get(r["split"], 0) + int(r["count"])
+    images_ok = sum(splits.values())
+    scatter(images, images_ok, plots / "pca_scatter.png")
+    total = time.perf_counter() - run.t0
+    seconds = run.timer.seconds
+    return {
+        "run_id": run.run_id,
+        "input": run.input,
+        "inputs": run.inputs,
+        "output": run.output,
+        "images_total": images_total,
+        "images_ok": images_ok,
+        "images_quarantined": quarantined,
+        "images_by_split": splits,
+        "classes": len({r["label"] for r in labels}),
+        "feature_dim": artifact.spec.feature_dim,
+        "pca_k": reducer.k,
+        "pca_explained_variance": round(reducer.cumulative, 6),
+        "pca_explained_variance_per_component": [round(v, 8) for v in reducer.explained_variance],
+        "pca_variance_target": target,
+        "pca_fitted_on": "train" if splits.get("train") else "all",
+        "accuracy": evaluation.accuracy if evaluation else None,
+        "macro_f1": evaluation.macro_f1 if evaluation else None,
+        "classification": evaluation.summary() if evaluation else None,
+        "stage_seconds": seconds,
+        "images_processed": prev.processed,
+        "incremental": prev.describe(),
+        "task_retries": task_retries(spark, run.group),
+        "total_seconds": round(total, 3),
+        "images_per_second": round(images_total / total, 2),
+        "featurize_images_per_second": round(
+            prev.processed / max(seconds.get("featurize", 0.0), 1e-9), 2
+        ),
+        "featurizer": {
+            **artifact.describe(),
+            "image_size": cfg.featurizer.image_size,
+            "precision": cfg.featurizer.precision,
+            "channels_last": cfg.featurizer.channels_last,
+            "batch_size": cfg.featurizer.batch_size,
+            "threads_per_task": getattr(run, "threads_per_task", None),
+            "max_pixels": cfg.featurizer.max_pixels,
+            "jpeg_draft": True,  # large JPEGs decode at a reduced scale (images.py)
+        },
+        "spark": {
+            "version": spark.version,
+            "master": spark.sparkContext.master,
+            "default_parallelism": spark.sparkContext.defaultParallelism,
+            **{key: spark.conf.get(key, None) for key in SPARK_LEVERS},
+        },
+        "config": redact_conf(cfg.to_dict()),  # no --conf secret in the report
+        "versions": {"fruits": __version__, "python": platform.python_version()},
+        "started_at": run.started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def scatter(images: Any, n: int, path: Path) -> None:
+    """The first two components of a bounded sample of the images."""
+    from pyspark.sql import functions as F
+
+    fraction = min(1.0, SCATTER_SAMPLE / max(n, 1))
+    rows = (
+        images.sample(fraction=fraction, seed=7)
+        .select("label", F.slice("pca", 1, 2).alias("xy"))
+        .collect()
+    )
+    pts = np.asarray([r["xy"] + [0.0] * (2 - len(r["xy"])) for r in rows], dtype=float)
+    plot_scatter(pts.reshape(-1, 2), [r["label"] for r in rows], path)
+
+
+def task_retries(spark: Any, group: str) -> dict[str, int]:
+    """Failed task attempts and re-run stages of this run's jobs (a lost executor, a task that
+    crashed), read from Spark's status tracker at the driver: no listener to register. Spark
+    keeps the last attempt of each stage, so `failed_tasks` is a lower bound when a whole stage
+    was re-run; `stage_retries` counts those re-runs."""
+    tracker = spark.sparkContext.statusTracker()
+    jobs = tracker.getJobIdsForGroup(group)
+    stages: set[int] = set()
+    for job in jobs:
+        info = tracker.getJobInfo(job)
+        if info is not None:
+            stages.update(info.stageIds)
+    failed = retried = 0
+    for stage in stages:
+        st = tracker.getStageInfo(stage)
+        if st is not None:
+            failed += st.numFailedTasks
+            retried += st.currentAttemptId
+    return {"jobs": len(jobs), "failed_tasks": failed, "stage_retries": retried}
 
 
 def _pyplot() -> Any:

@@ -10,6 +10,15 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|account[.]key|sas|sig=|credential"
+# Embedded runs: the UI would listen on every interface and show the configuration; it is off
+# unless asked for (`--conf spark.ui.enabled=true`, then bound to the loopback interface).
+LOCAL_ONLY = {
+    "spark.ui.enabled": "false",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+
 
 class JavaMissingError(RuntimeError):
     """Spark needs a JVM; say so in one line instead of a py4j stack trace."""
@@ -45,6 +54,9 @@ def default_conf(
         "spark.sql.adaptive.enabled": "true",
         "spark.python.worker.reuse": "true",
         "spark.sql.session.timeZone": "UTC",
+        # Spark's default misses Azure's `fs.azure.account.key.*` and SAS tokens: masked in the
+        # UI, its REST API and event logs.
+        "spark.redaction.regex": REDACTION_REGEX,
     }
 
 
@@ -74,6 +86,10 @@ def get_spark(
             builder = builder.master(master)
         elif "spark.master" not in submitted:
             builder = builder.master("local[*]").config("spark.driver.memory", driver_memory)
+        if (master or submitted.get("spark.master") or "local").startswith("local"):
+            for key, value in LOCAL_ONLY.items():
+                if key not in submitted and key not in overrides:
+                    builder = builder.config(key, value)
         if (master or "local").startswith("local") and "spark.master" not in submitted:
             # Local workers must run this interpreter (the one with our package installed).
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

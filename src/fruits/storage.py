@@ -27,6 +27,9 @@ class Store(Protocol):
     def put(self, local: str | Path, uri: str) -> None: ...
     def get(self, uri: str, local: str | Path) -> None: ...
     def list(self, uri: str) -> list[str]: ...
+    def is_file(self, uri: str) -> bool: ...
+    def read_text(self, uri: str) -> str: ...
+    def create_new(self, uri: str, text: str) -> bool: ...
 
 
 class HadoopStore:
@@ -72,6 +75,42 @@ class HadoopStore:
             return []
         return [str(s.getPath().toString()) for s in fs.listStatus(p)]
 
+    def is_file(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p)) and bool(fs.getFileStatus(p).isFile())
+
+    def read_text(self, uri: str) -> str:
+        fs, p = self._path(uri)
+        stream = fs.open(p)
+        try:
+            reader = self._jvm.java.io.BufferedReader(
+                self._jvm.java.io.InputStreamReader(stream, "UTF-8")
+            )
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def create_new(self, uri: str, text: str) -> bool:
+        """Create `uri` holding `text` unless it exists (False then): the lease primitive.
+        `create(overwrite=false)` is atomic on HDFS and ADLS Gen2 (hierarchical namespace)."""
+        fs, p = self._path(uri)
+        try:
+            out = fs.create(p, False)
+        except Exception as exc:
+            if "FileAlreadyExists" in str(exc) or fs.exists(p):
+                return False
+            raise
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
+        return True
+
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[x.strip("/") for x in parts]])
@@ -100,12 +139,17 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def publish(store: Store, staging: str, output: str, run_id: str) -> None:
-    """Swap the finished staging folder into place.
+MARKER = "_SUCCESS.json"  # written last: an output without it is not a finished run
 
-    A reader sees the old complete output or the new complete one; `_SUCCESS.json` is written
-    last inside staging, so an output without it is never a finished run. Left-over staging
-    folders of killed runs are removed here.
+
+def publish(store: Store, staging: str, output: str, run_id: str) -> None:
+    """Swap the finished staging folder into place (the caller holds the output's lease).
+
+    On local disk, HDFS and ADLS Gen2 a folder rename is atomic, so a reader sees the old
+    complete output or the new one; a kill between the two renames leaves no output but
+    `.NAME.old-RUNID` with the previous complete run, which `recover` (run by the next writer)
+    renames back. On blob stores a "rename" is a copy: `FsspecStore.rename` copies the marker
+    last and deletes the source's marker first, so a half-copied folder never looks finished.
     """
     parent, name = split_parent(output)
     old = join(parent, f".{name}.old-{run_id}")
@@ -113,9 +157,35 @@ def publish(store: Store, staging: str, output: str, run_id: str) -> None:
         store.rename(output, old)
     store.rename(staging, output)
     store.delete(old)
+
+
+def recover(store: Store, output: str) -> str | None:
+    """Undo what a killed run left, under the output's lease (no other run writes here).
+
+    If the output has no marker but a `.NAME.old-*` folder from an interrupted publish has one,
+    the previous complete output is put back. Left-over staging and old folders are removed.
+    Returns the restored folder's name, if any.
+    """
+    parent, name = split_parent(output)
     prefix = f".{name}."
-    for entry in store.list(parent):
-        base = entry.rstrip("/").rpartition("/")[2]
-        if base.startswith(prefix) and (".staging-" in base or ".old-" in base):
-            log.info("removing leftover %s", entry)
+    leftovers = [
+        e.rstrip("/")
+        for e in store.list(parent)
+        if e.rstrip("/").rpartition("/")[2].startswith(prefix)
+        and (".staging-" in e or ".old-" in e)
+    ]
+    restored = None
+    if not store.exists(join(output, MARKER)):
+        for entry in leftovers:
+            if ".old-" in entry and store.exists(join(entry, MARKER)):
+                if store.exists(output):
+                    store.delete(output)  # a half-copied output without its marker
+                store.rename(entry, output)
+                restored = entry
+                log.warning("restored the previous complete output from %s", entry)
+                break
+    for entry in leftovers:
+        if entry != restored:
+            log.info("removing leftover %s of a killed run", entry)
             store.delete(entry)
+    return restored

@@ -1,0 +1,92 @@
+"""Outputs: the reduced image table, the single-file CSV, the saved models and serving files.
+
+Owns `images.parquet` (`OUTPUT_COLUMNS`), `pca.csv`, `models/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from fruits.storage import Store
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = ("path", "label", "split", "features", "pca", "length", "modification_time")
+
+
+def count_by_split(rows: list[Any]) -> dict[str, int]:
+    """{split: images} from (split, label, count) rows."""
+    splits: dict[str, int] = {}
+    for r in rows:
+        splits[r["split"]] = splits.get(r["split"], 0) + int(r["count"])
+    return splits
+
+
+def write_images(run: Any, reducer: Any, ok: DataFrame) -> DataFrame:
+    """Project every usable image, write `images.parquet` and the fitted scaler + PCA."""
+    projected = reducer.transform(ok).select(*OUTPUT_COLUMNS)
+    # One file per ~128 MB read partition of the staged features (maxPartitionBytes), so the
+    # file count grows with bytes, never with the image count; or a fixed count.
+    if run.cfg.output_files:
+        projected = projected.coalesce(run.cfg.output_files)
+    projected.write.parquet(run.uri("images.parquet"))
+    reducer.model.write().overwrite().save(run.uri("models", "scaler_pca"))
+    log.info("reduce: k=%d keeps %.2f%% of the variance", reducer.k, 100 * reducer.cumulative)
+    return run.spark.read.parquet(run.uri("images.parquet"))
+
+
+def write_pca_csv(run: Any, images: DataFrame, k: int) -> None:
+    pcs = [F.element_at("pca", i + 1).alias(f"pc_{i + 1}") for i in range(k)]
+    single_csv(run.store, images.select("path", "label", "split", *pcs), run.uri("pca.csv"))
+
+
+def save_backbone(run: Any, artifact: Any) -> None:
+    """The exact CNN graph the run used, for serving."""
+    from fruits.features import save_artifact
+
+    save_artifact(artifact, run.local / "models")
+    (run.local / "plots").mkdir(exist_ok=True)
+
+
+def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], prev: Any) -> Any:
+    """Fit (or, incrementally, reuse) the classifier, save it and its serving arrays, and
+    evaluate it on the test split."""
+    from fruits.classify import evaluate, fit_classifier
+    from fruits.report import plot_confusion
+    from fruits.serving import export_serving
+
+    if prev.classifier_path:  # incremental: no refit
+        from fruits.incremental import load_classifier
+
+        model = load_classifier(prev.classifier_path)
+    else:
+        train = images.where(F.col("split") == "train") if splits.get("train") else images
+        model = fit_classifier(train)
+    model.write().overwrite().save(run.uri("models", "classifier"))
+    export_serving(
+        reducer.model, model, run.local / "models", featurizer=run.cfg.featurizer,
+        run_id=run.run_id,
+    )  # fmt: skip
+    evaluation = evaluate(model, images.where(F.col("split") == "test"))
+    plot_confusion(
+        evaluation.labels, evaluation.confusion, run.local / "plots" / "confusion_matrix.png"
+    )
+    log.info(
+        "classify: test accuracy %.4f, macro-F1 %.4f", evaluation.accuracy, evaluation.macro_f1
+    )
+    return evaluation
+
+
+def single_csv(store: Store, df: DataFrame, uri: str) -> None:
+    """One plain CSV file with a header (a Spark CSV folder, renamed to a file)."""
+    tmp = uri + ".parts"
+    df.coalesce(1).write.option("header", "true").csv(tmp)
+    parts = [p for p in store.list(tmp) if p.rstrip("/").rpartition("/")[2].startswith("part-")]
+    if len(parts) != 1:
+        raise RuntimeError(f"expected one CSV part in {tmp}, found {len(parts)}")
+    store.rename(parts[0], uri)
+    store.delete(tmp)

@@ -1,0 +1,50 @@
+"""Quarantine: every listed file that yields no features ends here, with its reason.
+
+Owns the columns `path, reason, length, modification_time` (length + modification_time let an
+incremental run skip known bad files). Sources are: the featurizer's reasons, files refused
+before reading (size, empty, broken links), files a lossy source dropped without a row, and,
+in incremental runs, the previous output's quarantine rows that are still current.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from fruits.features import UNREADABLE, ImageFailure
+from fruits.outputs import single_csv
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("path", "reason", "length", "modification_time")
+
+
+def write(run: Any, feats: DataFrame, prev: Any, listed: Any) -> int:
+    """Write `quarantine.parquet` + `quarantine.csv`; the number of quarantined files.
+
+    With `--on-error fail` the first quarantined file stops the run in one line.
+    """
+    bad = feats.where(F.col("reason").isNotNull()).select(*COLUMNS)
+    bad = bad.unionByName(prev.todo_refused, allowMissingColumns=True)
+    if listed.may_drop:  # binaryFile's ignoreCorruptFiles drops a file without a row
+        dropped = (
+            prev.todo.select("path", "length", "modification_time")
+            .join(feats.select("path"), "path", "left_anti")
+            .withColumn("reason", F.lit(UNREADABLE))
+        )
+        bad = bad.unionByName(dropped)
+    bad = prev.with_kept_quarantine(bad.select(*COLUMNS)).coalesce(1)
+    uri = run.uri("quarantine.parquet")
+    bad.write.parquet(uri)
+    bad = run.spark.read.parquet(uri)
+    n_bad = bad.count()
+    if n_bad and run.cfg.on_error == "fail":
+        first = bad.first()
+        assert first is not None
+        raise ImageFailure(f"{first['path']}: {first['reason']}")
+    single_csv(run.store, bad.select("path", "reason"), run.uri("quarantine.csv"))
+    log.info("quarantine: %d file(s)", n_bad)
+    return n_bad
