@@ -23,10 +23,6 @@ app = typer.Typer(
 )  # fmt: skip
 
 
-class UserError(Exception):
-    """Anything we can explain in one line; the CLI prints it and exits 2."""
-
-
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -220,13 +216,13 @@ def serve(
 
 def _guard(fn):  # noqa: ANN001, ANN202
     """Known failures become one line on stderr and exit code 2, not a stack trace."""
+    from fruits.features import ImageFailure
     from fruits.ingest import InputError
-    from fruits.pipeline import ImageFailure
     from fruits.spark import JavaMissingError
 
     try:
         return fn()
-    except (InputError, ImageFailure, JavaMissingError, UserError, ValueError) as exc:
+    except (InputError, ImageFailure, JavaMissingError, ValueError) as exc:
         from fruits.azure import redact
 
         typer.echo(f"error: {redact(exc)}", err=True)
