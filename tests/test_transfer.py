@@ -71,6 +71,22 @@ def digest_tree(root: Path) -> dict[str, str]:
     }
 
 
+def container_sas(container: str, hours: int = 1) -> str:
+    """A service SAS scoped to one container (read, create, write, list), the kind a data owner
+    hands out: unlike an account SAS it cannot read the container's properties."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    return generate_container_sas(
+        ACCOUNT,
+        container,
+        account_key=KEY,
+        permission=ContainerSasPermissions(read=True, create=True, write=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=hours),
+    )
+
+
 def test_upload_is_idempotent_and_resumes(azurite, container, tree, tmp_path, caplog):
     """SAS token + https (path-style emulator) URL; the second run transfers nothing; a changed
     file of the same size is found by its MD5."""
@@ -163,3 +179,27 @@ def test_unreachable_endpoint(azurite, tree):
     text = output_of(result)
     assert result.exit_code == 2 and "unreachable" in text, text
     assert_no_secret(text)
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+def test_container_sas_uploads_and_downloads(azurite, container, tree, tmp_path, caplog):
+    """A container-scoped SAS (no account-level rights, e.g. no container properties) is
+    enough for both directions: env variable with an https URL, and a SAS connection string."""
+    sas = container_sas(container)
+    dest = f"{azurite.endpoint}/{container}/sas"
+    env = {"AZURE_STORAGE_SAS_TOKEN": sas}
+    first = invoke(["upload", str(tree), dest], env, caplog)
+    assert first.exit_code == 0, output_of(first)
+    assert "transferred 5 " in first.output
+    again = invoke(["upload", str(tree), dest], env, caplog)
+    assert "transferred 0 (0 B), skipped 5" in again.output
+
+    sas_cs = f"BlobEndpoint={azurite.endpoint};SharedAccessSignature={sas}"
+    cs = {"AZURE_STORAGE_CONNECTION_STRING": sas_cs}
+    out = tmp_path / "back"
+    got = invoke(["download", f"az://{container}/sas", str(out)], cs, caplog)
+    assert got.exit_code == 0, output_of(got)
+    assert digest_tree(out) == digest_tree(tree)
+    assert_no_secret(first.output, again.output, got.output, caplog.text, secrets=(sas,))

@@ -143,33 +143,43 @@ def _status(exc: BaseException) -> int | None:
     return getattr(exc, "status_code", None)
 
 
-def _container(
+def _container_missing(exc: BaseException) -> bool:
+    """By the service's error code, not by our message (which may say "not found" about a
+    credential, e.g. "Azure CLI not found on path")."""
+    code = str(getattr(exc, "error_code", "") or "")
+    return code == "ContainerNotFound" or "ContainerNotFound" in str(exc)
+
+
+def _open(
     location: AzureLocation,
     credentials: Credentials,
     *,
     create: bool = False,
     dry_run: bool = False,
-) -> Any:
-    """The container client, after checking the container exists (one line if not)."""
-    service = credentials.blob_service()
-    container = service.get_container_client(location.container)
+) -> tuple[Any, dict[str, tuple[int, bytes | None]]]:
+    """The container client and the listing below `location` (see `remote_files`).
+
+    The listing is also the check that the container exists and the credential may use it: a
+    container-scoped SAS, the usual way to hand out one container, may list, read and write
+    blobs but not call Get Container Properties (account-level), which used to be the check
+    and refused such a SAS. A missing container is one line (created with `create`).
+    """
+    container = credentials.blob_service().get_container_client(location.container)
     try:
-        container.get_container_properties()
+        return container, remote_files(container, location)
     except Exception as exc:
         reason = explain(exc, location, credentials.account)
-        if "not found" in reason and create and not dry_run:
-            try:
-                container.create_container()
-                log.info("created container %s", location.container)
-                return container
-            except Exception as exc2:
-                raise AzureError(explain(exc2, location, credentials.account)) from None
-        if "not found" in reason and create:
-            return container
-        if "not found" in reason:
-            reason += " (create it first, or pass --create-container)"
-        raise AzureError(reason) from None
-    return container
+        if not _container_missing(exc):
+            raise AzureError(reason) from None
+        if not create:
+            raise AzureError(f"{reason} (create it first, or pass --create-container)") from None
+    if not dry_run:
+        try:
+            container.create_container()
+        except Exception as exc:
+            raise AzureError(explain(exc, location, credentials.account)) from None
+        log.info("created container %s", location.container)
+    return container, {}
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -254,9 +264,8 @@ def upload(
     location = parse_uri(destination)
     creds = credentials or _resolve(location, env)
     log.info("upload: %s", creds.describe())
-    container = _container(location, creds, create=create_container, dry_run=dry_run)
+    container, remote = _open(location, creds, create=create_container, dry_run=dry_run)
     files = local_files(src, exclude)  # a single file goes into the destination folder
-    remote = _safe_remote(container, location, dry_run)
     remote.pop("", None)
     summary = TransferSummary("upload", str(src), destination, dry_run, len(files))
     summary.bytes_total = sum(files.values())
@@ -297,18 +306,6 @@ def upload(
     return summary
 
 
-def _safe_remote(
-    container: Any, location: AzureLocation, dry_run: bool
-) -> dict[str, tuple[int, bytes | None]]:
-    try:
-        return remote_files(container, location)
-    except Exception as exc:
-        reason = explain(exc, location)
-        if dry_run and "not found" in reason:
-            return {}
-        raise AzureError(reason) from None
-
-
 def download(
     source: str,
     destination: str | Path,
@@ -325,8 +322,7 @@ def download(
     location = parse_uri(source)
     creds = credentials or _resolve(location, env)
     log.info("download: %s", creds.describe())
-    container = _container(location, creds)
-    remote = _safe_remote(container, location, False)
+    container, remote = _open(location, creds)
     if not remote:
         raise AzureError(f"nothing to download: no blob under {redact(source)}")
     dest = Path(destination)
