@@ -181,6 +181,101 @@ def test_unreachable_endpoint(azurite, tree):
     assert_no_secret(text)
 
 
+# --- containment: every downloaded file lands inside DEST ------------------------------------
+
+
+def put_raw(azurite, container: str, encoded_name: str, data: bytes) -> None:
+    """Put a blob whose name is sent percent-encoded as given: the SDK (and HTTP clients) fold
+    `..` segments before sending, so this is how such names reach a real service."""
+    import urllib.request
+
+    url = f"{azurite.endpoint}/{container}/{encoded_name}?{container_sas(container)}"
+    headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-08-06"}
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers, method="PUT")) as r:
+        assert r.status == 201
+
+
+def files_below(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_download_never_writes_outside_dest(azurite, container, tmp_path, caplog):
+    """Blob names that would escape DEST are skipped with a reason, listed, and exit 1; the safe
+    ones still land; nothing appears anywhere else under tmp_path, nor at the absolute path."""
+    dest = tmp_path / "dest"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest.mkdir()
+    (dest / "link").symlink_to(outside, target_is_directory=True)  # a symlink inside DEST
+    absolute = tmp_path / "abs" / "pwned.txt"
+    client = azurite.service().get_container_client(container)
+    names = {
+        "run/ok/a.txt": "",
+        f"run/{absolute}": "empty segment",  # run//tmp/...: today written at that absolute path
+        "run/%2E%2E/encoded.txt": "'..'",  # a literal percent-encoded parent
+        "run/C:/drive.txt": "drive",
+        "run/x//y.txt": "empty segment",
+        "run/tab\t.txt": "control character",
+        "run/nl\n.txt": "control character",
+        "run/link/through-symlink.txt": "outside",
+    }
+    for name in names:
+        client.upload_blob(name, b"data", overwrite=True)
+    put_raw(azurite, container, "run/%2E%2E/escape.txt", b"data")  # stored as run/../escape.txt
+    names["run/../escape.txt"] = "'..'"
+    assert set(names) <= {b.name for b in client.list_blobs()}
+
+    result = invoke(["download", f"az://{container}/run", str(dest)], azurite.env(), caplog)
+    text = output_of(result)
+    assert result.exit_code == 1, text
+    assert files_below(tmp_path) == {"dest/ok/a.txt"}, text
+    assert not absolute.exists() and not list(outside.iterdir())
+    refused = [line for line in text.splitlines() if line.startswith("FAILED")]
+    assert len(refused) == len(names) - 1, text
+    for name, reason in names.items():
+        if reason:
+            shown = name.removeprefix("run/").encode("unicode_escape").decode()
+            assert any(shown in line and reason in line for line in refused), (name, text)
+    assert "\t" not in text and "nl\n" not in text  # control characters are shown escaped
+    assert "transferred 1 " in text
+
+    # a dry run reports the same names; no link in this DEST, so link/... is fine there
+    dry_args = ["download", f"az://{container}/run", str(tmp_path / "dry"), "--dry-run"]
+    dry = invoke(dry_args, azurite.env())
+    assert dry.exit_code == 1 and "would transfer 2 " in dry.output, dry.output
+    assert dry.output.count("FAILED") == len(names) - 2
+    assert not (tmp_path / "dry").exists()
+
+
+def test_blob_name_checks():
+    """The rules on their own, including what Azurite cannot store (it turns `\\` into `/`
+    and cannot list names with most control characters)."""
+    from fruits.transfer import unsafe_name
+
+    unsafe = {
+        "a\\b.jpg": "backslash",
+        "..\\..\\evil.jpg": "backslash",
+        "bell\x07.jpg": "control character",
+        "del\x7f.jpg": "control character",
+        "c:evil.jpg": "drive",
+        "x/D:/y.jpg": "drive",
+        "../up.jpg": "'..'",
+        "a/%2e%2E/b.jpg": "'..'",
+        "a/%252E%252E/b.jpg": "'..'",  # encoded twice
+        "a/%2F..%2Fb.jpg": "'..'",  # an encoded separator hides the segment
+        "./a.jpg": "'.'",
+        "/etc/passwd": "empty segment",
+        "a//b.jpg": "empty segment",
+        "dir/": "empty segment",
+        "": "empty name",
+    }
+    for name, reason in unsafe.items():
+        got = unsafe_name(name)
+        assert got and reason in got, (name, got)
+    for name in ("Apple Red 1/0_100.jpg", "a..b.jpg", "...jpg", "12:30.jpg", "caf%C3%A9.jpg"):
+        assert unsafe_name(name) is None, name
+
+
 # --- credentials -------------------------------------------------------------------------------
 
 

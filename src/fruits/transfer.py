@@ -18,14 +18,17 @@ import hashlib
 import logging
 import mimetypes
 import os
+import re
 import sys
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from fruits.azure import AzureError, AzureLocation, Credentials, explain, parse_uri, redact
 from fruits.azure import resolve_credentials as _resolve
@@ -77,7 +80,7 @@ class TransferSummary:
             f"({_human(self.bytes_transferred)}), skipped {self.skipped} (same size and MD5), "
             f"failed {len(self.failures)}, in {self.seconds:.1f}s ({_human(rate)}/s)",
         ]
-        out += [f"FAILED {rel}: {reason}" for rel, reason in self.failures]
+        out += [f"FAILED {printable(rel)}: {reason}" for rel, reason in self.failures]
         return out
 
 
@@ -306,6 +309,74 @@ def upload(
     return summary
 
 
+# --- blob names that must not become local paths ----------------------------------------------
+
+# Blob names are free text; a local path is not. A name must map to a path below DEST on every
+# OS we run on: POSIX separators only, no parent or current-folder segment (also when a tool
+# later percent-decodes it), no empty segment (`a//b`, or a leading `/` that makes an absolute
+# path), no drive letter (`C:`, which Windows reads as absolute), no control character (which
+# could rewrite the terminal that prints the summary).
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_BIDI = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+
+
+def _bad_char(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cc" or ord(ch) in _BIDI
+
+
+def printable(name: str) -> str:
+    """`name` with control characters escaped as Python would (`\t`, `\x07`), for messages."""
+    return "".join(repr(ch)[1:-1] if _bad_char(ch) or not ch.isprintable() else ch for ch in name)
+
+
+def _check(name: str) -> str | None:
+    bad = next((ch for ch in name if _bad_char(ch)), None)
+    if bad is not None:
+        return f"control character {repr(bad)[1:-1]}"
+    if "\\" in name:
+        return "backslash in the name (a separator on Windows)"
+    segments = name.split("/")
+    for dots in ("..", "."):
+        if dots in segments:
+            return f"'{dots}' segment"
+    if "" in segments:
+        return "empty segment ('//', or a leading or trailing '/')"
+    drive = next((seg[:2] for seg in segments if _DRIVE.match(seg)), None)
+    if drive:
+        return f"Windows drive letter {drive!r}"
+    return None
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why the blob name `name` (relative to the downloaded folder) may not become a local
+    path, or None when it may. Checked as given and percent-decoded (up to three times, for
+    names encoded twice), since other tools decode what we write."""
+    if not name:
+        return "empty name"
+    seen = name
+    for round_ in range(4):
+        reason = _check(seen)
+        if reason:
+            return reason if round_ == 0 else f"{reason} (percent-encoded)"
+        decoded = unquote(seen)
+        if decoded == seen:
+            return None
+        seen = decoded
+    return None
+
+
+def _outside(root: Path, relative: str) -> str | None:
+    """A reason when `root / relative` resolves (through links already on disk) outside
+    `root`, which must itself be resolved."""
+    try:
+        real = (root / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop (RuntimeError before Python 3.13)
+        return f"cannot be resolved: {exc}"
+    if not real.is_relative_to(root):
+        return "resolves outside the destination (through a symbolic link)"
+    return None
+
+
 def download(
     source: str,
     destination: str | Path,
@@ -325,13 +396,20 @@ def download(
     container, remote = _open(location, creds)
     if not remote:
         raise AzureError(f"nothing to download: no blob under {redact(source)}")
-    dest = Path(destination)
+    # Real paths from here on: DEST may itself be a link, and a folder inside it may be one.
+    dest = Path(destination).resolve()
     single = "" in remote
     if single:
         remote = {location.path.rpartition("/")[2]: remote[""]}
     summary = TransferSummary("download", source, str(dest), dry_run, len(remote))
-    summary.bytes_total = sum(size for size, _ in remote.values())
-    items = [Item(rel, size, size, md5) for rel, (size, md5) in sorted(remote.items())]
+    items = []
+    for rel, (size, md5) in sorted(remote.items()):
+        reason = unsafe_name(rel) or _outside(dest, rel)
+        if reason:
+            summary.failures.append((rel, f"not downloaded, unsafe name: {reason}"))
+        else:
+            items.append(Item(rel, size, size, md5))
+    summary.bytes_total = sum(item.size for item in items)
 
     def one(item: Item) -> bool:
         target = dest / item.relative
@@ -346,9 +424,13 @@ def download(
             return True
         name = location.path if single else location.blob_name(item.relative)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # again now that the folders exist: a link may have appeared since the listing
+        reason = _outside(dest, item.relative)
+        if reason:
+            raise OSError(f"not downloaded, unsafe name: {reason}")
         tmp = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
         try:
-            with open(tmp, "wb") as f:
+            with open(tmp, "xb") as f:  # x: never through a link planted at that name
                 container.get_blob_client(name).download_blob(max_concurrency=2).readinto(f)
             if item.remote_md5 and md5_file(tmp) != item.remote_md5:
                 got = base64.b64encode(md5_file(tmp)).decode()
