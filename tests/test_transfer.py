@@ -298,3 +298,45 @@ def test_container_sas_uploads_and_downloads(azurite, container, tree, tmp_path,
     assert got.exit_code == 0, output_of(got)
     assert digest_tree(out) == digest_tree(tree)
     assert_no_secret(first.output, again.output, got.output, caplog.text, secrets=(sas,))
+
+
+IDENTITY_ENV = (
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_USERNAME",
+    "AZURE_PASSWORD",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+)
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_no_credential_is_one_line(direction, tree, tmp_path):
+    """No key, SAS or identity anywhere: one line naming what DefaultAzureCredential tried, not
+    azure-identity's multi-line warnings once per retry. A real process, so every line it
+    prints (logging included) is counted."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in (*AZURE_ENV, *IDENTITY_ENV)}
+    uri = "abfss://c@fruitsnocredential.dfs.core.windows.net/x"
+    args = [str(tree), uri] if direction == "upload" else [uri, str(tmp_path / "d")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fruits", direction, *args, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2, lines
+    assert len(lines) == 1, "\n".join(lines)
+    assert lines[0].startswith("error: no usable credential for account 'fruitsnocredential'")
+    assert "EnvironmentCredential" in lines[0] and "ManagedIdentityCredential" in lines[0]
+    assert "AZURE_STORAGE_SAS_TOKEN" in lines[0]

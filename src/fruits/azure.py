@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +35,8 @@ SECRET_ENV = (CONNECTION_STRING, ACCOUNT_KEY, SAS_TOKEN)
 HADOOP_SCHEMES = ("abfss", "abfs", "wasbs", "wasb")
 DEFAULT_SUFFIX = "core.windows.net"
 REDACTED = "***"
+
+log = logging.getLogger(__name__)
 
 CredentialKind = Literal["connection_string", "account_key", "sas_token", "default"]
 
@@ -204,7 +207,8 @@ class Credentials:
             return BlobServiceClient(self.account_url or "", credential=cred, **opts)
         if self.kind == "sas_token":
             return BlobServiceClient(self.account_url or "", credential=self.sas_token, **opts)
-        return BlobServiceClient(self.account_url or "", credential=_default_credential(), **opts)
+        quiet = QuietDefaultCredential(self.account)
+        return BlobServiceClient(self.account_url or "", credential=quiet, **opts)
 
     def filesystem(self) -> Any:
         """An `adlfs.AzureBlobFileSystem` (fsspec) for this account, never reading env itself."""
@@ -237,6 +241,90 @@ def _default_credential() -> Any:
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+# azure-identity, and msal underneath it (managed identity, token cache)
+_IDENTITY_LOGGERS = ("azure.identity", "msal")
+_QUIET_LOCK = threading.Lock()
+
+
+class QuietDefaultCredential:
+    """`DefaultAzureCredential` that fails in one line.
+
+    Left alone, each walk of the chain logs a 15-line warning (a line or two per credential
+    tried) and the storage client's retries walk it again: 67 lines and 30 s before "credential
+    refused" for a user who simply has none (measured with azure-identity 1.27).
+
+    Here azure-identity's loggers are silenced while a token is fetched, the chain's failures
+    are folded into one `AzureError` line (which the storage pipeline does not retry: it is not
+    an azure-core error), and that failure is kept, so parallel workers do not walk the chain
+    again.
+    """
+
+    def __init__(self, account: str | None = None) -> None:
+        self.account = account
+        self._inner: Any = None
+        self._failure: AzureError | None = None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        with _QUIET_LOCK:  # serialises the chain; a fetched token is cached by the inner one
+            if self._failure is not None:
+                raise self._failure
+            if self._inner is None:
+                self._inner = _default_credential()
+            loggers = [logging.getLogger(name) for name in _IDENTITY_LOGGERS]
+            levels = [logger.level for logger in loggers]
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL + 1)
+            try:
+                return getattr(self._inner, method)(*args, **kwargs)
+            except ClientAuthenticationError as exc:
+                log.debug("DefaultAzureCredential: %s", exc)
+                who = f"account {self.account!r}" if self.account else "the storage account"
+                self._failure = AzureError(
+                    f"no usable credential for {who}: {fold_credential_chain(str(exc))}; set "
+                    f"{SAS_TOKEN}, {ACCOUNT_KEY} or {CONNECTION_STRING}, or run az login"
+                )
+                raise self._failure from None
+            finally:
+                for logger, level in zip(loggers, levels, strict=True):
+                    logger.setLevel(level)
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._call("get_token", *scopes, **kwargs)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        return self._call("get_token_info", *scopes, options=options)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+
+_CHAIN_LINE = re.compile(r"^\s*(\w+Credential):\s*(.*)$")
+
+
+def fold_credential_chain(message: str) -> str:
+    """azure-identity's multi-line "Attempted credentials:" report as one line:
+    `DefaultAzureCredential tried EnvironmentCredential (environment variables are not fully
+    configured), ManagedIdentityCredential (unavailable), ...`. Other messages: first line."""
+    tried: list[str] = []
+    for line in message.splitlines():
+        m = _CHAIN_LINE.match(line)
+        if not m:
+            continue
+        name, reason = m.groups()
+        reason = re.sub(r"^\w+Credential\b", "", reason).strip()  # "<itself> unavailable."
+        for lead in ("authentication unavailable.", "unavailable."):
+            reason = reason.removeprefix(lead).strip()
+        reason = re.split(r"(?<=[a-z0-9'])\.(?:\s|$)", reason, maxsplit=1)[0].strip(" .")
+        tried.append(f"{name} ({reason or 'unavailable'})")
+    if not tried:
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        return redact(lines[0] if lines else "no credential available")
+    return redact("DefaultAzureCredential tried " + ", ".join(tried))
 
 
 def _connection_endpoint(cs: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -411,6 +499,8 @@ def explain(
     code = str(getattr(exc, "error_code", "") or "")
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
+    if isinstance(exc, AzureError):  # already one line of ours (e.g. no usable credential)
+        return redact(f"{text}{where}")
     if code == "ContainerNotFound" or "ContainerNotFound" in text:
         container = location.container if location else "?"
         return f"container {container!r} not found in {account}{where}"

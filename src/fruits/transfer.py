@@ -266,7 +266,7 @@ def upload(
         raise AzureError(f"source not found: {src}")
     location = parse_uri(destination)
     creds = credentials or _resolve(location, env)
-    log.info("upload: %s", creds.describe())
+    log.debug("upload: %s", creds.describe())
     container, remote = _open(location, creds, create=create_container, dry_run=dry_run)
     files = local_files(src, exclude)  # a single file goes into the destination folder
     remote.pop("", None)
@@ -392,7 +392,7 @@ def download(
     started = time.perf_counter()
     location = parse_uri(source)
     creds = credentials or _resolve(location, env)
-    log.info("download: %s", creds.describe())
+    log.debug("download: %s", creds.describe())
     container, remote = _open(location, creds)
     if not remote:
         raise AzureError(f"nothing to download: no blob under {redact(source)}")
