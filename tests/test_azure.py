@@ -1,4 +1,5 @@
-"""Azure locations, credential selection and redaction: pure functions, no service needed."""
+"""Azure locations, credential selection and redaction: pure functions, no service needed
+(one test reads the redaction regex with Spark's own code, on the shared session)."""
 
 from __future__ import annotations
 
@@ -277,3 +278,147 @@ def test_fsspec_store_on_local_files(tmp_path):
     assert sorted(store.list(f"{root}/out")) == [f"{root}/out/plots", f"{root}/out/report.json"]
     store.get(f"{root}/out", tmp_path / "back")
     assert (tmp_path / "back" / "plots" / "a.png").read_bytes() == b"png"
+
+
+# --- redaction: shapes other modules rely on -----------------------------------------------------
+
+SIG = "ZZsecretSignatureZZ0123%2Fabc%3D"
+SAS_QUERY = f"sv=2024-08-04&se=2030-01-01T00%3A00%3A00Z&sr=b&sp=r&sig={SIG}"
+
+
+@pytest.fixture
+def no_secret_env(monkeypatch):
+    """Shapes only: no credential variable whose value `redact` could look for."""
+    for name in azure.SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_redact_hides_the_whole_sas_query(no_secret_env):
+    url = f"https://acct.blob.core.windows.net/c/w.pt?{SAS_QUERY}"
+    assert redact(url) == "https://acct.blob.core.windows.net/c/w.pt?***"
+    assert redact(f"--weights {url} failed") == (
+        "--weights https://acct.blob.core.windows.net/c/w.pt?*** failed"
+    )
+    # aiohttp / yarl spellings, the signature first, and a bare token
+    for text in (
+        f"403, message='Forbidden', url='{url}'",
+        f"URL('{url}')",
+        f"https://a.blob.core.windows.net/c/x?sig={SIG}&se=2030-01-01&sp=r",
+        f"token: {SAS_QUERY}",
+        f"?{SAS}",
+    ):
+        clean = redact(text)
+        assert "ZZsecret" not in clean and "AbCdEfGh" not in clean, clean
+        assert "sv=2024" not in clean and "sp=r" not in clean, clean
+    # query strings without a signature stay readable
+    assert redact("https://x/list?restype=container&comp=list") == (
+        "https://x/list?restype=container&comp=list"
+    )
+
+
+def test_redact_hadoop_secret_settings(no_secret_env):
+    """`--conf` spellings, as `k=v`, in a Python repr, and via spark.hadoop."""
+    value = "not-shaped-like-a-key-but-secret"
+    texts = {
+        f"fs.azure.account.key.acct.dfs.core.windows.net={value}": "fs.azure.account.key.acct",
+        f"--conf spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net={value}": "--conf",
+        f"{{'fs.azure.sas.c.acct.blob.core.windows.net': '{value}'}}": "fs.azure.sas.c",
+        f"fs.azure.account.oauth2.client.secret.acct.dfs.core.windows.net: {value}": "oauth2",
+        f"AccountName=acct;AccountKey={value};EndpointSuffix=core.windows.net": "AccountName",
+    }
+    for text, kept in texts.items():
+        clean = redact(text)
+        assert value not in clean and kept in clean and "***" in clean, clean
+    untouched = "fs.azure.account.auth.type.acct.dfs.core.windows.net=SharedKey"
+    assert redact(untouched) == untouched
+
+
+def test_redact_bearer_token_and_keeps_credential_names(no_secret_env):
+    assert redact("Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.x.y") == (
+        "Authorization: Bearer ***"
+    )
+    chain = "\tEnvironmentCredential: EnvironmentCredential authentication unavailable."
+    assert redact(chain) == chain  # class names are not secrets
+
+
+def test_redact_traceback_of_a_real_failed_download(no_secret_env):
+    """A real HTTP 403 for a weights URL with a SAS, read the way `--weights` is: the message
+    and every chained exception (aiohttp's carries the URL too) come out clean."""
+    import http.server
+    import threading
+    import traceback
+
+    from fruits.models import read_weights
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(Exception) as info:
+            read_weights(f"http://127.0.0.1:{server.server_port}/c/w.pt?{SAS_QUERY}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    raw = "".join(traceback.format_exception(info.value))
+    assert "ZZsecret" in raw  # the secret is really there before redaction
+    clean = azure.redact_traceback(info.value)
+    assert "ZZsecret" not in clean and "Traceback" in clean and "/c/w.pt?***" in clean
+    assert "ZZsecret" not in redact(info.value)
+
+
+SECRET_SETTINGS = {
+    "fs.azure.account.key.acct.dfs.core.windows.net": "base64key==",
+    "spark.hadoop.fs.azure.sas.c.acct.blob.core.windows.net": "sv=1&sp=r",
+    "fs.azure.account.oauth2.client.secret.acct.dfs.core.windows.net": "s3cr3t",
+    "fs.azure.sas.fixed.token": "sv=1",
+    "spark.executorEnv.AZURE_STORAGE_SAS_TOKEN": "sv=1",
+    "spark.executorEnv.AZURE_STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=k",
+    "spark.some.url": "https://a.blob.core.windows.net/c/x?sv=1&sig=abc",
+    "spark.ssl.keyPassword": "pw",
+}
+PLAIN_SETTINGS = {
+    "spark.sql.shuffle.partitions": "8",
+    "spark.master": "local[2]",
+    "spark.app.name": "fruits",
+    "fs.azure.account.auth.type.acct.dfs.core.windows.net": "SharedKey",
+    "fruits.input": "abfss://images@kansasfruit.dfs.core.windows.net/fruits-360",
+}
+
+
+def test_spark_redaction_regex_in_python():
+    """Spark hides a setting when its key or its value matches; Python's `re` reads this
+    regex the same way as Java's for the syntax it uses (checked against Java below)."""
+    import re
+
+    rx = re.compile(azure.SPARK_REDACTION_REGEX)
+    for key, value in SECRET_SETTINGS.items():
+        assert rx.search(key) or rx.search(value), key
+    for key, value in PLAIN_SETTINGS.items():
+        assert not rx.search(key) and not rx.search(value), key
+    for default in ("spark.authenticate.secret", "my.password", "x.token", "s3.access.key"):
+        assert rx.search(default), default  # Spark's default pattern is kept
+
+
+def test_spark_redaction_regex_in_spark(spark):
+    """The same settings through Spark's own redaction (`Utils.redact` with our pattern)."""
+    jvm = spark.sparkContext._jvm
+    conf = jvm.org.apache.spark.SparkConf(False).set(
+        "spark.redaction.regex", azure.SPARK_REDACTION_REGEX
+    )
+    for key, value in {**SECRET_SETTINGS, **PLAIN_SETTINGS}.items():
+        conf = conf.set(key, value)
+    convert = jvm.scala.collection.JavaConverters
+    pairs = convert.asScalaBufferConverter(jvm.java.util.ArrayList(list(conf.getAll())))
+    out = jvm.org.apache.spark.util.Utils.redact(conf, pairs.asScala().toSeq())
+    redacted = {p._1(): p._2() for p in convert.seqAsJavaListConverter(out).asJava()}
+    for key in SECRET_SETTINGS:
+        assert redacted[key] == "*********(redacted)", key
+    for key, value in PLAIN_SETTINGS.items():
+        assert redacted[key] == value, key

@@ -394,15 +394,38 @@ def resolve_credentials(
 
 # --- keeping secrets out of text -------------------------------------------------------------
 
+# A Java regex for Spark's `spark.redaction.regex`: a setting whose key *or* value matches has
+# its value hidden in the UI, event logs and `SparkConf.toDebugString`. Setting it replaces
+# Spark's default `(?i)secret|password|token|access[.]key`, so that comes first. `sas` only as a
+# word (`fs.azure.sas.<container>...`), not inside one: a path through "kansas" stays visible.
+# Only syntax Java and Python read alike; tests check it with `re` and with Spark's own code.
+SPARK_REDACTION_REGEX = (
+    r"(?i)secret|password|token|access[.]key|account[.]key|accountkey|sharedaccess"
+    r"|credential|signature|\bsas\b|sig=|sig%3d"
+)
+
+# SAS query parameters are short lower-case names (sv, ss, srt, sp, se, st, spr, sr, skoid...).
+_SAS_PARAM = r"[a-z][a-z0-9_-]{0,15}=[^&\s'\"<>;#/?]*"  # no / or ?: stop at a URL's path
 _PATTERNS = [
-    # connection-string fields and SAS signatures, whatever their value
+    # connection-string fields, whatever their value
     re.compile(r"(?i)(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;\s'\"]+"),
+    # a whole SAS query (every field, not only the signature): `?sv=...&se=...&sig=...`
+    re.compile(rf"(?i)(\??)(?:{_SAS_PARAM}&)*sig=[^&\s'\"<>;#]*(?:&{_SAS_PARAM})*"),
+    # a lone signature, plain or percent-encoded (a URL inside a URL)
     re.compile(r"(?i)([?&;]sig=)[^&\s'\";]+"),
     re.compile(r"(?i)(\bsig%3D)[^&\s'\";]+"),
+    # `key: value` / `key=value` pairs in reprs, JSON and headers
     re.compile(
-        r"(?i)(['\"]?(?:account_key|sas_token|credential|Authorization)['\"]?\s*[:=]\s*)"
-        r"(['\"]?)[^'\"\s,}]{16,}"
+        r"(?i)((?<![A-Za-z])['\"]?(?:account_key|sas_token|credential|Authorization)['\"]?"
+        r"\s*[:=]\s*)(['\"]?)[^'\"\s,}]{16,}"
     ),
+    # Hadoop settings that carry a secret: fs.azure.account.key.<account>..., fs.azure.sas.*,
+    # fs.azure.account.oauth2.client.secret..., as `k=v`, `k: v` or a Python/JSON pair
+    re.compile(
+        r"(?i)(fs\.azure\.[\w.-]*?(?:key|secret|sas|token)[\w.-]*['\"]?\s*[=:]\s*['\"]?)"
+        r"[^'\"\s,;}]+"
+    ),
+    re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{16,}"),
     # a storage account key: 64 random bytes in base64, whatever surrounds it
     re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}=="),
 ]
@@ -426,17 +449,36 @@ def _env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
 
 def redact(text: object, extra: Iterable[str] = ()) -> str:
     """`text` with every known secret replaced by `***`: the values of the credential
-    variables, `extra`, and anything shaped like a key or SAS signature."""
-    out = str(text)
+    variables, `extra`, and anything shaped like one: `AccountKey=`, `fs.azure.account.key...=`,
+    a SAS query (all of it) or signature, a bearer token, a bare account key.
+
+    Any text may go through it (messages, tracebacks, URLs, reports), so callers outside this
+    module (the CLI's error handler, log filters) need nothing else; it never raises.
+    """
+    try:
+        out = str(text)
+    except Exception:  # an object whose __str__ fails must not hide the original error
+        out = f"<unprintable {type(text).__name__}>"
     secrets = sorted({s for s in [*_env_secrets(), *extra] if s and len(s) >= 8}, key=len)
     for secret in reversed(secrets):  # longest first, so a connection string goes whole
         out = out.replace(secret, REDACTED)
-    out = _PATTERNS[0].sub(lambda m: f"{m.group(1)}={REDACTED}", out)
-    out = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{REDACTED}", out)
-    out = _PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", out)
-    out = _PATTERNS[3].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)
-    out = _PATTERNS[4].sub(REDACTED, out)
-    return out
+    conn, query, sig, sig_encoded, pair, hadoop, bearer, key = _PATTERNS
+    out = conn.sub(lambda m: f"{m.group(1)}={REDACTED}", out)
+    out = query.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = sig.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = sig_encoded.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = pair.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)
+    out = hadoop.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = bearer.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    return key.sub(REDACTED, out)
+
+
+def redact_traceback(exc: BaseException) -> str:
+    """The full traceback of `exc` (chained causes included), redacted: for a top-level error
+    handler that wants to show or log a stack without leaking the URL or key in a message."""
+    import traceback
+
+    return redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
 _SECRET_KEY = re.compile(r"(?i)(key|secret|token|sas|password|credential|signature)")
@@ -469,9 +511,7 @@ class RedactingFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[1] is not None:
-            import traceback
-
-            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)))
+            record.exc_text = redact_traceback(record.exc_info[1])
             record.exc_info = None
         return True
 
