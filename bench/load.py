@@ -3,29 +3,45 @@
     .venv/bin/fruits run --output fruits-output          # once: a run to serve
     .venv/bin/python bench/load.py --run fruits-output   # 500 requests, 8 clients, 100x100 banana
 
+    # abuse at the same time: 50 clients that announce a 5 MB body and stall, 6 uploads of a
+    # 6300x6300 16-bit PNG (77 KB on the wire, 76 MB decoded); server peak RSS reported
+    .venv/bin/python bench/load.py --run fruits-output --concurrency 16 --duration 20 \\
+        --stalled 50 --heavy 6
+
+    # the HTTP plumbing alone: a stub run whose "CNN" is the mean colour (no `fruits run` needed)
+    .venv/bin/python bench/load.py --stub --concurrency 16 --duration 20 --stalled 50 --heavy 6
+
 Starts its own `fruits serve` on a free loopback port, warms it up, then every client thread
 sends `POST /v1/predict` with the same 100x100 JPEG over a keep-alive connection until the total
-is reached. Prints p50/p95/p99 latency (client side, full HTTP round trip) and exits 1 if any
-request failed. Not a timed test: figures depend on what else shares the CPU.
+(or `--duration`) is reached. Prints p50/p95/p99 latency (client side, full HTTP round trip), the
+status codes, what happened to the stalled and heavy clients, and the server's peak RSS, then
+exits 1 if any normal request failed. Not a timed test: figures depend on what else shares the
+CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_BANANA = ROOT / "src/fruits/sample_data/fruits-360-sample/Test/Banana 1"
+STUB_CLASSES = ("Apple Red 1", "Banana 1", "Lemon 1", "Tomato 1")
+STALLED_DECLARED_BYTES = 5 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -34,15 +50,104 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str, port: int, threads: int, max_batch: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fruits.cli", "serve", "--run", run, "--host", "127.0.0.1",
-           "--port", str(port), "--threads", str(threads),
-           "--max-batch", str(max_batch)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def make_stub_run(folder: str | Path) -> Path:
+    """A servable run folder without training: the "CNN" is an ONNX graph that averages each
+    colour channel (3 features), the classifier a fixed linear map over STUB_CLASSES. It goes
+    through the real `Predictor.load`, ONNX Runtime and image code, so it measures the serving
+    plumbing at a fraction of the CNN's cost."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    root = Path(folder)
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["pixels"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+        ],
+        "mean_colour",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every ONNX Runtime the project allows
+    (models / "backbone.onnx").write_bytes(model.SerializeToString())
+    spec = {
+        "name": "stub_mean_colour",
+        "feature_dim": 3,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [255.0, 255.0, 255.0],
+        "default_size": 100,
+        "needs_weights": False,
+    }
+    (models / "backbone.json").write_text(
+        json.dumps({"backbone": spec, "engine": "onnx", "id": "stub"})
+    )
+    # rows: red, yellow, yellow-ish, red-ish, and the indexer's "unknown" slot
+    coef = np.array([[8, -4, -4], [4, 4, -8], [2, 4, -6], [6, -2, -4], [-9, -9, -9]], float)
+    np.savez(
+        models / "serving.npz",
+        mean=np.zeros(3),
+        scale=np.ones(3),
+        pc=np.eye(3),
+        coef=coef,
+        intercept=np.zeros(5),
+    )
+    meta = {
+        "format": 1,
+        "run_id": "stub",
+        "classes": list(STUB_CLASSES),
+        "image_size": 100,
+        "max_pixels": 40_000_000,
+        "feature_dim": 3,
+        "pca_k": 3,
+    }
+    (models / "serving.json").write_text(json.dumps(meta))
+    return root
+
+
+def start_server(
+    run: str,
+    port: int,
+    threads: int,
+    max_batch: int,
+    *,
+    settings: dict[str, Any] | None = None,
+    stderr: Any = subprocess.PIPE,
+) -> subprocess.Popen:
+    """`fruits serve` in a subprocess; with `settings`, `serve(ServeSettings(**settings))`
+    instead, for options the CLI does not have."""
+    if settings is None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "fruits.cli",
+            "serve",
+            "--run",
+            run,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--max-batch",
+            str(max_batch),
+        ]
+    else:
+        code = (
+            "import json, sys; from fruits.serve import ServeSettings, serve; "
+            "serve(ServeSettings(**json.loads(sys.argv[1])), port=int(sys.argv[2]))"
+        )
+        full = {"run": run, "threads": threads, "max_batch": max_batch, **settings}
+        cmd = [sys.executable, "-c", code, json.dumps(full), str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"fruits serve exited:\n{proc.stderr.read() if proc.stderr else ''}")
+            err = proc.stderr.read() if proc.stderr else ""
+            raise SystemExit(f"fruits serve exited:\n{err}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc
@@ -62,6 +167,102 @@ def _cpu_seconds(proc: subprocess.Popen | None) -> float:
     return t.user + t.system
 
 
+class PeakRss:
+    """Samples a process's RSS (psutil) every 20 ms; on Linux also reads the kernel's own
+    high-water mark (VmHWM), which sees peaks between samples."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.pid = pid
+        self._proc = psutil.Process(pid)
+        self.sampled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.sampled = max(self.sampled, self._proc.memory_info().rss)
+            except Exception:
+                return
+
+    def high_water(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def stop(self) -> int:
+        """Peak RSS in bytes; call before the process exits."""
+        peak = max(self.sampled, self.high_water())
+        self._stop.set()
+        self._thread.join()
+        return peak
+
+
+def heavy_png() -> bytes:
+    """The issue's upload: 6300x6300 16-bit grayscale PNG, under the 40 MP limit, 77 KB."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.zeros((6300, 6300), np.uint16)
+    arr[::64, :] = 65535  # a few lines, so it is not one flat colour
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def stalled_client(port: int, hold_s: float, out: list[dict[str, Any]]) -> None:
+    """Announce a 5 MB multipart body, send its first KB, then send nothing more: record the
+    status the server answered (if any), whether it closed the connection, and when."""
+    head = (
+        b'--stall\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff\xe0" + b"\0" * 900
+    )
+    request = (
+        "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=stall\r\n"
+        f"Content-Length: {STALLED_DECLARED_BYTES}\r\n\r\n"
+    ).encode() + head
+    result: dict[str, Any] = {"status": None, "closed": False, "after_s": None}
+    started = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=hold_s) as s:
+            s.sendall(request)
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    result["closed"] = True
+                    break
+                reply += chunk
+            if reply.startswith(b"HTTP/1.1 "):
+                result["status"] = int(reply[9:12])
+    except TimeoutError:  # still open after hold_s: the server never dropped it
+        pass
+    except OSError as exc:  # reset by the server counts as dropped
+        result["closed"] = True
+        result["error"] = type(exc).__name__
+    result["after_s"] = round(time.monotonic() - started, 2)
+    out.append(result)
+
+
+def heavy_client(url: str, data: bytes, out: list[dict[str, Any]]) -> None:
+    started = time.monotonic()
+    try:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            r = c.post("/v1/predict", files={"image": ("heavy.png", data, "image/png")})
+        status: int | str = r.status_code
+    except Exception as exc:
+        status = type(exc).__name__
+    out.append({"status": status, "after_s": round(time.monotonic() - started, 2)})
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     """Nearest-rank percentile, so p95 of 500 samples is an observed latency."""
     if not sorted_ms:
@@ -70,31 +271,47 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(rank, len(sorted_ms)) - 1]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", default="fruits-output", help="output folder of `fruits run`")
+    ap.add_argument("--stub", action="store_true", help="serve a stub run (see make_stub_run)")
     ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--duration", type=float, default=0, help="seconds; overrides --requests")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--image", type=Path, default=None, help="default: a 100x100 sample banana")
     ap.add_argument("--threads", type=int, default=0, help="server CNN threads (0 = all cores)")
     ap.add_argument("--max-batch", type=int, default=1, help="server micro-batch (1 = off)")
     ap.add_argument("--warmup", type=int, default=16)
+    ap.add_argument("--stalled", type=int, default=0, help="clients that stall mid-upload")
+    ap.add_argument("--heavy", type=int, default=0, help="6300x6300 16-bit PNG uploads")
+    ap.add_argument("--settings", default=None, help="ServeSettings as JSON (not via the CLI)")
     ap.add_argument("--url", default=None, help="use a running server instead of starting one")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     load_before = os.getloadavg()[0]  # what else was running: figures are noisy when high
 
     image = args.image or sorted(SAMPLE_BANANA.glob("*.jpg"))[0]
     data = image.read_bytes()
+    stub_dir = None
+    if args.stub:
+        stub_dir = tempfile.TemporaryDirectory(prefix="fruits-stub-run-")
+        args.run = str(make_stub_run(stub_dir.name))
     if args.url is None and not (Path(args.run) / "models" / "serving.npz").exists():
         raise SystemExit(f"{args.run} is not a served run: run `fruits run --output {args.run}`")
+    heavy_data = heavy_png() if args.heavy else b""
 
     proc = None
+    rss = None
     if args.url is None:
         port = free_port()
-        proc = start_server(args.run, port, args.threads, args.max_batch)
+        settings = json.loads(args.settings) if args.settings else None
+        proc = start_server(args.run, port, args.threads, args.max_batch, settings=settings)
+        rss = PeakRss(proc.pid)
         url = f"http://127.0.0.1:{port}"
     else:
         url = args.url.rstrip("/")
+        port = httpx.URL(url).port or 80
+    stalled: list[dict[str, Any]] = []
+    heavy: list[dict[str, Any]] = []
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             for _ in range(args.warmup):
@@ -102,48 +319,74 @@ def main() -> int:
 
         latencies: list[float] = []
         errors: list[str] = []
+        statuses: Counter[str] = Counter()
         lock = threading.Lock()
         remaining = [args.requests]
+        stop_at = time.monotonic() + args.duration if args.duration else None
+
+        def more() -> bool:
+            with lock:
+                if stop_at is not None:
+                    return time.monotonic() < stop_at
+                if remaining[0] == 0:
+                    return False
+                remaining[0] -= 1
+                return True
 
         def client() -> None:
-            with httpx.Client(base_url=url, timeout=30) as c:
-                while True:
-                    with lock:
-                        if remaining[0] == 0:
-                            return
-                        remaining[0] -= 1
+            with httpx.Client(base_url=url, timeout=60) as c:
+                while more():
                     t0 = time.perf_counter()
                     try:
                         r = c.post("/v1/predict", files={"image": (image.name, data, "image/jpeg")})
+                        status = str(r.status_code)
                         ok = r.status_code == 200 and r.json()["prediction"]["name"]
                         why = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
                     except Exception as exc:
+                        status = type(exc).__name__
                         why = f"{type(exc).__name__}: {exc}"
                     ms = (time.perf_counter() - t0) * 1000
                     with lock:
                         latencies.append(ms)
+                        statuses[status] += 1
                         if why:
                             errors.append(why)
 
+        hold = 120.0
+        abusers = [
+            threading.Thread(target=stalled_client, args=(port, hold, stalled))
+            for _ in range(args.stalled)
+        ]
+        abusers += [
+            threading.Thread(target=heavy_client, args=(url, heavy_data, heavy))
+            for _ in range(args.heavy)
+        ]
         server_cpu = _cpu_seconds(proc)
         started = time.perf_counter()
         workers = [threading.Thread(target=client) for _ in range(args.concurrency)]
-        for w in workers:
+        for w in abusers + workers:
             w.start()
         for w in workers:
             w.join()
         wall = time.perf_counter() - started
         server_cpu = _cpu_seconds(proc) - server_cpu
+        for w in abusers:
+            w.join()
+        peak_rss = rss.stop() if rss is not None else None
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
+        if stub_dir is not None:
+            stub_dir.cleanup()
 
     lat = sorted(latencies)
     result = {
         "requests": len(lat),
         "concurrency": args.concurrency,
         "errors": len(errors),
+        "normal_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "statuses": dict(statuses),
         "image": f"{image.name} ({len(data)} bytes)",
         "throughput_rps": round(len(lat) / wall, 1),
         "p50_ms": round(percentile(lat, 50), 1),
@@ -155,15 +398,41 @@ def main() -> int:
         "server_cpu_ms_per_request": round(1000 * server_cpu / max(len(lat), 1), 1)
         if proc is not None
         else None,
+        "server_peak_rss_mb": round(peak_rss / 2**20) if peak_rss else None,
         "max_batch": args.max_batch,
+        "stub": args.stub,
         "cpu_cores": os.cpu_count(),
         "load_average_1m_before": round(load_before, 1),
     }
-    print(f"{result['requests']} requests, {args.concurrency} clients, {result['errors']} errors, "
-          f"{result['throughput_rps']} req/s")  # fmt: skip
-    print(f"server CPU per request: {result['server_cpu_ms_per_request']} ms")
-    print(f"latency ms: p50 {result['p50_ms']}  p95 {result['p95_ms']}  p99 {result['p99_ms']}  "
-          f"max {result['max_ms']}")  # fmt: skip
+    if args.stalled:
+        result["stalled"] = {
+            "clients": len(stalled),
+            "statuses": dict(Counter(str(s["status"]) for s in stalled)),
+            "dropped": sum(s["closed"] for s in stalled),
+            "max_s": max(s["after_s"] for s in stalled),
+        }
+    if args.heavy:
+        result["heavy"] = {
+            "clients": len(heavy),
+            "upload_bytes": len(heavy_data),
+            "statuses": dict(Counter(str(h["status"]) for h in heavy)),
+            "max_s": max(h["after_s"] for h in heavy),
+        }
+    print(
+        f"{result['requests']} requests, {args.concurrency} clients, {result['errors']} errors, "
+        f"{result['throughput_rps']} req/s, statuses {result['statuses']}"
+    )
+    print(
+        f"server CPU per request: {result['server_cpu_ms_per_request']} ms, "
+        f"peak RSS {result['server_peak_rss_mb']} MB"
+    )
+    print(
+        f"latency ms: p50 {result['p50_ms']}  p95 {result['p95_ms']}  p99 {result['p99_ms']}  "
+        f"max {result['max_ms']}"
+    )
+    for kind in ("stalled", "heavy"):
+        if kind in result:
+            print(f"{kind}: {result[kind]}")
     print(json.dumps(result))
     for e in errors[:5]:
         print("error:", e, file=sys.stderr)

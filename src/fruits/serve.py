@@ -2,13 +2,24 @@
 
 `create_app` builds the FastAPI app; the model is loaded once in its lifespan (never at import),
 so a test can hand in a ready `Predictor`. Every bad input ends as a 4xx with a JSON body
-`{"error": code, "message": text}`: upload limits are enforced by `UploadGuard` before the body is
-parsed, decoding failures by the predict route.
+`{"error": code, "message": text}`: upload limits and body timeouts are enforced by `UploadGuard`
+as the body arrives, decoding failures by the predict route.
+
+What one process may spend is bounded: upload bytes held at once (`UploadGuard`), requests
+decoding or predicting at once and waiting for that (`AdmissionGate`, 503 beyond), memory per
+decode (`images.decode_image`'s budget) and open connections (uvicorn's `limit_concurrency`).
+
+Privacy: an uploaded photo lives in memory only, for the duration of its request. The multipart
+body is parsed here (`ImagePart`) rather than by Starlette, whose parser spools any file part over
+1 MB to a temporary file on disk; its bytes and its EXIF (GPS position, camera, dates) are never
+logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,12 +27,16 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fruits import __version__
 from fruits.facts import facts_for
@@ -31,8 +46,19 @@ from fruits.serving import Predictor
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/v1/predict"
+IMAGE_FIELD = "image"
 MULTIPART_SLACK = 64 * 1024  # multipart boundaries and part headers around the file
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
+# Sent with every refusal made before the body was read to its end: the rest of that body is
+# still on its way, so the connection cannot carry another request (h11 then closes it).
+CLOSE = {"Connection": "close"}
+
+
+def default_decoders() -> int:
+    """Requests decoding and predicting at once: one per core, at least 2 (one slow decode must
+    not stall every other request), at most 4 (beyond, they only share the cores thinner and
+    each holds up to a decode budget of memory)."""
+    return min(4, max(2, os.cpu_count() or 2))
 
 
 @dataclass(frozen=True)
@@ -45,14 +71,26 @@ class ServeSettings:
     default_top_k: int = 3
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = every core
     max_batch: int = 1  # >1: concurrent requests share CNN calls (slower on a 2-core CPU)
+    max_decoding: int = 0  # requests decoding + predicting at once; 0 = `default_decoders()`
+    # Requests waiting for a decoding slot; one more gets 503 + Retry-After. At ~40 ms of CPU a
+    # request on 2 cores, 32 waiting is under a second of queue.
+    max_waiting: int = 32
+    retry_after_s: int = 1
+    body_idle_timeout_s: float = 5.0  # a body that stalls this long: 408, connection closed
+    body_timeout_s: float = 60.0  # a whole body must arrive within this (slow-drip clients)
+    max_buffered_bytes: int = 256 * 1024 * 1024  # upload bytes held by all requests together
+    max_connections: int = 128  # uvicorn `limit_concurrency`: connections beyond get a 503
+    keep_alive_s: int = 5  # uvicorn `timeout_keep_alive`: idle keep-alive connections
 
 
 class ApiError(StarletteHTTPException):
-    """Raised anywhere in a request: becomes `status` with a JSON error body. An HTTPException,
-    so FastAPI's body parser lets it through when the size guard raises it mid-read."""
+    """Raised anywhere in a request: becomes `status` with a JSON error body (and `headers`).
+    An HTTPException, so it passes through Starlette's body reading untouched."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status_code=status, detail=message)
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.status, self.code, self.message = status, code, message
 
 
@@ -106,11 +144,34 @@ class HealthOut(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        400: "Empty upload.",
+        400: "Empty upload or broken multipart body.",
+        408: "The upload stalled or took too long; the connection is closed.",
         413: "Upload over the size limit.",
         415: "Not multipart/form-data, or the part is not an image type.",
-        422: "Not an image, corrupt, absurd dimensions, missing field or bad parameter.",
+        422: "Not an image, corrupt, too large to decode, missing field or bad parameter.",
+        503: "Busy: too many requests at once. Retry after the `Retry-After` header's seconds.",
     }.items()
+}
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [IMAGE_FIELD],
+                    "properties": {
+                        IMAGE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A photo: JPEG, PNG, WebP, GIF, BMP...",
+                        }
+                    },
+                }
+            }
+        },
+    }
 }
 
 
@@ -129,18 +190,37 @@ def _name(label: str) -> str:
     return f.name if f is not None else label
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
 class UploadGuard:
-    """ASGI middleware on `POST /v1/predict`: refuses a non-multipart request (415) and a body
-    over the limit (413) before any of it is parsed or spooled, whether the client announced its
-    length or streams it chunked."""
+    """ASGI middleware on `POST /v1/predict`, applied as the body arrives, before any of it is
+    parsed: refuses a non-multipart request (415), a body over the limit (413, whether the
+    client announced its length or streams it chunked), a body that stalls for `idle_timeout`
+    seconds or is not complete after `timeout` seconds (408), and new upload bytes while all
+    requests together already hold `max_buffered` bytes (503). Refusals made mid-body close the
+    connection: a stalled client costs a few seconds, not a connection forever."""
 
-    def __init__(self, app: Any, *, max_body: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_body: int,
+        idle_timeout: float = 5.0,
+        timeout: float = 60.0,
+        max_buffered: int = 256 * 1024 * 1024,
+        retry_after_s: int = 1,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.timeout = timeout
+        self.max_buffered = max_buffered
+        self.retry_after_s = retry_after_s
+        self.buffered = 0  # body bytes received by requests still running (one event loop)
 
     async def __call__(
         self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any
@@ -156,9 +236,8 @@ class UploadGuard:
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "multipart/form-data":
             shown = ctype or "none"
-            await _error(415, "unsupported_media_type",
-                         f"send the photo as multipart/form-data (field `image`); got {shown}")(
-                scope, receive, send)  # fmt: skip
+            text = f"send the photo as multipart/form-data (field `image`); got {shown}"
+            await _error(415, "unsupported_media_type", text)(scope, receive, send)
             return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
@@ -166,14 +245,33 @@ class UploadGuard:
             return
         received = 0
         started = False
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.timeout
 
         async def limited() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # afterwards the app only listens for a disconnect: no timeout
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=min(self.idle_timeout, left))
+            except asyncio.TimeoutError:
+                raise ApiError(408, "timeout", self._timeout_text(left), headers=CLOSE) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                received += size
+                self.buffered += size
                 if received > self.max_body:
-                    raise ApiError(413, "too_large", self._limit_text())
+                    raise ApiError(413, "too_large", self._limit_text(), headers=CLOSE)
+                if self.buffered > self.max_buffered:
+                    raise ApiError(
+                        503,
+                        "busy",
+                        "the server is receiving too many uploads; retry "
+                        f"in {self.retry_after_s} s",
+                        headers={**CLOSE, "Retry-After": str(self.retry_after_s)},
+                    )
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -186,7 +284,14 @@ class UploadGuard:
         except ApiError as exc:  # raised while reading the body, outside the route
             if started:
                 raise
-            await _error(exc.status, exc.code, exc.message)(scope, receive, send)
+            await _error(exc.status, exc.code, exc.message, exc.headers)(scope, receive, send)
+        finally:
+            self.buffered -= received
+
+    def _timeout_text(self, left: float) -> str:
+        if left <= self.idle_timeout:
+            return f"the upload did not arrive within {self.timeout:g} s"
+        return f"the upload stalled: no data for {self.idle_timeout:g} s"
 
     def _limit_text(self) -> str:
         limit = self.max_body - MULTIPART_SLACK
@@ -194,7 +299,139 @@ class UploadGuard:
         return f"upload is over the limit of {limit} bytes{mb}"
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
-        await _error(413, "too_large", self._limit_text())(scope, receive, send)
+        await _error(413, "too_large", self._limit_text(), CLOSE)(scope, receive, send)
+
+
+class AdmissionGate:
+    """At most `active` requests decode and predict at once, at most `waiting` more wait for a
+    turn; any further request is refused at once with 503 and Retry-After. Decoding is the costly,
+    memory-hungry part (up to a decode budget each), so this bounds both CPU contention and
+    memory, and an overloaded server answers quickly instead of piling up work. One per app,
+    used from its event loop only."""
+
+    def __init__(self, *, active: int, waiting: int, retry_after_s: int = 1) -> None:
+        self.active = max(1, active)
+        self.waiting = max(0, waiting)
+        self.retry_after_s = retry_after_s
+        self._slots = asyncio.Semaphore(self.active)
+        self._queued = 0
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self._queued >= self.waiting:
+            raise ApiError(
+                503,
+                "busy",
+                f"the server is busy ({self.active} requests running, {self._queued} waiting); "
+                f"retry in {self.retry_after_s} s",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        self._queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+@dataclass
+class Upload:
+    """The `image` part of a multipart body, in memory."""
+
+    data: bytes
+    content_type: str
+
+
+class ImagePart:
+    """Streams a multipart body through python-multipart's parser and keeps the first `image`
+    part in memory; every other part is dropped as it passes. Nothing is written to disk."""
+
+    def __init__(self, boundary: bytes, field: str = IMAGE_FIELD) -> None:
+        self.field = field.encode()
+        self.found = False
+        self.complete = False  # the closing boundary was seen
+        self.content_type = ""
+        self._data = bytearray()
+        self._keep = False
+        self._headers: dict[bytes, bytes] = {}
+        self._name = bytearray()
+        self._value = bytearray()
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+        )
+
+    def write(self, chunk: bytes) -> None:
+        self._parser.write(chunk)
+
+    def upload(self) -> Upload | None:
+        return Upload(bytes(self._data), self.content_type) if self.found else None
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._name).lower()] = bytes(self._value)
+        self._name.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        self._keep = not self.found and options.get(b"name") == self.field
+        if self._keep:
+            self.found = True
+            self.content_type = self._headers.get(b"content-type", b"").decode("latin-1")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._keep:
+            self._data += data[start:end]
+
+    def _part_end(self) -> None:
+        self._keep = False
+
+    def _end(self) -> None:
+        self.complete = True
+
+
+async def read_image_part(request: Request) -> Upload:
+    """The request's `image` part, read into memory as it streams in (`UploadGuard` bounds its
+    size and time). 400 for a broken body, 422 when there is no `image` part."""
+    _, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_request", "multipart body without a boundary", headers=CLOSE)
+    part = ImagePart(boundary)
+    try:
+        async for chunk in request.stream():
+            part.write(chunk)
+    except MultipartParseError as exc:
+        raise ApiError(400, "bad_request", f"broken multipart body: {exc}", headers=CLOSE) from None
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client went away mid-upload") from None
+    if not part.complete:
+        raise ApiError(400, "bad_request", "the multipart body ends before its closing boundary")
+    upload = part.upload()
+    if upload is None:
+        raise ApiError(422, "invalid_request", f"{IMAGE_FIELD}: Field required")
+    return upload
 
 
 def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -> FastAPI:
@@ -207,6 +444,11 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         if batching:
             loaded.start_batching(max_batch=settings.max_batch)
         app.state.predictor = loaded
+        app.state.gate = AdmissionGate(
+            active=settings.max_decoding or default_decoders(),
+            waiting=settings.max_waiting,
+            retry_after_s=settings.retry_after_s,
+        )
         log.info("serving run %s (%d classes)", loaded.run_id, len(loaded.classes))
         try:
             yield
@@ -221,11 +463,22 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         "logistic regression, trained by the `fruits run` Spark pipeline.",
         lifespan=lifespan,
     )
-    app.add_middleware(UploadGuard, max_body=settings.max_bytes + MULTIPART_SLACK)
+    app.add_middleware(
+        UploadGuard,
+        max_body=settings.max_bytes + MULTIPART_SLACK,
+        idle_timeout=settings.body_idle_timeout_s,
+        timeout=settings.body_timeout_s,
+        max_buffered=settings.max_buffered_bytes,
+        retry_after_s=settings.retry_after_s,
+    )
+    # Pillow's EXIF/TIFF reader logs every tag it parses at DEBUG (camera, dates, GPS pointer):
+    # an upload's metadata must not reach the logs, even when the service is debugged.
+    pil_log = logging.getLogger("PIL")
+    pil_log.setLevel(max(pil_log.level, logging.INFO))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -245,35 +498,47 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
     def get_predictor(request: Request) -> Predictor:
         return request.app.state.predictor
 
-    @app.post(PREDICT_PATH, response_model=PredictOut, responses=ERRORS, tags=["predict"])
-    def predict(
+    @app.post(
+        PREDICT_PATH,
+        response_model=PredictOut,
+        responses=ERRORS,
+        tags=["predict"],
+        openapi_extra=UPLOAD_BODY,
+    )
+    async def predict(
         request: Request,
-        image: Annotated[UploadFile, File(description="A photo: JPEG, PNG, WebP, GIF, BMP...")],
         k: Annotated[int, Query(ge=1, le=20, description="How many guesses to return.")] = (
             settings.default_top_k
         ),
     ) -> PredictOut:
-        """Recognise the fruit in a photo: top-k classes with probabilities and facts."""
+        """Recognise the fruit in a photo (multipart field `image`): top-k classes with
+        probabilities and facts."""
         started = time.perf_counter()
-        part_type = (image.content_type or "").split(";")[0].strip().lower()
+        upload = await read_image_part(request)
+        part_type = upload.content_type.split(";")[0].strip().lower()
         if part_type and not part_type.startswith(ACCEPTED_PART_TYPES):
-            raise ApiError(415, "unsupported_media_type",
-                           f"the `image` part must be an image, got {part_type}")  # fmt: skip
-        data = image.file.read(settings.max_bytes + 1)
-        if len(data) > settings.max_bytes:
-            raise ApiError(413, "too_large", f"image is over the limit of {settings.max_bytes} "
-                           "bytes")  # fmt: skip
-        if not data:
+            raise ApiError(
+                415, "unsupported_media_type", f"the `image` part must be an image, got {part_type}"
+            )
+        if len(upload.data) > settings.max_bytes:
+            raise ApiError(
+                413, "too_large", f"image is over the limit of {settings.max_bytes} bytes"
+            )
+        if not upload.data:
             raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)")
         pred = get_predictor(request)
-        try:
-            result = pred.predict(data, top_k=k, max_pixels=settings.max_pixels)
-        except ImageError as exc:
-            code = "image_too_large" if exc.reason.startswith("image too large") else "not_an_image"
-            raise ApiError(422, code, exc.reason) from None
-        except Exception as exc:  # a decoder plugin failing in a way images.py does not map
-            log.warning("undecodable upload: %s", exc)
-            raise ApiError(422, "not_an_image", f"could not decode the image: {exc}") from None
+        async with request.app.state.gate.turn():
+            try:
+                result = await run_in_threadpool(
+                    pred.predict, upload.data, top_k=k, max_pixels=settings.max_pixels
+                )
+            except ImageError as exc:
+                too_large = exc.reason.startswith("image too large")
+                code = "image_too_large" if too_large else "not_an_image"
+                raise ApiError(422, code, exc.reason) from None
+            except Exception as exc:  # a decoder plugin failing in a way images.py does not map
+                log.warning("undecodable upload: %s", type(exc).__name__)
+                raise ApiError(422, "not_an_image", f"could not decode the image: {exc}") from None
         guesses = [
             Guess(label=lab, name=_name(lab), probability=p, facts=_facts(lab))
             for lab, p in zip(result.labels, result.probabilities, strict=True)
@@ -316,8 +581,26 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
     return app
 
 
-def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Blocking: run uvicorn with one worker (the model is loaded once, in the lifespan)."""
+def serve(
+    settings: ServeSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    predictor: Predictor | None = None,
+) -> None:
+    """Blocking: run uvicorn with one worker (the model is loaded once, in the lifespan).
+
+    uvicorn's h11 server has no timeout while a request line and headers arrive; a connection
+    that never finishes them holds one of `max_connections` slots until the client gives up.
+    Exposed to the internet, put a reverse proxy with header timeouts in front."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(settings, predictor=predictor),
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=10,
+    )
