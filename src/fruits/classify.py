@@ -35,9 +35,12 @@ class Evaluation:
     accuracy: float
     macro_f1: float
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    split: str = "test"
+    recognition: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "per_class": self.per_class}
+        return {"split": self.split, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
+                "per_class": self.per_class}  # fmt: skip
 
 
 def fit_classifier(
@@ -112,3 +115,99 @@ def evaluation_from_confusion(names: list[str], cm: np.ndarray) -> Evaluation:
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
         per_class=per_class,
     )
+
+
+@dataclass
+class Calibration:
+    """What the validation split taught: temperature, refusal threshold, species table, and
+    the recognition metrics per split and source (report.json `recognition`)."""
+
+    temperature: float
+    threshold: float
+    species: dict[str, str]
+    metrics: dict[str, dict[str, Any]]
+
+    def serving(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "threshold": self.threshold,
+                "species": self.species}  # fmt: skip
+
+
+def calibrate(
+    arrays: Any, classes: list[str], images: DataFrame, *, sources: list[str], label_map: Any
+) -> Calibration:
+    """Fit the temperature and the "not sure" threshold on the `val` split, then score the
+    `val` and `test` splits per source with `recognition.metrics`.
+
+    The val and test rows (not the train rows) are collected to the driver: a tenth of the
+    training data plus the test split, as k floats each (k <= a few hundred).
+    """
+    from fruits.recognition import (
+        NEGATIVE,
+        answer,
+        choose_threshold,
+        fit_temperature,
+        metrics,
+        softmax,
+        species_table,
+    )
+
+    rows = images.where(F.col("split").isin("val", "test")).select(
+        "path", "label", "split", "pca"
+    ).collect()  # fmt: skip
+    species = species_table(classes, label_map)
+    index = {c: i for i, c in enumerate(classes)}
+    n = len(classes)
+    pca = np.asarray([r["pca"] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    logits = (pca @ arrays.coef.T + arrays.intercept)[:, :n] if len(rows) else np.zeros((0, n))
+    is_val = np.array([r["split"] == "val" and r["label"] in index for r in rows], dtype=bool)
+    y = np.array([index.get(r["label"], 0) for r in rows], dtype=np.int64)
+    temperature = fit_temperature(logits[is_val], y[is_val]) if is_val.any() else 1.0
+    probs = softmax(logits, temperature) if len(rows) else logits
+    open_answers = answer(probs, classes, species, 0.0)
+    positive = np.array([r["label"] != NEGATIVE for r in rows], dtype=bool)
+    threshold = choose_threshold(
+        open_answers.species_probability[is_val & positive], np.ones(int((is_val & positive).sum()))
+    )
+    said = answer(probs, classes, species, threshold)
+    by_part: dict[str, dict[str, Any]] = {}
+    for split in ("val", "test"):
+        for source in sources:
+            sel = [
+                i for i, r in enumerate(rows)
+                if r["split"] == split and _under(r["path"], source)
+            ]  # fmt: skip
+            if not sel:
+                continue
+            truth = [_truth(rows[i]["path"], rows[i]["label"], label_map) for i in sel]
+            part = _subset(said, sel)
+            by_part.setdefault(split, {})[source] = metrics(
+                part, [t[0] for t in truth], [t[1] for t in truth],
+                [rows[i]["label"] == NEGATIVE for i in sel], species,
+            )  # fmt: skip
+    return Calibration(temperature, threshold, species, by_part)
+
+
+def _under(path: str, source: str) -> bool:
+    """Is `path` (as Spark lists it, `file:/...` for local files) below `source`?"""
+
+    def bare(x: str) -> str:
+        return x[len("file:"):] if x.startswith("file:") else x  # fmt: skip
+
+    return bare(path).startswith(bare(source).rstrip("/") + "/")
+
+
+def _truth(path: str, label: str, label_map: Any) -> tuple[set[str], set[str]]:
+    """(classes right at variety level, classes right at species level) for one photo."""
+    folder = path.rstrip("/").split("/")[-2]
+    if label_map is not None and folder in label_map.target:
+        return set(label_map.strict.get(folder, ())), set(label_map.lenient.get(folder, ()))
+    return {label}, {label}
+
+
+def _subset(ans: Any, sel: list[int]) -> Any:
+    from fruits.recognition import Answers
+
+    return Answers(
+        [ans.label[i] for i in sel], [ans.species[i] for i in sel],
+        ans.species_probability[sel], ans.known[sel], [ans.top5_species[i] for i in sel],
+    )  # fmt: skip

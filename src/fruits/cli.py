@@ -54,9 +54,21 @@ def _root() -> None:
 @app.command()
 def run(
     input: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Images folder: path or URI (abfss://, s3a://, dbfs:/, /Volumes/...); repeat for several labelled sources. Default: the bundled sample."
+        ),
+    ] = None,
+    negatives: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Folder of photos that show none of the classes (repeatable): trained as 'not a fruit', so the app can say 'not sure'."
+        ),
+    ] = None,
+    label_map: Annotated[
         Optional[str],
         typer.Option(
-            help="Images folder: path or URI (abfss://, s3a://, dbfs:/). Default: the bundled sample."
+            help="JSON file mapping folder labels to the classes trained on: {folder: class} or the shared mapping_to_fruits360.json format."
         ),
     ] = None,
     output: Annotated[str, typer.Option(help="Output folder: path or URI.")] = DEFAULT_OUTPUT,
@@ -126,8 +138,12 @@ def run(
         raise typer.BadParameter("--on-error must be quarantine or fail")
     if storage not in ("auto", "hadoop", "fsspec"):
         raise typer.BadParameter("--storage must be auto, hadoop or fsspec")
+    sources = list(input or [bundled_sample()])
     cfg = PipelineConfig(
-        input=input or bundled_sample(),
+        input=sources[0],
+        extra_inputs=tuple(sources[1:]),
+        negatives=tuple(negatives or ()),
+        label_map=label_map,
         output=output,
         master=master,
         on_error=on_error,  # type: ignore[arg-type]
@@ -177,7 +193,40 @@ def refit_command(
     """Refit scaler, PCA and classifier on every image of an output, reusing its stored
     features (new or changed files are featurised first). `fruits run --refit` takes every
     other run option."""
-    run(input=input, output=output, master=master, refit=True, verbose=verbose)
+    run(input=[input] if input else None, output=output, master=master, refit=True, verbose=verbose)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Option(help="Output folder of `fruits run` (local path).")],
+    input: Annotated[
+        list[str],
+        typer.Option(help="Folder of labelled photos (class = parent folder); repeatable."),
+    ],
+    label_map: Annotated[
+        Optional[str], typer.Option(help="JSON mapping folder labels to classes (as in `run`).")
+    ] = None,
+    negatives: Annotated[
+        Optional[list[str]], typer.Option(help="Folder of photos that are none of the classes.")
+    ] = None,
+    plot: Annotated[
+        Optional[str], typer.Option(help="Where to write the confusion plot (PNG).")
+    ] = None,
+) -> None:
+    """Score a run on photos it never saw, as the app answers them: JSON with species_top1,
+    variety_top1, species_top5, refused_negatives, refused_positives, ece, per-species recall
+    and the 20 most confused pairs."""
+    _setup_logging(False)
+    from fruits.evaluate import evaluate_run
+    from fruits.recognition import LabelMapError
+    from fruits.serving import ServingError
+
+    try:
+        result = evaluate_run(run, input, label_map=label_map, negatives=negatives, plot=plot)
+    except (ServingError, LabelMapError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -50,6 +50,10 @@ class PipelineConfig:
     """Everything one `fruits run` needs; defaults run on the bundled sample, embedded."""
 
     input: str = field(default_factory=bundled_sample)
+    extra_inputs: tuple[str, ...] = ()  # more labelled sources (`--input` repeated)
+    negatives: tuple[str, ...] = ()  # photos of none of the classes: the class "not a fruit"
+    label_map: str | None = None  # JSON: folder label -> class trained on (recognition.py)
+    val_fraction: float = 0.1  # of a source's train split set aside when it has no val split
     output: str = DEFAULT_OUTPUT
     master: str | None = None
     on_error: OnError = "quarantine"
@@ -68,9 +72,16 @@ class PipelineConfig:
     spark_conf: dict[str, str] = field(default_factory=dict)
 
     @property
+    def sources(self) -> list[tuple[str, str]]:
+        """(URI, role) of every source: `labelled` (`input`, then `extra_inputs`) or
+        `negatives`."""
+        labelled = [(uri, "labelled") for uri in (self.input, *self.extra_inputs)]
+        return labelled + [(uri, "negatives") for uri in self.negatives]
+
+    @property
     def inputs(self) -> list[str]:
-        """Every labelled source of the run, the first one being `input`."""
-        return [self.input]
+        """Every source's URI, labelled first."""
+        return [uri for uri, _ in self.sources]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -53,12 +53,42 @@ def label_col(path: Column) -> Column:
 
 
 def split_col(path: Column) -> Column:
-    """Split = the nearest ancestor folder named like Training/Test/val (any case), else `all`."""
+    """Split = the nearest ancestor folder named like Training/Test/val (any case), else a
+    file-name prefix `train_`/`val_`/`test_` (the Grocery Store photos' convention), else `all`."""
     folders = F.slice(F.split(path, "/"), 1, F.size(F.split(path, "/")) - 1)
     mapping = F.create_map(*[F.lit(x) for kv in SPLIT_NAMES.items() for x in kv])
     known = F.filter(F.transform(folders, F.lower), lambda p: p.isin(list(SPLIT_NAMES)))
     nearest = F.element_at(known, -1)
-    return F.when(F.size(known) > 0, mapping[nearest]).otherwise(F.lit("all"))
+    prefix = F.lower(F.regexp_extract(F.element_at(F.split(path, "/"), -1), r"^([A-Za-z]+)_", 1))
+    return (
+        F.when(F.size(known) > 0, mapping[nearest])
+        .when(prefix.isin(list(SPLIT_NAMES)), mapping[prefix])
+        .otherwise(F.lit("all"))
+    )
+
+
+def group_col(path: Column, label: Column) -> Column:
+    """What must stay on one side of a validation split. Fruits-360 names are video frames
+    (`r_123_100.jpg`: frame 123): neighbouring frames are near-duplicates, so 25 frames of a
+    class form one group; any other file is its own group."""
+    name = F.element_at(F.split(path, "/"), -1)
+    frame = F.regexp_extract(name, r"^((?:r\d*_)?)(\d+)_\d+\.", 2)
+    series = F.regexp_extract(name, r"^((?:r\d*_)?)(\d+)_\d+\.", 1)
+    return F.when(
+        frame != "",
+        F.concat_ws("|", label, series, F.floor(frame.cast("int") / 25).cast("string")),
+    ).otherwise(path)
+
+
+def with_validation(files: DataFrame, fraction: float, has_val: bool) -> DataFrame:
+    """`all` counts as training data; a source without its own `val` split gives a grouped,
+    deterministic `fraction` of its training rows to `val` (calibration, choosing k), never
+    rows of a Test split."""
+    split = F.when(F.col("split") == "all", F.lit("train")).otherwise(F.col("split"))
+    if not has_val and fraction > 0:
+        bucket = F.pmod(F.xxhash64(group_col(F.col("path"), F.col("label"))), F.lit(1000))
+        split = F.when((split == "train") & (bucket < int(fraction * 1000)), "val").otherwise(split)
+    return files.withColumn("split", split)
 
 
 @dataclass(frozen=True)
@@ -300,17 +330,46 @@ def read_local_udf(paths: Column) -> Column:
 
 
 def read_sources(run: Any) -> Ingested:
-    """Every input of the run, through the reader its storage plan chose, as one listing.
+    """Every source of the run through the reader its storage plan chose, as one listing:
+    labels mapped (`--label-map`), negatives labelled `recognition.NEGATIVE`, a validation
+    part set aside where a source has none.
 
-    Raises `InputError` when nothing at all was listed, so an empty or mistyped input is a
-    one-line error rather than an empty run.
+    Raises `InputError` when nothing at all was listed, and `LabelMapError` for a label map
+    naming unknown classes, both before any image is read.
     """
+    from fruits.facts import load_facts
+    from fruits.recognition import NEGATIVE, load_label_map
+
     cfg = run.cfg
-    found: Ingested | None = None
-    for uri in run.inputs:
-        got = run.io.read_images(
+    roles = [role for _, role in cfg.sources]
+    read = {
+        uri: run.io.read_images(
             run.spark, uri, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes
         )
+        for uri in run.inputs
+    }
+    label_map = None
+    if cfg.label_map:
+        folders = {
+            r["label"]
+            for uri, role in zip(run.inputs, roles, strict=True)
+            if role == "labelled"
+            for r in read[uri].files.select("label").distinct().collect()
+        }
+        label_map = load_label_map(cfg.label_map, known=folders | set(load_facts()))
+    run.label_map = label_map
+    found: Ingested | None = None
+    for uri, role in zip(run.inputs, roles, strict=True):
+        got = read[uri]
+        files = got.files
+        if role == "negatives":
+            files = files.withColumn("label", F.lit(NEGATIVE))
+        elif label_map is not None and label_map.target:
+            lookup = F.create_map(*[F.lit(x) for kv in label_map.target.items() for x in kv])
+            files = files.withColumn("label", F.coalesce(lookup[F.col("label")], F.col("label")))
+        has_val = bool(files.where(F.col("split") == "val").limit(1).count())
+        files = with_validation(files, cfg.val_fraction, has_val)
+        got = Ingested(files, got.too_large, got.may_drop, got.total)
         found = got if found is None else found.union(got)
     assert found is not None
     total = found.count()

@@ -53,11 +53,11 @@ def save_backbone(run: Any, artifact: Any) -> None:
 
 
 def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], prev: Any) -> Any:
-    """Fit (or, incrementally, reuse) the classifier, save it and its serving arrays, and
-    evaluate it on the test split."""
-    from fruits.classify import evaluate, fit_classifier
+    """Fit (or, incrementally, reuse) the classifier, calibrate it on the val split, save it
+    and its serving arrays, and evaluate it on the test split (else the val split)."""
+    from fruits.classify import calibrate, class_labels, evaluate, fit_classifier
     from fruits.report import plot_confusion
-    from fruits.serving import export_serving
+    from fruits.serving import arrays_from_spark, export_serving
 
     if prev.classifier_path:  # incremental: no refit
         from fruits.incremental import load_classifier
@@ -67,17 +67,27 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
         train = images.where(F.col("split") == "train") if splits.get("train") else images
         model = fit_classifier(train)
     model.write().overwrite().save(run.uri("models", "classifier"))
+    classes = class_labels(model)
+    calibration = calibrate(
+        arrays_from_spark(reducer.model, model), classes, images,
+        sources=run.inputs, label_map=getattr(run, "label_map", None),
+    )  # fmt: skip
     export_serving(
         reducer.model, model, run.local / "models", featurizer=run.cfg.featurizer,
-        run_id=run.run_id,
+        run_id=run.run_id, recognition=calibration.serving(),
     )  # fmt: skip
-    evaluation = evaluate(model, images.where(F.col("split") == "test"))
-    plot_confusion(
-        evaluation.labels, evaluation.confusion, run.local / "plots" / "confusion_matrix.png"
-    )
-    log.info(
-        "classify: test accuracy %.4f, macro-F1 %.4f", evaluation.accuracy, evaluation.macro_f1
-    )
+    judged = "test" if splits.get("test") else "val"
+    evaluation = evaluate(model, images.where(F.col("split") == judged))
+    evaluation.split = judged
+    evaluation.recognition = {
+        "temperature": calibration.temperature,
+        "threshold": calibration.threshold,
+        **calibration.metrics,
+    }
+    plot = run.local / "plots" / "confusion_matrix.png"
+    plot_confusion(evaluation.labels, evaluation.confusion, plot)
+    log.info("classify: %s accuracy %.4f, macro-F1 %.4f", judged, evaluation.accuracy,
+             evaluation.macro_f1)  # fmt: skip
     return evaluation
 
 

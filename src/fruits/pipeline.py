@@ -78,7 +78,8 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         outputs.save_backbone(run, artifact)
 
         evaluation = None
-        if cfg.classify and splits.get("test") and len({r["label"] for r in labels}) >= 2:
+        judged = splits.get("test") or splits.get("val")
+        if cfg.classify and judged and len({r["label"] for r in labels}) >= 2:
             with run.stage("classify"):
                 evaluation = outputs.classify(run, reducer, images, splits, prev)
 

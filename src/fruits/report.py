@@ -72,6 +72,7 @@ def build(
         "accuracy": evaluation.accuracy if evaluation else None,
         "macro_f1": evaluation.macro_f1 if evaluation else None,
         "classification": evaluation.summary() if evaluation else None,
+        "recognition": evaluation.recognition if evaluation else None,
         "stage_seconds": seconds,
         "images_processed": prev.processed,
         "incremental": prev.describe(),

@@ -213,6 +213,8 @@ class RunContext:
         self.local = Path(tempfile.mkdtemp(prefix=f"fruits-{self.run_id}-"))
         self.group = f"fruits-{self.run_id}"  # this run's Spark jobs, for task retries
         self.lease = Lease(self.out_store, self.output, self.run_id)
+        self.label_map: Any = None  # set by ingest when `--label-map` is given
+        self.threads_per_task: int | None = None  # set by the featurize stage
 
     @property
     def input(self) -> str:

@@ -116,8 +116,10 @@ def export_serving(
     *,
     featurizer: FeaturizerConfig,
     run_id: str | None = None,
+    recognition: dict[str, Any] | None = None,
 ) -> Path:
-    """Write serving.npz + serving.json into a run's local models folder."""
+    """Write serving.npz + serving.json into a run's local models folder; `recognition`:
+    temperature, threshold and species table (classify.calibrate)."""
     from fruits.classify import class_labels
 
     classes = class_labels(classifier)
@@ -141,6 +143,7 @@ def export_serving(
         "max_pixels": featurizer.max_pixels,
         "feature_dim": int(arrays.pc.shape[0]),
         "pca_k": int(arrays.pc.shape[1]),
+        "recognition": recognition,
     }
     (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return d / ARRAYS_FILE
@@ -212,10 +215,32 @@ def _read_run(run: str | Path) -> tuple[dict[str, Any], ServingArrays, ModelArti
 
 @dataclass(frozen=True)
 class Prediction:
-    """Classes best first, with their probabilities."""
+    """Classes best first, with their calibrated probabilities, and the answer for a person:
+    the species, its probability (every class of that species summed) and the verdict
+    (`known`, or `unsure` below the run's calibrated threshold or for "not a fruit")."""
 
     labels: list[str]
     probabilities: list[float]
+    species: str | None = None
+    species_probability: float | None = None
+    verdict: str = "known"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """serving.json's `recognition`: absent in older runs (T = 1, never unsure)."""
+
+    temperature: float = 1.0
+    threshold: float = 0.0
+    species: dict[str, str] | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None, classes: Sequence[str]) -> Calibration:
+        from fruits.recognition import species_table
+
+        meta = meta or {}
+        species = meta.get("species") or species_table(classes)
+        return cls(float(meta.get("temperature", 1.0)), float(meta.get("threshold", 0.0)), species)
 
 
 class Predictor:
@@ -232,6 +257,7 @@ class Predictor:
         max_pixels: int,
         run_id: str | None = None,
         backbone: dict[str, Any] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         arrays.validate(classes)
         if arrays.pc.shape[0] != featurizer.spec.feature_dim:
@@ -246,6 +272,7 @@ class Predictor:
         self.max_pixels = max_pixels
         self.run_id = run_id
         self.backbone = backbone or {}
+        self.calibration = calibration or Calibration.from_meta(None, classes)
         self._batcher: MicroBatcher | None = None
 
     @classmethod
@@ -262,6 +289,7 @@ class Predictor:
             max_pixels=int(meta["max_pixels"]),
             run_id=meta.get("run_id"),
             backbone=artifact.describe(),
+            calibration=Calibration.from_meta(meta.get("recognition"), meta["classes"]),
         )
 
     def pixels(self, data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
@@ -312,11 +340,24 @@ class Predictor:
             batcher.close()
 
     def top(self, probs: np.ndarray, top_k: int) -> Prediction:
-        """Best known classes first (the indexer's "unknown" slot is never a guess)."""
-        known = probs[: len(self.classes)]
-        k = max(1, min(top_k, len(self.classes)))
-        order = np.argsort(-known, kind="stable")[:k]
-        return Prediction([self.classes[i] for i in order], [float(probs[i]) for i in order])
+        """Best known classes first (the indexer's "unknown" slot is never a guess), with
+        probabilities calibrated by the run's temperature, and the species-level answer."""
+        from fruits.recognition import answer, softmax
+
+        cal = self.calibration
+        n = len(self.classes)
+        logits = np.log(np.clip(np.asarray(probs[:n], dtype=np.float64), 1e-300, None))
+        calibrated = softmax(logits[None], cal.temperature)[0]
+        k = max(1, min(top_k, n))
+        order = np.argsort(-calibrated, kind="stable")[:k]
+        said = answer(calibrated[None], self.classes, cal.species or {}, cal.threshold)
+        return Prediction(
+            [self.classes[i] for i in order],
+            [float(calibrated[i]) for i in order],
+            species=said.species[0],
+            species_probability=float(said.species_probability[0]),
+            verdict="known" if bool(said.known[0]) else "unsure",
+        )
 
 
 class MicroBatcher:

@@ -1,0 +1,115 @@
+"""`fruits evaluate`: score a finished run on photos it has never seen, exactly as the app
+would answer them (the served `Predictor`: same decoding, CNN, arrays, temperature and
+threshold), at species and variety level, with refusals of photos that are not fruit.
+
+Spark-free on purpose: a held-out set is thousands of photos, and what is judged must be the
+served path itself, not a re-implementation of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fruits.config import DEFAULT_EXTENSIONS
+from fruits.recognition import NEGATIVE, answer, load_label_map, metrics, softmax
+from fruits.serving import Predictor
+
+BATCH = 64
+
+
+def photos(root: str | Path, extensions: Iterable[str] = DEFAULT_EXTENSIONS) -> list[Path]:
+    """Every image file below `root` (any name, sorted), like the pipeline's local listing."""
+    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
+    found = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        found += [Path(folder) / n for n in names if n.lower().endswith(exts)]
+    return sorted(found)
+
+
+def evaluate_run(
+    run: str | Path,
+    inputs: list[str],
+    *,
+    label_map: str | None = None,
+    negatives: list[str] | None = None,
+    threads: int = 0,
+    plot: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of `recognition.metrics` over every photo of `inputs` (labelled by their folder,
+    mapped by `label_map`) and `negatives` (none of the classes), plus unreadable files."""
+    predictor = Predictor.load(run, threads=threads)
+    classes = predictor.classes
+    cal = predictor.calibration
+    species = dict(cal.species or {})
+    mapping = load_label_map(label_map, known=set(classes) | set(species)) if label_map else None
+    items: list[tuple[Path, bool]] = [(p, False) for src in inputs for p in photos(src)]
+    items += [(p, True) for src in negatives or [] for p in photos(src)]
+    probs_rows, kept, unreadable = [], [], []
+    for start in range(0, len(items), BATCH):
+        chunk = items[start : start + BATCH]
+        probs, errors = predictor.predict_proba([p.read_bytes() for p, _ in chunk])
+        for (path, neg), row, err in zip(chunk, probs, errors, strict=True):
+            if err is None:
+                probs_rows.append(row[: len(classes)])
+                kept.append((path, neg))
+            else:
+                unreadable.append({"path": str(path), "reason": err})
+    logits = np.log(np.clip(np.asarray(probs_rows).reshape(-1, len(classes)), 1e-300, None))
+    said = answer(softmax(logits, cal.temperature), classes, species, cal.threshold)
+    variety_ok, species_ok = [], []
+    for path, neg in kept:
+        folder = path.parent.name
+        if neg:
+            variety_ok.append(set())
+            species_ok.append(set())
+        elif mapping is not None and folder in mapping.target:
+            variety_ok.append(set(mapping.strict[folder]))
+            species_ok.append(set(mapping.lenient[folder]))
+        else:
+            variety_ok.append({folder})
+            species_ok.append({folder})
+    if mapping is not None:  # truth classes the run never trained still have a species
+        for name, kind in mapping.species_of().items():
+            species.setdefault(name, kind)
+    species.setdefault(NEGATIVE, NEGATIVE)
+    for ok in species_ok:
+        for name in ok:
+            species.setdefault(name, name)
+    result = metrics(said, variety_ok, species_ok, [n for _, n in kept], species)
+    result.update(
+        {
+            "run": str(run),
+            "inputs": inputs,
+            "negatives_inputs": negatives or [],
+            "label_map": label_map,
+            "temperature": cal.temperature,
+            "threshold": cal.threshold,
+            "unreadable": unreadable,
+        }
+    )
+    if plot:
+        plot_species_confusion(result["most_confused"], Path(plot))
+        result["plot"] = str(plot)
+    return result
+
+
+def plot_species_confusion(pairs: list[dict[str, Any]], path: Path) -> None:
+    """The most confused (true species -> answered species) pairs as a bar chart: readable,
+    unlike a 141 x 141 matrix."""
+    from fruits.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(pairs), 1) + 1.5))
+    names = [f"{p['true']} -> {p['predicted']}" for p in pairs][::-1]
+    ax.barh(names, [p["count"] for p in pairs][::-1], color="tab:orange")
+    ax.set_xlabel("photos")
+    ax.set_title("Most confused species pairs (true -> answered)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
