@@ -66,3 +66,27 @@ def test_bad_option_value_is_rejected(tmp_path):
     res = runner.invoke(app, ["run", "--on-error", "ignore", "--output", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "--on-error must be quarantine or fail" in res.output
+
+
+def test_a_sas_token_in_a_weights_url_is_never_printed(spark, tiny_input, tmp_path):
+    """The weights cannot be fetched (nothing listens there): one line, no signature."""
+    url = "https://127.0.0.1:9/c/w.pt?sv=2024-05-04&sp=r&sig=TOPSECRETSIG%3D"
+    res = runner.invoke(
+        app,
+        ["run", "--input", str(tiny_input), "--output", str(tmp_path / "o"),
+         "--backbone", "mobilenet_v2", "--weights", url],
+    )  # fmt: skip
+    assert res.exit_code in (1, 2)
+    assert "TOPSECRETSIG" not in res.output + res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_prints_the_recognition_metrics(sample_run, sample_dir):
+    res = runner.invoke(
+        app, ["evaluate", "--run", sample_run.output, "--input", str(sample_dir / "Test")]
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["photos"] == 80 and result["species_top1"] >= 0.95
+    assert result["refused_negatives"] is None  # no negatives given

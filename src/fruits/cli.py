@@ -271,11 +271,26 @@ def _guard(fn):  # noqa: ANN001, ANN202
 
     try:
         return fn()
-    except (InputError, ImageFailure, JavaMissingError, ValueError) as exc:
+    except (InputError, ImageFailure, JavaMissingError, ValueError, OSError) as exc:
         from fruits.azure import redact
 
-        typer.echo(f"error: {redact(exc)}", err=True)
+        typer.echo(f"error: {_one_line(redact(exc))}", err=True)
         raise typer.Exit(2) from None
+    except Exception as exc:  # never a raw (possibly secret-bearing) traceback
+        from fruits.azure import redact, redact_traceback
+
+        logging.getLogger("fruits").debug("%s", redact_traceback(exc))
+        typer.echo(
+            f"error: {type(exc).__name__}: {_one_line(redact(exc))} (-v shows the traceback)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _one_line(text: str) -> str:
+    """The first line of a message: Java traces stay out of the user's terminal."""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
 
 
 @app.command()

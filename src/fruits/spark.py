@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|account[.]key|sas|sig=|credential"
+from fruits.azure import SPARK_REDACTION_REGEX
+
 # Embedded runs: the UI would listen on every interface and show the configuration; it is off
 # unless asked for (`--conf spark.ui.enabled=true`, then bound to the loopback interface).
 LOCAL_ONLY = {
@@ -56,7 +57,7 @@ def default_conf(
         "spark.sql.session.timeZone": "UTC",
         # Spark's default misses Azure's `fs.azure.account.key.*` and SAS tokens: masked in the
         # UI, its REST API and event logs.
-        "spark.redaction.regex": REDACTION_REGEX,
+        "spark.redaction.regex": SPARK_REDACTION_REGEX,
     }
 
 
