@@ -161,12 +161,19 @@ def calibrate(
     logits = (pca @ arrays.coef.T + arrays.intercept)[:, :n] if len(rows) else np.zeros((0, n))
     is_val = np.array([r["split"] == "val" and r["label"] in index for r in rows], dtype=bool)
     y = np.array([index.get(r["label"], 0) for r in rows], dtype=np.int64)
-    temperature = fit_temperature(logits[is_val], y[is_val]) if is_val.any() else 1.0
+    group = np.array(
+        [next((n for n, s in enumerate(sources) if _under(r["path"], s)), -1) for r in rows]
+    )
+    sizes = {g: int((is_val & (group == g)).sum()) for g in set(group[is_val].tolist())}
+    weight = np.array([1.0 / max(sizes.get(g, 1), 1) for g in group])
+    temperature = (
+        fit_temperature(logits[is_val], y[is_val], weight[is_val]) if is_val.any() else 1.0
+    )
     probs = softmax(logits, temperature) if len(rows) else logits
     open_answers = answer(probs, classes, species, 0.0)
     positive = np.array([r["label"] != NEGATIVE for r in rows], dtype=bool)
     threshold = choose_threshold(
-        open_answers.species_probability[is_val & positive], np.ones(int((is_val & positive).sum()))
+        open_answers.species_probability[is_val], positive[is_val], group[is_val]
     )
     said = answer(probs, classes, species, threshold)
     by_part: dict[str, dict[str, Any]] = {}

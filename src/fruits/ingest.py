@@ -348,18 +348,20 @@ def read_sources(run: Any) -> Ingested:
         )
         for uri in run.inputs
     }
+    # One small job for what every later choice needs: (source, split, label) present.
+    keys = None
+    for n, uri in enumerate(run.inputs):
+        part = read[uri].files.select(F.lit(n).alias("source"), "split", "label")
+        keys = part if keys is None else keys.unionByName(part)
+    assert keys is not None
+    present = keys.distinct().collect()
     label_map = None
     if cfg.label_map:
-        folders = {
-            r["label"]
-            for uri, role in zip(run.inputs, roles, strict=True)
-            if role == "labelled"
-            for r in read[uri].files.select("label").distinct().collect()
-        }
+        folders = {r["label"] for r in present if roles[r["source"]] == "labelled"}
         label_map = load_label_map(cfg.label_map, known=folders | set(load_facts()))
     run.label_map = label_map
     found: Ingested | None = None
-    for uri, role in zip(run.inputs, roles, strict=True):
+    for n, (uri, role) in enumerate(zip(run.inputs, roles, strict=True)):
         got = read[uri]
         files = got.files
         if role == "negatives":
@@ -367,7 +369,7 @@ def read_sources(run: Any) -> Ingested:
         elif label_map is not None and label_map.target:
             lookup = F.create_map(*[F.lit(x) for kv in label_map.target.items() for x in kv])
             files = files.withColumn("label", F.coalesce(lookup[F.col("label")], F.col("label")))
-        has_val = bool(files.where(F.col("split") == "val").limit(1).count())
+        has_val = any(r["source"] == n and r["split"] == "val" for r in present)
         files = with_validation(files, cfg.val_fraction, has_val)
         got = Ingested(files, got.too_large, got.may_drop, got.total)
         found = got if found is None else found.union(got)

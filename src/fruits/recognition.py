@@ -133,17 +133,20 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The T > 0 minimising the validation negative log-likelihood (golden-section search
-    on log T; the NLL is convex in 1/T)."""
+def fit_temperature(logits: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The T >= 1 minimising the (weighted) validation negative log-likelihood (golden-section
+    search on log T; the NLL is convex in 1/T). Weights let every source count equally, so
+    thousands of easy studio frames do not outvote a few hundred phone photos."""
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     if len(y) == 0:
         return 1.0
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
 
     def nll(log_t: float) -> float:
         p = softmax(logits, math.exp(log_t))[np.arange(len(y)), y]
-        return float(-np.log(np.clip(p, 1e-300, None)).mean())
+        return float(-(w * np.log(np.clip(p, 1e-300, None))).sum())
 
     lo, hi = math.log(0.05), math.log(20.0)
     g = (math.sqrt(5) - 1) / 2
@@ -213,13 +216,24 @@ def answer(
     return Answers(label, species, sp_best, known, top5)
 
 
-def choose_threshold(species_probability: np.ndarray, positive: np.ndarray) -> float:
-    """The highest threshold that refuses at most 5% of the validation fruit photos."""
-    p = np.asarray(species_probability, dtype=np.float64)[np.asarray(positive, dtype=bool)]
-    if len(p) == 0:
+def choose_threshold(
+    species_probability: np.ndarray, positive: np.ndarray, groups: np.ndarray | None = None
+) -> float:
+    """The highest threshold that refuses at most 5% of the validation fruit photos of every
+    source (`groups`): the lowest of the per-source 5th percentiles, so phone photos are not
+    held to the confidence of studio frames."""
+    p = np.asarray(species_probability, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    g = np.zeros(len(p), dtype=np.int64) if groups is None else np.asarray(groups)
+    levels = [
+        np.quantile(p[pos & (g == k)], MAX_REFUSED_POSITIVES)
+        for k in np.unique(g[pos])
+        if (pos & (g == k)).any()
+    ]
+    if not levels:
         return 0.5
     # bounded: a tiny or perfect validation split would otherwise ask for certainty (1.0)
-    return float(round(np.clip(np.quantile(p, MAX_REFUSED_POSITIVES), *THRESHOLD_RANGE), 6))
+    return float(round(np.clip(min(levels), *THRESHOLD_RANGE), 6))
 
 
 def metrics(
