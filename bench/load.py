@@ -11,6 +11,9 @@
     # the HTTP plumbing alone: a stub run whose "CNN" is the mean colour (no `fruits run` needed)
     .venv/bin/python bench/load.py --stub --concurrency 16 --duration 20 --stalled 50 --heavy 6
 
+    # no server: decode time and memory of a 12 MP phone JPEG (with/without draft), 16-bit PNG
+    .venv/bin/python bench/load.py --decode
+
 Starts its own `fruits serve` on a free loopback port, warms it up, then every client thread
 sends `POST /v1/predict` with the same 100x100 JPEG over a keep-alive connection until the total
 (or `--duration`) is reached. Prints p50/p95/p99 latency (client side, full HTTP round trip), the
@@ -263,6 +266,82 @@ def heavy_client(url: str, data: bytes, out: list[dict[str, Any]]) -> None:
     out.append({"status": status, "after_s": round(time.monotonic() - started, 2)})
 
 
+def phone_jpeg(width: int = 4000, height: int = 3000) -> bytes:
+    """A 12 MP JPEG with photo-like content (smooth gradients and mild noise, quality 90):
+    random noise would make libjpeg's entropy decoding, not the IDCT, dominate."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(0)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(x / 300),
+            128 + 100 * np.cos(y / 200),
+            128 + 60 * np.sin((x + y) / 500),
+        ],
+        axis=-1,
+    )
+    noisy = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _status_kb(key: str) -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM) in KB; 0 where there is none."""
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.exists() else []:
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def decode_figures(reps: int = 5) -> dict[str, Any]:
+    """`images.decode_image` on a 12 MP phone JPEG, with the draft it does and without (plain
+    Pillow: full decode, convert, resize), and on the 16-bit PNG of `heavy_png`: median ms over
+    `reps` and the peak memory one decode adds (Linux VmHWM, reset before each case)."""
+    from PIL import Image
+
+    from fruits.images import decode_image
+
+    def no_draft(data: bytes, size: int) -> Any:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+    jpeg, png = phone_jpeg(), heavy_png()
+    cases = [
+        ("4000x3000 JPEG, decode_image (draft)", decode_image, jpeg),
+        ("4000x3000 JPEG, no draft", no_draft, jpeg),
+        ("6300x6300 16-bit PNG, decode_image", decode_image, png),
+    ]
+    out: dict[str, Any] = {"jpeg_bytes": len(jpeg), "png_bytes": len(png), "rows": []}
+    clear_refs = Path("/proc/self/clear_refs")
+    for size in (100, 224):
+        for name, fn, data in cases:
+            fn(data, size=size)  # warm-up
+            times = []
+            peak_mb = None
+            for _ in range(reps):
+                if clear_refs.exists():
+                    before = _status_kb("VmRSS")
+                    clear_refs.write_text("5")  # the peak starts again from the current RSS
+                t0 = time.perf_counter()
+                fn(data, size=size)
+                times.append((time.perf_counter() - t0) * 1000)
+                if clear_refs.exists():
+                    peak_mb = max(peak_mb or 0, round((_status_kb("VmHWM") - before) / 1024))
+            row = {
+                "case": name,
+                "size": size,
+                "median_ms": round(statistics.median(times), 1),
+                "peak_added_mb": peak_mb,
+            }
+            out["rows"].append(row)
+            print(f"  {name:<40} {size:>3} px  {row['median_ms']:8.1f} ms  peak +{peak_mb} MB")
+    return out
+
+
 def percentile(sorted_ms: list[float], q: float) -> float:
     """Nearest-rank percentile, so p95 of 500 samples is an observed latency."""
     if not sorted_ms:
@@ -286,7 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heavy", type=int, default=0, help="6300x6300 16-bit PNG uploads")
     ap.add_argument("--settings", default=None, help="ServeSettings as JSON (not via the CLI)")
     ap.add_argument("--url", default=None, help="use a running server instead of starting one")
+    ap.add_argument("--decode", action="store_true", help="only time decode_image (no server)")
     args = ap.parse_args(argv)
+    if args.decode:
+        print(json.dumps(decode_figures()))
+        return 0
     load_before = os.getloadavg()[0]  # what else was running: figures are noisy when high
 
     image = args.image or sorted(SAMPLE_BANANA.glob("*.jpg"))[0]

@@ -3,14 +3,26 @@ schema-driven fuzz that must never see a 5xx."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
+import logging
+import socket
 import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import ExifTags, Image
 
 from fruits.serve import ServeSettings, create_app
 from fruits.serving import Predictor
@@ -105,10 +117,16 @@ def test_banana_photo_is_a_banana_with_its_facts(client, banana):
 
 def test_k_and_other_formats(client, banana):
     img = Image.open(io.BytesIO(banana))
-    for data, ctype in ((encode(img, "PNG"), "image/png"), (encode(img, "WEBP"), "image/webp"),
-                        (banana, "application/octet-stream"), (banana, "")):  # fmt: skip
-        resp = client.post("/v1/predict?k=5", files={"image": ("b", data, ctype)} if ctype
-                           else {"image": ("b.jpg", data)})  # fmt: skip
+    for data, ctype in (
+        (encode(img, "PNG"), "image/png"),
+        (encode(img, "WEBP"), "image/webp"),
+        (banana, "application/octet-stream"),
+        (banana, ""),
+    ):
+        resp = client.post(
+            "/v1/predict?k=5",
+            files={"image": ("b", data, ctype)} if ctype else {"image": ("b.jpg", data)},
+        )
         assert resp.status_code == 200, resp.text
         assert resp.json()["prediction"]["name"] == "Banana"
         assert len(resp.json()["top_k"]) == 5
@@ -187,9 +205,10 @@ def test_over_the_size_limit(small_limit_client, client, banana):
             yield body[i : i + 500]
 
     resp = small_limit_client.post(
-        "/v1/predict", content=chunks(),
+        "/v1/predict",
+        content=chunks(),
         headers={"content-type": "multipart/form-data; boundary=xyz"},
-    )  # fmt: skip
+    )
     assert "content-length" not in resp.request.headers
     _assert_error(resp, 413, "too_large")
     ok = encode(Image.new("RGB", (8, 8), (250, 220, 40)), "PNG")
@@ -260,8 +279,13 @@ def test_fuzz_from_the_openapi_schema_finds_no_5xx(client, mode):
     seen: set[int] = set()
 
     @given(case=strategy)
-    @settings(max_examples=60, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case):
         response = case.call()
         seen.add(response.status_code)
@@ -269,3 +293,269 @@ def test_fuzz_from_the_openapi_schema_finds_no_5xx(client, mode):
 
     fuzz()
     assert seen and max(seen) < 500
+
+
+# -- bounded cost and privacy, on a stub run (no Spark): bench/load.py's `make_stub_run` ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_load():
+    """bench/load.py as a module: its stub run and its load scenario are the ones tested here."""
+    spec = importlib.util.spec_from_file_location("fruits_bench_load", ROOT / "bench" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench_load()
+
+
+@pytest.fixture(scope="module")
+def stub_run(tmp_path_factory) -> Path:
+    return bench.make_stub_run(tmp_path_factory.mktemp("stub-run"))
+
+
+@pytest.fixture(scope="module")
+def stub_predictor(stub_run) -> Predictor:
+    return Predictor.load(stub_run, threads=1)
+
+
+def test_stub_run_is_served_through_the_real_api(stub_predictor):
+    with TestClient(create_app(ServeSettings(), predictor=stub_predictor)) as c:
+        yellow = encode(Image.new("RGB", (64, 64), (240, 220, 30)), "PNG")
+        resp = _post(c, yellow, ctype="image/png")
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["prediction"]["label"] == "Banana 1"
+        body = c.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+        schema = body["content"]["multipart/form-data"]["schema"]
+        assert (
+            schema["required"] == ["image"] and schema["properties"]["image"]["format"] == "binary"
+        )
+
+
+GPS_SECRETS = ("29.1234", "PRIVATE-DATUM-7Q", "SECRET-CAM-42")
+_AUDIT: dict[str, list] = {}
+
+
+def _audit(event: str, args: tuple) -> None:
+    """Process-wide (audit hooks cannot be removed): records temp files and files opened under
+    the folder `_AUDIT["dir"]` while a test has set `_AUDIT["seen"]`."""
+    seen = _AUDIT.get("seen")
+    if seen is None:
+        return
+    if event in ("tempfile.mkstemp", "tempfile.mkdtemp"):
+        seen.append((event, args))
+    elif event == "open" and str(args[0]).startswith(_AUDIT["dir"][0]):
+        seen.append((event, args))
+
+
+sys.addaudithook(_audit)
+
+
+def gps_photo() -> bytes:
+    """A phone-like JPEG over 1 MB (Starlette would spool it to disk) with GPS and camera EXIF."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Model] = "SECRET-CAM-42"
+    exif[ExifTags.Base.Orientation] = 6
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = (48.0, 51.0, 29.1234)
+    gps[ExifTags.GPS.GPSMapDatum] = "PRIVATE-DATUM-7Q"
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_upload_never_touches_disk_and_its_exif_never_reaches_the_logs(
+    stub_predictor, tmp_path, monkeypatch, caplog
+):
+    photo = gps_photo()
+    assert len(photo) > 1.5 * 2**20 and b"PRIVATE-DATUM-7Q" in photo
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # every temp file would land here
+    assert tempfile.gettempdir() == str(tmp)
+    pil_log = logging.getLogger("PIL")
+    pil_level = pil_log.level
+    pil_log.setLevel(logging.NOTSET)  # as in a fresh process, whatever ran before
+    caplog.set_level(logging.DEBUG)
+    seen: list = []
+    _AUDIT.update(seen=seen, dir=[str(tmp)])
+    try:
+        with TestClient(create_app(ServeSettings(), predictor=stub_predictor)) as c:
+            resp = _post(c, photo)
+            bad = _post(c, photo[: len(photo) // 2])  # a failure path logs too
+    finally:
+        _AUDIT.pop("seen")
+        pil_log.setLevel(pil_level)
+    assert resp.status_code == 200, resp.text
+    assert bad.status_code == 422
+    assert list(tmp.iterdir()) == []
+    assert seen == []
+    assert caplog.records  # DEBUG logging was on
+    for secret in GPS_SECRETS:
+        assert secret not in caplog.text
+
+
+class Held:
+    """Wraps a featurizer: every call waits until `release` is set, so a test can fill the
+    server's decoding slots on purpose."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.spec = inner, inner.spec
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, pixels):
+        self.entered.set()
+        assert self.release.wait(60)
+        return self.inner(pixels)
+
+
+def _wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_busy_server_answers_503_with_retry_after(stub_run):
+    pred = Predictor.load(stub_run, threads=1)
+    held = pred.featurizer = Held(pred.featurizer)
+    app = create_app(ServeSettings(max_decoding=1, max_waiting=1, retry_after_s=2), predictor=pred)
+    photo = encode(Image.new("RGB", (50, 50), (240, 220, 30)), "JPEG")
+    with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_post, c, photo)
+        assert held.entered.wait(20)
+        second = pool.submit(_post, c, photo)
+        _wait_for(lambda: app.state.gate.queued == 1)
+        busy = _post(c, photo)
+        body = _assert_error(busy, 503, "busy")
+        assert busy.headers["retry-after"] == "2" and "1 requests running" in body["message"]
+        assert c.get("/health").status_code == 200  # only decoding is gated
+        held.release.set()
+        assert first.result().status_code == 200 == second.result().status_code
+        assert _post(c, photo).status_code == 200
+
+
+def test_upload_bytes_held_at_once_are_capped(stub_run):
+    """Every request's body counts until its answer: a second upload that would take the total
+    over the cap is refused (the cap is never below one largest upload)."""
+    pred = Predictor.load(stub_run, threads=1)
+    held = pred.featurizer = Held(pred.featurizer)
+    settings = ServeSettings(max_bytes=100_000, max_buffered_bytes=1)  # cap: 100 KB + 64 KB
+    noise = np.random.default_rng(3).integers(0, 256, (180, 180, 3), dtype=np.uint8)
+    photo = encode(Image.fromarray(noise), "PNG")
+    assert 90_000 < len(photo) < 100_000  # one fits under the cap, two do not
+    with TestClient(create_app(settings, predictor=pred)) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_post, c, photo)
+        assert held.entered.wait(20)
+        busy = _post(c, photo)
+        _assert_error(busy, 503, "busy")
+        assert busy.headers["retry-after"] == "1" and busy.headers["connection"] == "close"
+        held.release.set()
+        assert first.result().status_code == 200
+        assert _post(c, photo).status_code == 200
+
+
+# -- a real uvicorn server -----------------------------------------------------------------------
+
+LIVE = {"body_idle_timeout_s": 1.0, "body_timeout_s": 3.0, "max_connections": 8}
+
+
+@pytest.fixture(scope="module")
+def live(stub_run):
+    """`serve()` (uvicorn, h11) in a subprocess on the stub run, with short body timeouts."""
+    port = bench.free_port()
+    proc = bench.start_server(str(stub_run), port, 1, 1, settings=LIVE, stderr=subprocess.DEVNULL)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _raw_upload(port: int, declared: int = 5 * 2**20) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        + f"Content-Length: {declared}\r\n\r\n".encode()
+        + b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+        + b"\xff\xd8" * 500
+    )
+    return s
+
+
+def _reply(s: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body, read to the end of the stream: returns only once the server has
+    closed the connection (the socket's timeout fails the test otherwise)."""
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head[9:12]), json.loads(body)
+
+
+def test_a_stalled_upload_is_answered_408_and_dropped(live):
+    started = time.monotonic()
+    with _raw_upload(live) as s:
+        status, body = _reply(s)
+    elapsed = time.monotonic() - started
+    assert (status, body["error"]) == (408, "timeout")
+    assert "no data for 1 s" in body["message"]
+    assert 0.9 < elapsed < 2.5
+    assert httpx.get(f"http://127.0.0.1:{live}/health").status_code == 200
+
+
+def test_a_slow_drip_upload_is_cut_at_the_total_deadline(live):
+    started = time.monotonic()
+    with _raw_upload(live) as s:
+        try:
+            while time.monotonic() - started < 10:
+                time.sleep(0.4)
+                s.sendall(b"\0" * 100)  # never idle for 1 s, but never done either
+        except OSError:  # the server closed the connection while we were writing
+            pass
+        status, body = _reply(s)
+    assert (status, body["error"]) == (408, "timeout")
+    assert "did not arrive within 3 s" in body["message"]
+    assert time.monotonic() - started < 5
+
+
+def test_connections_beyond_the_cap_get_503(live):
+    idle = [socket.create_connection(("127.0.0.1", live)) for _ in range(LIVE["max_connections"])]
+    try:
+        _wait_for(lambda: httpx.get(f"http://127.0.0.1:{live}/health").status_code == 503, 10)
+    finally:
+        for s in idle:
+            s.close()
+    _wait_for(lambda: httpx.get(f"http://127.0.0.1:{live}/health").status_code == 200, 10)
+
+
+@pytest.mark.slow
+def test_under_load_with_stalled_and_decompression_heavy_clients(tmp_path):
+    """The issue's scenario against `fruits serve` (default settings) on a stub run: 16 normal
+    clients, 50 that stall mid-upload and 6 uploads of a 6300x6300 16-bit PNG, all at once."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "load.py"),
+        "--stub",
+        "--duration",
+        "10",
+        "--concurrency",
+        "16",
+        "--stalled",
+        "50",
+        "--heavy",
+        "6",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result["normal_5xx"] == 0 and result["errors"] == 0 and result["requests"] > 100
+    stalled = result["stalled"]
+    assert stalled["statuses"] == {"408": 50} and stalled["dropped"] == 50
+    assert stalled["max_s"] < 15  # the 5 s idle timeout, plus a loaded machine
+    assert result["heavy"]["statuses"] == {"200": 6}
+    assert result["server_peak_rss_mb"] <= 1536, result

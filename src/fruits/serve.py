@@ -316,6 +316,11 @@ class AdmissionGate:
         self._slots = asyncio.Semaphore(self.active)
         self._queued = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a turn now."""
+        return self._queued
+
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         if self._slots.locked() and self._queued >= self.waiting:
@@ -468,7 +473,7 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         max_body=settings.max_bytes + MULTIPART_SLACK,
         idle_timeout=settings.body_idle_timeout_s,
         timeout=settings.body_timeout_s,
-        max_buffered=settings.max_buffered_bytes,
+        max_buffered=max(settings.max_buffered_bytes, settings.max_bytes + MULTIPART_SLACK),
         retry_after_s=settings.retry_after_s,
     )
     # Pillow's EXIF/TIFF reader logs every tag it parses at DEBUG (camera, dates, GPS pointer):
