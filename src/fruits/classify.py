@@ -13,17 +13,10 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits.config import ClassifierConfig
+
 X = "_x"
 Y = "_y"
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Defaults chosen on fruits-360-dev (see README, Accuracy)."""
-
-    max_iter: int = 200
-    reg_param: float = 1e-3
-    elastic_net: float = 0.0
 
 
 @dataclass
@@ -39,8 +32,12 @@ class Evaluation:
     recognition: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"split": self.split, "accuracy": self.accuracy, "macro_f1": self.macro_f1,
-                "per_class": self.per_class}  # fmt: skip
+        return {
+            "split": self.split,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "per_class": self.per_class,
+        }
 
 
 def fit_classifier(
@@ -49,12 +46,18 @@ def fit_classifier(
     """Label indexing + logistic regression as one Spark ML pipeline, saved with the run."""
     cfg = cfg or ClassifierConfig()
     data = train.select(array_to_vector(F.col(features)).alias(X), F.col("label"))
-    indexer = StringIndexer(inputCol="label", outputCol=Y, handleInvalid="keep",
-                            stringOrderType="alphabetAsc")  # fmt: skip
+    indexer = StringIndexer(
+        inputCol="label", outputCol=Y, handleInvalid="keep", stringOrderType="alphabetAsc"
+    )
     lr = LogisticRegression(
-        featuresCol=X, labelCol=Y, family="multinomial", maxIter=cfg.max_iter,
-        regParam=cfg.reg_param, elasticNetParam=cfg.elastic_net, standardization=False,
-    )  # fmt: skip
+        featuresCol=X,
+        labelCol=Y,
+        family="multinomial",
+        maxIter=cfg.max_iter,
+        regParam=cfg.reg_param,
+        elasticNetParam=cfg.elastic_net,
+        standardization=False,
+    )
     return Pipeline(stages=[indexer, lr]).fit(data)
 
 
@@ -103,10 +106,15 @@ def evaluation_from_confusion(names: list[str], cm: np.ndarray) -> Evaluation:
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     present = support > 0
     per_class = {
-        n: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-            "support": int(support[i])}
-        for i, n in enumerate(names) if present[i]
-    }  # fmt: skip
+        n: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, n in enumerate(names)
+        if present[i]
+    }
     total = cm.sum()
     return Evaluation(
         labels=names,
@@ -128,8 +136,11 @@ class Calibration:
     metrics: dict[str, dict[str, Any]]
 
     def serving(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "threshold": self.threshold,
-                "species": self.species}  # fmt: skip
+        return {
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "species": self.species,
+        }
 
 
 def calibrate(
@@ -151,9 +162,11 @@ def calibrate(
         species_table,
     )
 
-    rows = images.where(F.col("split").isin("val", "test")).select(
-        "path", "label", "split", "pca"
-    ).collect()  # fmt: skip
+    rows = (
+        images.where(F.col("split").isin("val", "test"))
+        .select("path", "label", "split", "pca")
+        .collect()
+    )
     species = species_table(classes, label_map)
     index = {c: i for i, c in enumerate(classes)}
     n = len(classes)
@@ -180,17 +193,19 @@ def calibrate(
     for split in ("val", "test"):
         for source in sources:
             sel = [
-                i for i, r in enumerate(rows)
-                if r["split"] == split and _under(r["path"], source)
-            ]  # fmt: skip
+                i for i, r in enumerate(rows) if r["split"] == split and _under(r["path"], source)
+            ]
             if not sel:
                 continue
             truth = [_truth(rows[i]["path"], rows[i]["label"], label_map) for i in sel]
             part = _subset(said, sel)
             by_part.setdefault(split, {})[source] = metrics(
-                part, [t[0] for t in truth], [t[1] for t in truth],
-                [rows[i]["label"] == NEGATIVE for i in sel], species,
-            )  # fmt: skip
+                part,
+                [t[0] for t in truth],
+                [t[1] for t in truth],
+                [rows[i]["label"] == NEGATIVE for i in sel],
+                species,
+            )
     return Calibration(temperature, threshold, species, by_part)
 
 
@@ -198,7 +213,7 @@ def _under(path: str, source: str) -> bool:
     """Is `path` (as Spark lists it, `file:/...` for local files) below `source`?"""
 
     def bare(x: str) -> str:
-        return x[len("file:"):] if x.startswith("file:") else x  # fmt: skip
+        return x[len("file:") :] if x.startswith("file:") else x
 
     return bare(path).startswith(bare(source).rstrip("/") + "/")
 
@@ -215,6 +230,9 @@ def _subset(ans: Any, sel: list[int]) -> Any:
     from fruits.recognition import Answers
 
     return Answers(
-        [ans.label[i] for i in sel], [ans.species[i] for i in sel],
-        ans.species_probability[sel], ans.known[sel], [ans.top5_species[i] for i in sel],
-    )  # fmt: skip
+        [ans.label[i] for i in sel],
+        [ans.species[i] for i in sel],
+        ans.species_probability[sel],
+        ans.known[sel],
+        [ans.top5_species[i] for i in sel],
+    )

@@ -18,9 +18,11 @@ from fruits.config import (
 )
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Fruits! image pipeline on Spark.",
-)  # fmt: skip
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -164,8 +166,20 @@ def run(
     )
     result = _guard(lambda: _run(cfg))
     r = result.report
-    summary = {k: r.get(k) for k in ("images_total", "images_processed", "images_ok", "images_quarantined", "classes",
-                                     "pca_k", "pca_explained_variance", "accuracy", "images_per_second")}  # fmt: skip
+    summary = {
+        k: r.get(k)
+        for k in (
+            "images_total",
+            "images_processed",
+            "images_ok",
+            "images_quarantined",
+            "classes",
+            "pca_k",
+            "pca_explained_variance",
+            "accuracy",
+            "images_per_second",
+        )
+    }
     typer.echo(json.dumps(summary))
     if r.get("published", True):
         typer.echo(f"outputs written to {result.output}")
@@ -317,10 +331,16 @@ def upload(
     _setup_logging(verbose)
     from fruits.transfer import upload as do_upload
 
-    summary = _guard(lambda: do_upload(
-        source, destination, workers=workers, dry_run=dry_run, progress=progress,
-        create_container=create_container,
-    ))  # fmt: skip
+    summary = _guard(
+        lambda: do_upload(
+            source,
+            destination,
+            workers=workers,
+            dry_run=dry_run,
+            progress=progress,
+            create_container=create_container,
+        )
+    )
     _finish_transfer(summary)
 
 
@@ -343,9 +363,15 @@ def download(
     _setup_logging(verbose)
     from fruits.transfer import download as do_download
 
-    summary = _guard(lambda: do_download(
-        source, destination, workers=workers, dry_run=dry_run, progress=progress,
-    ))  # fmt: skip
+    summary = _guard(
+        lambda: do_download(
+            source,
+            destination,
+            workers=workers,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    )
     _finish_transfer(summary)
 
 

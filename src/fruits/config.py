@@ -13,6 +13,10 @@ Precision = Literal["fp32", "bf16"]
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png")
 DEFAULT_OUTPUT = "fruits-output"
+MAX_FILE_BYTES = 50 * 1024 * 1024  # larger files are refused unread
+FILES_PER_PARTITION = 256  # small files per read task
+ARROW_MAX_RECORDS = 256  # rows per Arrow batch to the Python UDF...
+ARROW_MAX_BYTES = 64 * 1024 * 1024  # ...and bytes (large photos)
 
 
 def bundled_sample() -> str:
@@ -37,6 +41,15 @@ class FeaturizerConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """Multinomial logistic regression on the PCA features (classify.py)."""
+
+    max_iter: int = 200
+    reg_param: float = 1e-3
+    elastic_net: float = 0.0
+
+
+@dataclass(frozen=True)
 class ReduceConfig:
     """PCA settings: k comes from an explained-variance target unless fixed."""
 
@@ -58,16 +71,16 @@ class PipelineConfig:
     master: str | None = None
     on_error: OnError = "quarantine"
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    max_file_bytes: int = 50 * 1024 * 1024
+    max_file_bytes: int = MAX_FILE_BYTES
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
     reduce: ReduceConfig = field(default_factory=ReduceConfig)
     classify: bool = True
     incremental: bool = False  # process only new/changed files, project with the saved PCA
     refit: bool = False  # with `incremental`: refit scaler + PCA + classifier on every image
     storage: Literal["auto", "hadoop", "fsspec"] = "auto"
-    arrow_max_records: int = 256
-    arrow_max_bytes: int = 64 * 1024 * 1024
-    files_per_partition: int = 256
+    arrow_max_records: int = ARROW_MAX_RECORDS
+    arrow_max_bytes: int = ARROW_MAX_BYTES
+    files_per_partition: int = FILES_PER_PARTITION
     output_files: int = 0  # 0: derived from the row count, so outputs never explode into tiny files
     spark_conf: dict[str, str] = field(default_factory=dict)
 

@@ -30,8 +30,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits import azure
+from fruits.cache import LruCache
+from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
 from fruits.ingest import Ingested, InputError, image_rows, local_path, split_by_size
-from fruits.storage import MARKER, publish, split_parent, staging_uri
+from fruits.storage import MARKER, publish, quietly, split_parent, staging_uri
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ LISTING_SCHEMA = T.StructType(
         T.StructField("modification_time", T.TimestampType(), True),
     ]
 )
-_FILESYSTEMS: dict[Any, Any] = {}  # per Python worker: one client per account
+_FILESYSTEMS: LruCache[Any] = LruCache(8)  # per Python worker: one client per account
 
 
 # --- which file system opens a location -------------------------------------------------------
@@ -62,16 +64,15 @@ class FsSpec:
 
     def open(self) -> Any:
         """The file system, built once per process (executors reuse it across tasks)."""
-        fs = _FILESYSTEMS.get(self)
-        if fs is None:
-            if self.credentials is not None:
-                fs = self.credentials.filesystem()
-            else:
-                import fsspec
 
-                fs = fsspec.filesystem(self.protocol)
-            _FILESYSTEMS[self] = fs
-        return fs
+        def build() -> Any:
+            if self.credentials is not None:
+                return self.credentials.filesystem()
+            import fsspec
+
+            return fsspec.filesystem(self.protocol)
+
+        return _FILESYSTEMS.get_or_create(self, build)[0]
 
 
 @dataclass(frozen=True)
@@ -250,9 +251,9 @@ def read_images(
     spark: SparkSession,
     uri: str,
     *,
-    extensions: Iterable[str] = ("jpg", "jpeg", "png"),
-    max_file_bytes: int = 50 * 1024 * 1024,
-    files_per_partition: int = 256,
+    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    files_per_partition: int = FILES_PER_PARTITION,
     location: Location | None = None,
 ) -> Ingested:
     """`ingest.read_images` for fsspec locations: same columns, same size rule.
@@ -350,7 +351,7 @@ class StoragePlan:
     output: str
     output_mode: str
     work_output: str
-    files_per_partition: int = 256
+    files_per_partition: int = FILES_PER_PARTITION
     _tmp: str | None = field(default=None, repr=False)
 
     def check_input(self, spark: SparkSession) -> None:
@@ -385,11 +386,14 @@ class StoragePlan:
             from fruits.transfer import upload
 
             summary = upload(
-                self.work_output, staging, progress=False, last=(MARKER,),
+                self.work_output,
+                staging,
+                progress=False,
+                last=(MARKER,),
                 credentials=store.root.spec.credentials,
-            )  # fmt: skip
+            )
             if not summary.ok:
-                _quietly(lambda: store.delete(staging))
+                quietly(lambda: store.delete(staging))
                 raise OSError("; ".join(f"{r}: {why}" for r, why in summary.failures[:3]))
         else:
             store.put(self.work_output, staging)
@@ -446,7 +450,7 @@ def plan_storage(
     inputs: list[str],
     output: str,
     *,
-    files_per_partition: int = 256,
+    files_per_partition: int = FILES_PER_PARTITION,
 ) -> StoragePlan:
     """Pick a reader per input and Hadoop or fsspec for the output (auto: Hadoop when the JVM
     has a FileSystem for the scheme; local folders are walked by Python, see ingest.read_local)
@@ -476,10 +480,3 @@ def plan_storage(
     )
     log.info("storage: inputs via %s, output via %s", [m for m, _ in planned], out_mode)
     return plan
-
-
-def _quietly(fn: Any) -> None:
-    try:
-        fn()
-    except Exception:
-        log.debug("clean-up failed", exc_info=True)

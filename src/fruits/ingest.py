@@ -18,6 +18,8 @@ import pandas as pd  # module level: Spark resolves the UDF's type hints here
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
+
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES: dict[str, str] = {
@@ -125,8 +127,8 @@ def read_images(
     spark: SparkSession,
     uri: str,
     *,
-    extensions: Iterable[str] = ("jpg", "jpeg", "png"),
-    max_file_bytes: int = 50 * 1024 * 1024,
+    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> Ingested:
     """List images under `uri` (any Hadoop URI) recursively.
 
@@ -291,9 +293,9 @@ def read_local(
     spark: SparkSession,
     uri: str,
     *,
-    extensions: Iterable[str] = ("jpg", "jpeg", "png"),
-    max_file_bytes: int = 50 * 1024 * 1024,
-    files_per_partition: int = 256,
+    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    files_per_partition: int = FILES_PER_PARTITION,
 ) -> Ingested:
     """`read_images` for a local folder: listed by `walk_local`, every file counted; bytes
     are read by the executors' Python only when `content` is used (null when unreadable)."""

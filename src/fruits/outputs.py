@@ -69,13 +69,20 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
     model.write().overwrite().save(run.uri("models", "classifier"))
     classes = class_labels(model)
     calibration = calibrate(
-        arrays_from_spark(reducer.model, model), classes, images,
-        sources=run.inputs, label_map=getattr(run, "label_map", None),
-    )  # fmt: skip
+        arrays_from_spark(reducer.model, model),
+        classes,
+        images,
+        sources=run.inputs,
+        label_map=getattr(run, "label_map", None),
+    )
     export_serving(
-        reducer.model, model, run.local / "models", featurizer=run.cfg.featurizer,
-        run_id=run.run_id, recognition=calibration.serving(),
-    )  # fmt: skip
+        reducer.model,
+        model,
+        run.local / "models",
+        featurizer=run.cfg.featurizer,
+        run_id=run.run_id,
+        recognition=calibration.serving(),
+    )
     judged = "test" if splits.get("test") else "val"
     evaluation = evaluate(model, images.where(F.col("split") == judged))
     evaluation.split = judged
@@ -86,8 +93,12 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
     }
     plot = run.local / "plots" / "confusion_matrix.png"
     plot_confusion(evaluation.labels, evaluation.confusion, plot)
-    log.info("classify: %s accuracy %.4f, macro-F1 %.4f", judged, evaluation.accuracy,
-             evaluation.macro_f1)  # fmt: skip
+    log.info(
+        "classify: %s accuracy %.4f, macro-F1 %.4f",
+        judged,
+        evaluation.accuracy,
+        evaluation.macro_f1,
+    )
     return evaluation
 
 

@@ -85,9 +85,16 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
 
         with run.stage("report"):
             built = report.build(
-                run, artifact=artifact, reducer=reducer, images=images, labels=labels,
-                quarantined=bad, evaluation=evaluation, prev=prev, images_total=listed.total,
-            )  # fmt: skip
+                run,
+                artifact=artifact,
+                reducer=reducer,
+                images=images,
+                labels=labels,
+                quarantined=bad,
+                evaluation=evaluation,
+                prev=prev,
+                images_total=listed.total,
+            )
         run.publish(built)
         return RunResult(run.output, built)
 

@@ -41,6 +41,7 @@ from fruits.storage import (
     join,
     new_run_id,
     publish,
+    quietly,
     recover,
     split_parent,
     staging_uri,
@@ -200,9 +201,12 @@ class RunContext:
         self.inputs = [resolve_uri(uri, spark) for uri in cfg.inputs]
         self.output = resolve_uri(cfg.output, spark)
         self.io: StoragePlan = plan_storage(  # Hadoop where the JVM reads the scheme, else fsspec
-            spark, cfg.storage, self.inputs, self.output,
+            spark,
+            cfg.storage,
+            self.inputs,
+            self.output,
             files_per_partition=cfg.files_per_partition,
-        )  # fmt: skip
+        )
         self.store: Store = HadoopStore(spark)  # Spark writes here: the output or a local folder
         self.out_store: Store = (
             self.store
@@ -243,10 +247,10 @@ class RunContext:
 
     def _cleanup(self, *, failed: bool) -> None:
         if failed:
-            _quietly(lambda: self.store.delete(self.staging))
+            quietly(lambda: self.store.delete(self.staging))
         shutil.rmtree(self.local, ignore_errors=True)
-        _quietly(self.lease.release)
-        _quietly(lambda: self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None))  # type: ignore[arg-type]
+        quietly(self.lease.release)
+        quietly(lambda: self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None))  # type: ignore[arg-type]
         self.io.cleanup()
 
     def uri(self, *parts: str) -> str:
@@ -270,10 +274,3 @@ class RunContext:
         publish(self.store, self.staging, self.io.work_output, self.run_id)
         self.io.finish(self.run_id)  # fsspec output: upload the published run; no-op with Hadoop
         log.info("run %s published to %s", self.run_id, self.output)
-
-
-def _quietly(fn: Any) -> None:
-    try:
-        fn()
-    except Exception:
-        log.debug("clean-up failed", exc_info=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from fruits.azure import SPARK_REDACTION_REGEX
+from fruits.config import ARROW_MAX_BYTES, ARROW_MAX_RECORDS, FILES_PER_PARTITION
 
 # Embedded runs: the UI would listen on every interface and show the configuration; it is off
 # unless asked for (`--conf spark.ui.enabled=true`, then bound to the loopback interface).
@@ -38,7 +39,10 @@ def check_java() -> None:
 
 
 def default_conf(
-    *, arrow_max_records: int = 256, arrow_max_bytes: int = 64 << 20, files_per_partition: int = 256
+    *,
+    arrow_max_records: int = ARROW_MAX_RECORDS,
+    arrow_max_bytes: int = ARROW_MAX_BYTES,
+    files_per_partition: int = FILES_PER_PARTITION,
 ) -> dict[str, str]:
     """Settings that bound memory per Arrow batch and size partitions by file count."""
     max_partition = 128 << 20

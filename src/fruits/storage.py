@@ -189,3 +189,11 @@ def recover(store: Store, output: str) -> str | None:
             log.info("removing leftover %s of a killed run", entry)
             store.delete(entry)
     return restored
+
+
+def quietly(fn: Any) -> None:
+    """Clean-up that must not hide the error being raised: failures are logged at debug."""
+    try:
+        fn()
+    except Exception:
+        log.debug("clean-up failed", exc_info=True)
