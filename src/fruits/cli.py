@@ -132,6 +132,13 @@ def run(
             help="Like --incremental, then refit scaler, PCA and classifier on every image (stored features are reused).",
         ),
     ] = False,
+    verify_content: Annotated[
+        bool,
+        typer.Option(
+            "--verify-content",
+            help="With --incremental: read every local file and compare a hash of its bytes too, so a rewrite that kept size and mtime is processed again.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
@@ -162,6 +169,7 @@ def run(
         spark_conf=_parse_conf(conf),
         incremental=incremental or refit,
         refit=refit,
+        verify_content=verify_content,
         storage=storage,  # type: ignore[arg-type]
     )
     result = _guard(lambda: _run(cfg))

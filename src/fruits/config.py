@@ -77,6 +77,7 @@ class PipelineConfig:
     classify: bool = True
     incremental: bool = False  # process only new/changed files, project with the saved PCA
     refit: bool = False  # with `incremental`: refit scaler + PCA + classifier on every image
+    verify_content: bool = False  # with `incremental`: compare content hashes, not only size+mtime
     storage: Literal["auto", "hadoop", "fsspec"] = "auto"
     arrow_max_records: int = ARROW_MAX_RECORDS
     arrow_max_bytes: int = ARROW_MAX_BYTES
