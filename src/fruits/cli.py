@@ -106,6 +106,9 @@ def run(
     pca_k: Annotated[
         Optional[int], typer.Option(help="Fixed k (overrides --pca-variance).")
     ] = None,
+    pca_max_k: Annotated[
+        int, typer.Option(help="Upper bound of the k chosen by --pca-variance (0: none).")
+    ] = ReduceConfig.max_k or 0,
     classify: Annotated[
         bool, typer.Option(help="Train and evaluate the classifier when a test split exists.")
     ] = True,
@@ -164,7 +167,7 @@ def run(
             precision=precision,
             batch_size=batch_size,  # type: ignore[arg-type]
         ),
-        reduce=ReduceConfig(variance=pca_variance, k=pca_k),
+        reduce=ReduceConfig(variance=pca_variance, k=pca_k, max_k=pca_max_k or None),
         classify=classify,
         spark_conf=_parse_conf(conf),
         incremental=incremental or refit,

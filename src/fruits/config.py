@@ -55,6 +55,10 @@ class ReduceConfig:
 
     variance: float = 0.95
     k: int | None = None
+    # Cap on a k chosen by variance: 95% of the variance of 141 classes takes ~600 components,
+    # but accuracy is flat from ~256 (docs/recognition-study.md) while every later step (the
+    # classifier, serving, the CSV) grows with k.
+    max_k: int | None = 256
     scale_std: bool = True
 
 

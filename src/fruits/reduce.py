@@ -88,6 +88,8 @@ def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "feature
     total = float(np.trace(cov))
     explained = eigval / total if total > 0 else np.zeros_like(eigval)
     k = cfg.k if cfg.k is not None else choose_k(explained, cfg.variance)
+    if cfg.k is None and cfg.max_k:
+        k = min(k, cfg.max_k)
     # Fix each component's sign (largest loading positive) so re-fits are comparable.
     signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
     eigvec = eigvec * np.where(signs == 0, 1.0, signs)

@@ -68,6 +68,7 @@ def build(
         "pca_explained_variance": round(reducer.cumulative, 6),
         "pca_explained_variance_per_component": [round(v, 8) for v in reducer.explained_variance],
         "pca_variance_target": target,
+        "pca_max_k": None if cfg.reduce.k else cfg.reduce.max_k,
         "pca_fitted_on": "train" if splits.get("train") else "all",
         "accuracy": evaluation.accuracy if evaluation else None,
         "macro_f1": evaluation.macro_f1 if evaluation else None,
