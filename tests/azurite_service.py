@@ -2,7 +2,8 @@
 
 `.ci/run` starts one with `scripts/azurite.sh` and exports AZURITE_BLOB_PORT; without that
 variable the fixture starts its own from node_modules on a free loopback port and stops it at
-the end. When neither works the tests skip locally, and fail in CI (CI=true) instead.
+the end. When neither works the tests skip locally, and fail in CI instead (`CI` set to anything
+but empty, `0` or `false`: `conftest.require_service`).
 
 The account key below is the emulator's documented, public development key; it only opens the
 local emulator. Tests still check it never appears in any output, as a stand-in for a real key.
@@ -21,18 +22,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def unavailable(reason: str) -> None:
-    """Skip locally; fail in CI, where Azurite is part of the setup."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"Azurite is required in CI: {reason}")
-    pytest.skip(reason)
+    """Skip locally; fail in CI, where Azurite is part of the setup (conftest.require_service)."""
+    from conftest import require_service
+
+    require_service("Azurite", False, reason)
 
 
 def listening(port: int) -> bool:

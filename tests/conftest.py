@@ -13,6 +13,25 @@ import pytest
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
+def in_ci() -> bool:
+    """CI is on when `CI` has any value but empty, `0` or `false` (any case): GitHub and GitLab
+    set `true`, other runners `1` or `yes`; one reading for every guard, so no service test can
+    skip in CI because its guard spelled the check differently."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def require_service(name: str, available: bool, why: str = "") -> None:
+    """The one rule for tests that need something outside Python (Azurite, Java, a browser,
+    setpriv): skip locally when it is missing, fail in CI, where its absence is a broken setup
+    that would otherwise pass green with the tests silently skipped."""
+    if available:
+        return
+    message = f"{name} is not available" + (f": {why}" if why else "")
+    if in_ci():
+        pytest.fail(f"{message} (CI must provide it)", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator:
     from pyspark.sql import SparkSession

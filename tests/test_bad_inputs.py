@@ -112,11 +112,13 @@ def without_root_privileges() -> list[str]:
     """A command prefix under which file permissions apply, even for root."""
     if os.geteuid() != 0:
         return []
+    from conftest import require_service
+
     setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        if os.environ.get("CI"):
-            pytest.fail("setpriv (util-linux) is needed to test unreadable files as root")
-        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    require_service(
+        "setpriv (util-linux)", setpriv is not None, "as root, no file can be made unreadable"
+    )
+    assert setpriv is not None
     drop = "-dac_override,-dac_read_search"
     return [setpriv, "--inh-caps", drop, "--bounding-set", drop]
 

@@ -33,10 +33,10 @@ RUN_TIMEOUT = 480
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        if os.environ.get("CI"):
-            pytest.fail("Java is required for the cluster tests in CI")
-        pytest.skip("no Java: cannot start a Spark cluster")
+    from conftest import require_service
+
+    has_java = shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
+    require_service("Java", has_java, "cannot start a Spark cluster")
     c = StandaloneCluster(tmp_path_factory.mktemp("cluster"), workers=2, cores=1)
     try:
         c.start()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -21,12 +20,10 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def _need(ok: bool, reason: str) -> None:
-    """Skip locally, but fail in CI (CI=true), where .ci/run installs everything."""
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
-    pytest.skip(reason)
+    """Skip locally, but fail in CI, where .ci/run installs everything (the shared rule)."""
+    from conftest import require_service
+
+    require_service("the browser test setup", ok, f"{reason} (see .ci/run)")
 
 
 def _free_port() -> int:
