@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= fruits-output
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run serve load test test-fast lint format bench clean azurite azurite-stop
+.PHONY: help venv export-graph run serve load test test-fast lint format bench clean azurite azurite-stop
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -13,10 +13,14 @@ help:  ## list the targets
 $(BIN)/fruits: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[serve,azure,dev]"
+	$(BIN)/pip install -q torch==2.13.0  # first, pinned: the CPU wheel (a range pulls CUDA)
+	$(BIN)/pip install -q -e ".[spark,serve,azure,dev]"
 	@touch $@
 
 venv: $(BIN)/fruits  ## create .venv and install the package with every extra
+
+export-graph: $(BIN)/fruits  ## regenerate src/fruits/data/efficientnet_lite0.onnx from the weights package
+	$(BIN)/python -c "from fruits.features import export_bundled_graph as e; print(e())"
 
 run: $(BIN)/fruits  ## run the pipeline on the bundled sample, outputs in ./fruits-output
 	$(BIN)/fruits run --output $(OUT)

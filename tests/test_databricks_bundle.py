@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -89,13 +87,14 @@ def test_runtime_matches_the_spark_the_package_needs(bundle, pyproject):
     runtime = bundle["variables"]["spark_version"]["default"]
     major = int(runtime.split(".")[0])
     assert major >= 17, "Databricks Runtime 17+ ships Spark 4.0"
-    assert any(d.startswith("pyspark>=4.0") for d in pyproject["project"]["dependencies"])
+    extras = pyproject["project"]["optional-dependencies"]
+    assert any(d.startswith("pyspark>=4.0") for d in extras["spark"])
 
 
 def test_wheel_is_built_and_installed(job, bundle):
     artifact = bundle["artifacts"]["fruits_wheel"]
     assert (BUNDLE / artifact["path"]).resolve() == ROOT
-    out = re.search(r"--out (\S+)", artifact["build"]).group(1)
+    out = re.search(r"-w (\S+)", artifact["build"]).group(1)
     libs = [lib["whl"] for lib in job["tasks"][0]["libraries"]]
     jobfile = BUNDLE / "resources"
     assert any((jobfile / lib).resolve().parent == (ROOT / out).resolve() for lib in libs), libs
@@ -134,27 +133,11 @@ def test_notebook_calls_the_package_and_holds_no_logic():
         assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
 
 
-def test_databricks_wheel_drops_only_pyspark(tmp_path):
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        build_wheel = importlib.import_module("build_wheel")
-    finally:
-        sys.path.remove(str(BUNDLE))
-    wheel = tmp_path / "fruits-0.1.0-py3-none-any.whl"
-    meta = "fruits-0.1.0.dist-info/METADATA"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("fruits/__init__.py", "")
-        z.writestr(
-            meta,
-            "Metadata-Version: 2.1\nName: fruits\nRequires-Dist: pyspark<4.1,>=4.0\n"
-            "Requires-Dist: numpy>=1.26\nRequires-Dist: adlfs>=2024.4; extra == 'azure'\n",
-        )
-        z.writestr("fruits-0.1.0.dist-info/RECORD", f"{meta},sha256=x,1\nfruits/__init__.py,,\n")
-    out = build_wheel.strip_requirement(wheel, tmp_path / "out")
-    with zipfile.ZipFile(out) as z:
-        text = z.read(meta).decode()
-        record = z.read("fruits-0.1.0.dist-info/RECORD").decode()
-        assert "fruits/__init__.py" in z.namelist()
-    assert "pyspark" not in text
-    assert "numpy>=1.26" in text and "adlfs" in text
-    assert f"{meta},sha256=x,1" not in record and record.startswith(meta + ",sha256=")
+def test_databricks_wheel_needs_neither_pyspark_nor_torch(bundle, pyproject):
+    build = bundle["artifacts"]["fruits_wheel"]["build"]
+    assert "pip wheel" in build and "--no-deps" in build
+    runtime = " ".join(pyproject["project"]["dependencies"])
+    assert "pyspark" not in runtime and "torch" not in runtime
+    extras = pyproject["project"]["optional-dependencies"]
+    assert any(r.startswith("pyspark") for r in extras["spark"])
+    assert "torch==2.13.0" in extras["export"]

@@ -44,3 +44,64 @@ def test_mobilenet_v2_from_a_torchvision_style_weights_file(tmp_path, sample_dir
 def test_mobilenet_v2_without_weights_is_refused():
     with pytest.raises(ValueError, match="needs --weights"):
         build_artifact(FeaturizerConfig(backbone="mobilenet_v2"))
+
+
+def _cosine(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_bundled_graph_is_the_torch_export(sample_dir):
+    import json
+
+    from fruits.features import ModelArtifact, bundled_graph, export_onnx
+    from fruits.models import build_torch, fingerprint
+
+    path = bundled_graph("efficientnet_lite0")
+    assert path is not None and 12e6 < path.stat().st_size < 15e6
+    provenance = json.loads(path.with_suffix(".json").read_text())
+    assert provenance["bytes"] == path.stat().st_size
+    assert provenance["fingerprint"] == fingerprint("efficientnet_lite0", None)
+
+    artifact = build_artifact(FeaturizerConfig(engine="onnx"))
+    assert artifact.payload == path.read_bytes()
+    assert artifact.fingerprint == fingerprint("efficientnet_lite0", None)  # old runs still match
+    spec = get_spec("efficientnet_lite0")
+    fresh = ModelArtifact(spec, "onnx", export_onnx(build_torch("efficientnet_lite0")), "fresh")
+    for size in (100, 224):  # dynamic spatial axes: one graph for every --image-size
+        pixels = _pixels(sample_dir, n=4, size=size)
+        cos = _cosine(Featurizer(artifact)(pixels), Featurizer(fresh)(pixels))
+        assert cos.min() >= 0.99999, cos
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # as if torch were not installed: import fails, find_spec is None
+from fruits.config import FeaturizerConfig
+from fruits.features import Featurizer, build_artifact
+import numpy as np
+artifact = build_artifact(FeaturizerConfig())
+assert artifact.engine == "onnx", artifact.engine
+assert Featurizer(artifact)(np.zeros((2, 64, 64, 3), np.uint8)).shape == (2, 1280)
+for cfg in (FeaturizerConfig(engine="torch"), FeaturizerConfig(weights=sys.argv[1])):
+    try:
+        build_artifact(cfg)
+    except ValueError as exc:
+        assert "fruits[export]" in str(exc), exc
+    else:
+        raise AssertionError(cfg)
+print("ok")
+"""
+
+
+def test_default_backbone_runs_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    weights = tmp_path / "lite0.pth"
+    weights.write_bytes(b"not used: refused before loading")
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(weights)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

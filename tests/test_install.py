@@ -1,0 +1,80 @@
+"""`pip install fruits` with no extras, as a Databricks cluster installs the wheel: no torch, no
+pyspark, a bounded size, and the bundled graph featurizes an image.
+
+It builds the wheel and installs every dependency from PyPI into a fresh venv: about 70 s here
+(figures in docs/databricks.md), hence `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_INSTALLED_MB = 700
+
+pytestmark = pytest.mark.slow
+
+PROBE = """
+import importlib.util, json, sys
+from pathlib import Path
+import fruits
+from fruits.config import FeaturizerConfig, bundled_sample
+from fruits.features import Featurizer, build_artifact, featurize_contents
+artifact = build_artifact(FeaturizerConfig())
+images = sorted(Path(bundled_sample()).rglob("*.jpg"))[:4]
+feats, errs = featurize_contents(
+    Featurizer(artifact), [p.read_bytes() for p in images], size=100, max_pixels=10**7
+)
+print(json.dumps({
+    "version": fruits.__version__,
+    "engine": artifact.engine,
+    "errors": errs,
+    "dims": [len(f) for f in feats],
+    "torch_imported": "torch" in sys.modules,
+    "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "pyspark", "onnx")},
+}))
+"""
+
+
+def _mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def test_plain_install_has_no_torch_and_fits(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    started = time.monotonic()
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+    )
+    seconds = time.monotonic() - started
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    packages = subprocess.run(
+        [str(py), "-m", "pip", "list", "--format=json"], check=True, capture_output=True, text=True
+    )
+    names = {p["name"].lower() for p in json.loads(packages.stdout)}
+    assert not {n for n in names if n == "torch" or n.startswith(("nvidia-", "triton"))}
+    assert "pyspark" not in names
+    size = _mb(site)
+    largest = sorted(((_mb(d), d.name) for d in site.iterdir() if d.is_dir()), reverse=True)[:8]
+    print(f"\npip install . (no extras): {seconds:.0f} s, site-packages {size:.0f} MB")
+    print("largest:", ", ".join(f"{name} {mb:.0f}" for mb, name in largest))
+    assert size <= MAX_INSTALLED_MB
+
+    out = subprocess.run(
+        [str(py), "-c", PROBE], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["engine"] == "onnx"
+    assert probe["errors"] == [None] * 4 and probe["dims"] == [1280] * 4
+    assert not probe["torch_imported"]
+    assert probe["installed"] == {"torch": False, "pyspark": False, "onnx": False}
