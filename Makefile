@@ -3,21 +3,36 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= fruits-output
+LOCK   ?= requirements-dev.lock
+# `make lock` resolves torch against the CPU wheel here (torch-2.13.0+cpu); PyPI's torch is a CUDA
+# build whose nvidia-* dependencies would land in the lock.
+TORCH_WHEELS ?= /opt/wheels
 
 .DEFAULT_GOAL := help
-.PHONY: help venv export-graph run serve load test test-fast lint format bench clean azurite azurite-stop
+.PHONY: help venv lock export-graph run serve load test test-fast lint format bench clean azurite azurite-stop
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/fruits: pyproject.toml
+$(BIN)/fruits: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0  # first, pinned: the CPU wheel (a range pulls CUDA)
-	$(BIN)/pip install -q -e ".[spark,serve,azure,dev]"
+	$(BIN)/pip install -q -r $(LOCK)  # exact versions of every extra; torch==2.13.0+cpu
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
-venv: $(BIN)/fruits  ## create .venv and install the package with every extra
+venv: $(BIN)/fruits  ## create .venv from requirements-dev.lock, package editable (spark,serve,azure,dev)
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv
+
+lock: $(BIN)/uv  ## refresh requirements-dev.lock from pyproject.toml (uv), then `make venv`
+	$(BIN)/uv pip compile pyproject.toml --extra spark --extra serve --extra azure --extra dev \
+	  --python-version 3.11 --find-links $(TORCH_WHEELS) --custom-compile-command "make lock" \
+	  -q -o $(LOCK)
+	@grep -q '^torch==2.13.0+cpu$$' $(LOCK) && ! grep -qiE '^(nvidia-|triton)' $(LOCK) || \
+	  { echo "$(LOCK): torch is not the CPU wheel 2.13.0+cpu (TORCH_WHEELS=$(TORCH_WHEELS))"; exit 1; }
 
 export-graph: $(BIN)/fruits  ## regenerate src/fruits/data/efficientnet_lite0.onnx from the weights package
 	$(BIN)/python -c "from fruits.features import export_bundled_graph as e; print(e())"

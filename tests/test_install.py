@@ -18,7 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAX_INSTALLED_MB = 700
 
-pytestmark = pytest.mark.slow
 
 PROBE = """
 import importlib.util, json, sys
@@ -46,6 +45,32 @@ def _mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements-dev.lock").read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith((" ", "#")):
+            pins[name.lower()] = version.strip()
+    return pins
+
+
+def test_lock_pins_every_requirement_and_the_cpu_torch():
+    import re
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _lock()
+    assert pins["torch"] == "2.13.0+cpu"
+    assert not [n for n in pins if n.startswith(("nvidia-", "triton"))]
+    wanted = list(project["dependencies"])
+    for extra in ("spark", "serve", "azure", "dev"):
+        wanted += project["optional-dependencies"][extra]
+    names = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in wanted}
+    missing = {n.replace("_", "-") for n in names} - set(pins) - {"fruits"}
+    assert not missing, f"requirements-dev.lock is stale (make lock): {missing}"
+
+
+@pytest.mark.slow
 def test_plain_install_has_no_torch_and_fits(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
