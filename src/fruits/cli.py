@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_type_hints
 
 import typer
 
 from fruits.config import (
     DEFAULT_OUTPUT,
+    Engine,
     FeaturizerConfig,
+    OnError,
     PipelineConfig,
+    Precision,
     ReduceConfig,
     bundled_sample,
 )
+
+# Options typed with config.py's Literals: typer lists the choices and rejects others (exit 2).
+Storage = get_type_hints(PipelineConfig)["storage"]
 
 app = typer.Typer(
     add_completion=False,
@@ -48,8 +54,23 @@ def _parse_conf(items: list[str]) -> dict[str, str]:
     return conf
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from fruits import __version__
+
+        typer.echo(f"fruits {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = None,
+) -> None:
     """Fruits! image pipeline on Spark."""
 
 
@@ -78,7 +99,8 @@ def run(
         Optional[str], typer.Option(help="Spark master; default: spark-submit's, else local[*].")
     ] = None,
     on_error: Annotated[
-        str, typer.Option(help="quarantine: record bad files and go on; fail: stop at the first.")
+        OnError,
+        typer.Option(help="quarantine: record bad files and go on; fail: stop at the first."),
     ] = "quarantine",
     backbone: Annotated[
         str,
@@ -92,9 +114,9 @@ def run(
     image_size: Annotated[
         int, typer.Option(help="Model input size in pixels.")
     ] = FeaturizerConfig.image_size,
-    engine: Annotated[str, typer.Option(help="auto, onnx or torch.")] = "auto",
+    engine: Annotated[Engine, typer.Option(help="auto, onnx or torch.")] = "auto",
     precision: Annotated[
-        str,
+        Precision,
         typer.Option(help="fp32 or bf16 (torch engine; falls back to fp32 without CPU support)."),
     ] = "fp32",
     batch_size: Annotated[
@@ -116,7 +138,7 @@ def run(
         list[str], typer.Option("--conf", help="Extra Spark setting key=value (repeatable).")
     ] = [],  # noqa: B006
     storage: Annotated[
-        str,
+        Storage,
         typer.Option(
             help="auto: Spark's Hadoop connector when it has the scheme, else fsspec (adlfs); or force hadoop / fsspec."
         ),
