@@ -103,3 +103,7 @@ def test_plain_install_has_no_torch_and_fits(tmp_path):
     assert probe["errors"] == [None] * 4 and probe["dims"] == [1280] * 4
     assert not probe["torch_imported"]
     assert probe["installed"] == {"torch": False, "pyspark": False, "onnx": False}
+    version = subprocess.run(
+        [str(venv / "bin" / "fruits"), "--version"], check=True, capture_output=True, text=True
+    )
+    assert version.stdout.strip() == f"fruits {probe['version']}"
