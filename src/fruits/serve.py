@@ -180,9 +180,13 @@ def _facts(label: str) -> FactsOut | None:
     if f is None:
         return None
     return FactsOut(
-        name=f.name, variety=f.variety, family=f.family, season=f.season,
-        description=f.description, energy_kcal_per_100g=f.energy_kcal_per_100g,
-    )  # fmt: skip
+        name=f.name,
+        variety=f.variety,
+        family=f.family,
+        season=f.season,
+        description=f.description,
+        energy_kcal_per_100g=f.energy_kcal_per_100g,
+    )
 
 
 def _name(label: str) -> str:
@@ -586,13 +590,7 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
     return app
 
 
-def serve(
-    settings: ServeSettings,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    predictor: Predictor | None = None,
-) -> None:
+def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Blocking: run uvicorn with one worker (the model is loaded once, in the lifespan).
 
     uvicorn's h11 server has no timeout while a request line and headers arrive; a connection
@@ -601,7 +599,7 @@ def serve(
     import uvicorn
 
     uvicorn.run(
-        create_app(settings, predictor=predictor),
+        create_app(settings),
         host=host,
         port=port,
         log_level="info",
