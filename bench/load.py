@@ -57,9 +57,13 @@ def make_stub_run(folder: str | Path) -> Path:
     """A servable run folder without training: the "CNN" is an ONNX graph that averages each
     colour channel (3 features), the classifier a fixed linear map over STUB_CLASSES. It goes
     through the real `Predictor.load`, ONNX Runtime and image code, so it measures the serving
-    plumbing at a fraction of the CNN's cost."""
+    plumbing at a fraction of the CNN's cost. Needs the `onnx` package (the `export` extra)."""
     import numpy as np
-    from onnx import TensorProto, helper
+
+    try:
+        from onnx import TensorProto, helper
+    except ImportError:
+        raise SystemExit("--stub builds an ONNX graph: pip install 'fruits[export]'") from None
 
     root = Path(folder)
     models = root / "models"
