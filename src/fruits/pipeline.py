@@ -17,7 +17,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits import incremental, outputs, quarantine, report
+from fruits import incremental, outputs, quarantine, report, tracking
 from fruits.config import PipelineConfig
 from fruits.features import ImageFailure, featurize
 from fruits.ingest import InputError
@@ -96,6 +96,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                 images_total=listed.total,
             )
         run.publish(built)
+        tracking.log_run(built, str(run.local))  # MLflow, when MLFLOW_TRACKING_URI is set
         return RunResult(run.output, built)
 
 
