@@ -188,6 +188,17 @@ def test_portrait_phone_photo_is_upright_and_drafted():
         decode_image(jpeg, size=100, max_decode_bytes=2**20)
 
 
+def test_mpo_phone_photo_is_drafted_like_a_jpeg():
+    """Phones often write MPO (a JPEG plus depth map or preview pictures): the same draft."""
+    buf = io.BytesIO()
+    Image.fromarray(quadrants(4000, 3000)).save(
+        buf, "MPO", save_all=True, append_images=[Image.new("RGB", (400, 300))]
+    )
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    out = decode_image(buf.getvalue(), size=100, max_decode_bytes=2 * 2**20).astype(int)
+    np.testing.assert_allclose(out[20, 20], (220, 30, 30), atol=12)
+
+
 def test_broken_exif_does_not_cost_the_photo():
     exif = bytearray(jpeg_with_orientation(quadrants(40, 40), 6))
     start = exif.index(b"Exif\x00\x00") + 6

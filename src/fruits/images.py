@@ -27,6 +27,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# MPO: a JPEG with extra pictures (depth maps, previews), as many phones write them; Pillow opens
+# its first picture with the JPEG decoder, draft included.
+JPEG_FORMATS = ("JPEG", "MPO")
 ALPHA_MODES = ("RGBA", "LA", "PA")
 
 # EXIF Orientation -> the transposition that makes the picture upright (the table of
@@ -85,7 +88,7 @@ def _jpeg_coefficient_bytes(img: Image.Image, full_size: tuple[int, int]) -> int
     """A progressive JPEG is decoded from whole-image DCT coefficient buffers (libjpeg keeps
     every scan's coefficients, 2 bytes a sample, at full resolution whatever the draft scale):
     measured 73 MB for a 6000 x 4000 4:2:0 photo, 141 MB at 4:4:4."""
-    if img.format != "JPEG" or not img.info.get("progressive"):
+    if img.format not in JPEG_FORMATS or not img.info.get("progressive"):
         return 0
     width, height = full_size
     layers = getattr(img, "layer", None) or [(None, 1, 1, None)] * len(img.getbands())
@@ -192,7 +195,7 @@ def decode_image(
                 raise ImageError(
                     f"image too large: {width}x{height} pixels exceeds the limit of {max_pixels}"
                 )
-            if img.format == "JPEG":
+            if img.format in JPEG_FORMATS:
                 img.draft("RGB", (size, size))
             orientation = _orientation(img)
             cost = decode_cost(img, transpose=orientation != 1, full_size=(width, height))
