@@ -109,7 +109,10 @@ def test_banana_photo_is_a_banana_with_its_facts(client, banana):
     assert facts["family"] == "Musaceae"
     assert facts["energy_kcal_per_100g"] == 89
     assert facts["description"] and facts["season"]
-    assert len(body["top_k"]) == 3 and body["top_k"][0] == top
+    assert len(body["top_k"]) == 3 and body["top_k"][0] == {k: top[k] for k in body["top_k"][0]}
+    assert (body["verdict"], top["species"], top["variety"]) == ("known", "Banana", "Banana 1")
+    assert top["species_probability"] >= top["probability"]
+    assert body["message"].startswith("Banana (")
     probs = [g["probability"] for g in body["top_k"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
     assert body["run_id"] == client.app.state.predictor.run_id

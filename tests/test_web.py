@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -35,11 +36,27 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(sample_run, tmp_path_factory):
     """`fruits serve` as a user runs it, in its own process."""
+    yield from _serve(sample_run.output, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def unsure_server(sample_run, tmp_path_factory):
+    """The same run with a "not sure" threshold no answer reaches."""
+    run = tmp_path_factory.mktemp("unsure") / "run"
+    shutil.copytree(sample_run.output, run)
+    meta_file = run / "models" / "serving.json"
+    meta = json.loads(meta_file.read_text())
+    meta["recognition"]["threshold"] = 1.01
+    meta_file.write_text(json.dumps(meta))
+    yield from _serve(str(run), tmp_path_factory)
+
+
+def _serve(run: str, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fruits.cli", "serve", "--run", sample_run.output,
+            [sys.executable, "-m", "fruits.cli", "serve", "--run", run,
              "--host", "127.0.0.1", "--port", str(port)],
             stdout=fh, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -130,3 +147,21 @@ def test_a_bad_file_shows_the_servers_message(server, browser, tmp_path):
     )
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_an_unsure_answer_says_not_sure_instead_of_a_confident_name(
+    unsure_server, browser, sample_dir
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(unsure_server + "/")
+    banana = sorted((sample_dir / "Test" / "Banana 1").glob("*.jpg"))[0]
+    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(banana))
+    WebDriverWait(browser, 60).until(
+        ec.text_to_be_present_in_element((By.ID, "result-name"), "Not sure")
+    )
+    assert "Not sure" in browser.find_element(By.ID, "result-message").text
+    assert not browser.find_element(By.ID, "result-variety").is_displayed()
+    assert not browser.find_element(By.ID, "result-facts").is_displayed()

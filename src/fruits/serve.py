@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -115,8 +115,23 @@ class Guess(BaseModel):
     facts: FactsOut | None
 
 
+class Answer(Guess):
+    species: str = Field(
+        description="The species answered, e.g. `Apple`: its varieties' probabilities summed."
+    )
+    species_probability: float = Field(description="Calibrated probability of `species`.")
+    variety: str | None = Field(
+        description="Best Fruits-360 class within `species` (its variety), e.g. `Apple Red 1`."
+    )
+
+
 class PredictOut(BaseModel):
-    prediction: Guess = Field(description="The best guess.")
+    verdict: Literal["known", "unsure"] = Field(
+        description="`known`: the species is answered with confidence; `unsure`: below the "
+        "run's calibrated threshold, or not a fruit the model knows."
+    )
+    message: str = Field(description="The answer in words, as the web page shows it.")
+    prediction: Answer = Field(description="The best guess: `label` is the best class overall.")
     top_k: list[Guess] = Field(description="Best guesses first.")
     run_id: str | None
     elapsed_ms: float
@@ -192,6 +207,17 @@ def _facts(label: str) -> FactsOut | None:
 def _name(label: str) -> str:
     f = facts_for(label)
     return f.name if f is not None else label
+
+
+def _message(verdict: str, species: str, probability: float) -> str:
+    """What a person reads: an honest "not sure" rather than a confident wrong name."""
+    from fruits.recognition import NEGATIVE
+
+    if verdict == "known":
+        return f"{species} ({probability:.0%} sure)"
+    if species == NEGATIVE:
+        return "Not sure: this does not look like a fruit or vegetable I know."
+    return f"Not sure: perhaps {species} ({probability:.0%}), but I cannot tell from this photo."
 
 
 def _error(
@@ -552,8 +578,18 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
             Guess(label=lab, name=_name(lab), probability=p, facts=_facts(lab))
             for lab, p in zip(result.labels, result.probabilities, strict=True)
         ]
+        best = guesses[0]
+        species = result.species or best.name
+        answer = Answer(
+            **best.model_dump(),
+            species=species,
+            species_probability=result.species_probability or best.probability,
+            variety=result.variety,
+        )
         return PredictOut(
-            prediction=guesses[0],
+            verdict=result.verdict,  # type: ignore[arg-type]
+            message=_message(result.verdict, species, answer.species_probability),
+            prediction=answer,
             top_k=guesses,
             run_id=pred.run_id,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 2),

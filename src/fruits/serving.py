@@ -224,6 +224,7 @@ class Prediction:
     species: str | None = None
     species_probability: float | None = None
     verdict: str = "known"
+    variety: str | None = None  # the best class within the answered species
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,7 @@ class Predictor:
             species=said.species[0],
             species_probability=float(said.species_probability[0]),
             verdict="known" if bool(said.known[0]) else "unsure",
+            variety=said.label[0],
         )
 
 

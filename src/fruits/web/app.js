@@ -41,19 +41,26 @@
 
   function showResult(body) {
     const top = body.prediction;
-    $("result-name").textContent = top.name;
-    $("result-label").textContent = top.label;
-    const pct = (100 * top.probability).toFixed(1) + "%";
+    const sure = body.verdict === "known";
+    $("result").classList.toggle("unsure", !sure);
+    // Species first (what a shopper names); the variety only when the model is sure.
+    $("result-name").textContent = sure ? top.species : "Not sure";
+    $("result-message").textContent = body.message;
+    const variety = sure && top.variety ? top.variety : "";
+    $("result-label").textContent = variety;
+    $("result-variety").hidden = !variety;
+    const pct = (100 * top.species_probability).toFixed(0) + "%";
     $("result-confidence").textContent = pct;
     $("result-meter").style.width = pct;
-    const f = top.facts;
+    const f = sure ? top.facts : null;
     $("result-description").textContent = f ? f.description : "";
-    $("fact-family").textContent = f ? f.family : "unknown";
-    $("fact-season").textContent = f ? f.season : "unknown";
-    $("fact-energy").textContent = f ? f.energy_kcal_per_100g + " kcal per 100 g" : "unknown";
+    $("result-facts").hidden = !f;
+    $("fact-family").textContent = f ? f.family : "";
+    $("fact-season").textContent = f ? f.season : "";
+    $("fact-energy").textContent = f ? f.energy_kcal_per_100g + " kcal per 100 g" : "";
     const others = $("result-others");
     others.replaceChildren();
-    for (const g of body.top_k.slice(1)) {
+    for (const g of body.top_k.slice(sure ? 1 : 0)) {
       const li = document.createElement("li");
       li.textContent = `${g.name} (${g.label}): ${(100 * g.probability).toFixed(1)}%`;
       others.appendChild(li);
