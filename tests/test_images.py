@@ -299,3 +299,21 @@ def test_sixteen_bit_6300px_png_decodes_within_the_memory_budget():
     shape, _, peak_mb = proc.stdout.strip().rpartition(" ")
     assert shape.startswith("(100, 100, 3)")
     assert int(peak_mb) <= 100, proc.stdout
+
+
+def test_a_photo_larger_than_the_input_is_seen_as_eight_views_a_small_one_as_one():
+    from fruits.images import decode_views
+
+    yy, xx = np.mgrid[:480, :640]
+    scene = np.stack([xx * 255 // 640, yy * 255 // 480, (xx + yy) % 256], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(scene.astype(np.uint8)).save(buf, format="PNG")
+    views = decode_views(buf.getvalue(), size=64, views=8)
+    assert views.shape == (8, 64, 64, 3)
+    np.testing.assert_array_equal(views[1], views[0][:, ::-1])  # the mirror
+    np.testing.assert_array_equal(views[3], views[2][:, ::-1])  # the mirrored centre crop
+    assert views[4][0, 0, 0] < views[5][0, -1, 0]  # top-left crop sits left of top-right
+    small = jpeg_bytes(size=40)
+    one = decode_views(small, size=64, views=8)
+    assert one.shape == (1, 64, 64, 3)
+    np.testing.assert_array_equal(one[0], decode_image(small, size=64))

@@ -40,6 +40,9 @@ class FeaturizerConfig:
     batch_size: int = 64
     threads_per_task: int = 0  # 0: cores // concurrent tasks, so tasks x threads <= cores
     max_pixels: int = 40_000_000  # larger images are refused: decompression-bomb guard
+    # Photos larger than the model input are seen as 8 views (whole, mirror, 5 crops) whose
+    # features are averaged: +5-8 points on real photos (docs/recognition-study.md); 1 = off.
+    views: int = 8
 
 
 @dataclass(frozen=True)

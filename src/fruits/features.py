@@ -20,8 +20,9 @@ from typing import Any, Tuple  # noqa: UP035 - Spark reads the UDF hints: typing
 import numpy as np
 import pandas as pd  # module level: Spark resolves the UDF's type hints here
 
+from fruits.cache import LruCache
 from fruits.config import FeaturizerConfig
-from fruits.images import decode_many
+from fruits.images import ImageError, decode_views
 from fruits.models import BackboneSpec, build_torch, fingerprint, get_spec, read_weights
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,9 @@ def save_artifact(artifact: ModelArtifact, directory: str | Path) -> None:
 def load_artifact(directory: str | Path) -> ModelArtifact:
     d = Path(directory)
     meta = json.loads((d / "backbone.json").read_text())
-    spec = BackboneSpec(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in meta["backbone"].items()})  # fmt: skip
+    spec = BackboneSpec(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["backbone"].items()}
+    )
     suffix = "onnx" if meta["engine"] == "onnx" else "pt"
     file = d / f"backbone.{suffix}"
     payload = file.read_bytes() if file.exists() else b""
@@ -337,7 +339,7 @@ def _gpu_index() -> int:
     return 0
 
 
-_FEATURIZERS: dict[tuple[Any, ...], Featurizer] = {}
+_FEATURIZERS: LruCache[Featurizer] = LruCache(3)  # per process: Spark's ModelCache size
 _BUILDS: dict[tuple[Any, ...], int] = {}  # networks built in this process, per cache key
 
 
@@ -349,11 +351,13 @@ def featurizer_builds() -> dict[tuple[Any, ...], int]:
 def get_featurizer(key: tuple[Any, ...], artifact: Any, **kwargs: Any) -> Featurizer:
     """Per-process cache. `artifact` may be a Broadcast: `.value` is only read on a miss, so a
     worker unpickles the network once, not once per task."""
-    fz = _FEATURIZERS.get(key)
-    if fz is None:
+
+    def build() -> Featurizer:
         value = artifact.value if hasattr(artifact, "value") else artifact
-        fz = Featurizer(value, **kwargs)
-        _FEATURIZERS[key] = fz
+        return Featurizer(value, **kwargs)
+
+    fz, built = _FEATURIZERS.get_or_create(key, build)
+    if built:
         _BUILDS[key] = _BUILDS.get(key, 0) + 1
     return fz
 
@@ -365,21 +369,40 @@ def featurize_contents(
     size: int,
     max_pixels: int,
     batch_size: int = 64,
+    views: int = 1,
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Decode and featurize; a bad image gets a reason and no features, the rest go on."""
+    """Decode and featurize; a bad image gets a reason and no features, the rest go on.
+
+    With `views` > 1 a photo larger than the model input is seen as several views
+    (`images.decode_views`) whose features are averaged: one vector per image either way.
+    """
     features: list[np.ndarray | None] = [None] * len(contents)
     errors: list[str | None] = [None] * len(contents)
     for start in range(0, len(contents), batch_size):
         chunk = list(contents[start : start + batch_size])
-        pixels, errs = decode_many(chunk, size=size, max_pixels=max_pixels)
-        ok = [i for i, e in enumerate(errs) if e is None]
-        if ok:
-            out = featurizer(pixels[ok])
-            for j, i in enumerate(ok):
-                features[start + i] = out[j]
-        for i, e in enumerate(errs):
-            # None: the storage layer could not read the file (fsspec ingest), not a bad image
-            errors[start + i] = e if chunk[i] is not None else UNREADABLE
+        stacks: list[np.ndarray] = []
+        owners: list[int] = []
+        for i, data in enumerate(chunk):
+            if data is None:  # the storage layer could not read the file, not a bad image
+                errors[start + i] = UNREADABLE
+                continue
+            try:
+                views_i = decode_views(data, size=size, views=views, max_pixels=max_pixels)
+            except ImageError as exc:
+                errors[start + i] = exc.reason
+                continue
+            stacks.append(views_i)
+            owners += [i] * len(views_i)
+        if not stacks:
+            continue
+        pixels = np.concatenate(stacks)
+        out = np.concatenate(
+            [featurizer(pixels[j : j + batch_size]) for j in range(0, len(pixels), batch_size)]
+        )
+        owner = np.asarray(owners)
+        for i in np.unique(owner):
+            rows = out[owner == i]
+            features[start + int(i)] = rows[0] if len(rows) == 1 else rows.mean(axis=0)
     return features, errors
 
 
@@ -394,18 +417,26 @@ def featurize_udf(
     from pyspark.sql.functions import pandas_udf
 
     key = (artifact_id, cfg.precision, cfg.channels_last, threads)
-    size, max_pixels, batch = cfg.image_size, cfg.max_pixels, cfg.batch_size
+    size, max_pixels, batch, views = cfg.image_size, cfg.max_pixels, cfg.batch_size, cfg.views
 
     @pandas_udf(FEATURE_SCHEMA)  # type: ignore[call-overload]
     def featurize(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
         fz = get_featurizer(
-            (*key, _gpu_index()), artifact, threads=threads, precision=cfg.precision,
+            (*key, _gpu_index()),
+            artifact,
+            threads=threads,
+            precision=cfg.precision,
             channels_last=cfg.channels_last,
-        )  # fmt: skip
+        )
         step = batch if fz.device == "cpu" else batch * GPU_BATCH_FACTOR
         for paths, contents in batches:
             feats, errs = featurize_contents(
-                fz, list(contents), size=size, max_pixels=max_pixels, batch_size=step
+                fz,
+                list(contents),
+                size=size,
+                max_pixels=max_pixels,
+                batch_size=step,
+                views=views,
             )
             if fail_fast:
                 for path, err in zip(paths, errs, strict=True):
@@ -418,8 +449,9 @@ def featurize_udf(
 
 def featurize(run: Any, files: Any) -> tuple[ModelArtifact, Any]:
     """The featurize stage: (path, label, split, length, modification_time, content) ->
-    the same keys + `features` + `reason` (null when usable), materialised once as Parquet in
-    the run's staging folder, because every later stage reads it and the CNN is the costly part.
+    the same keys + `content_hash` + `features` + `reason` (null when usable), materialised
+    once as Parquet in the run's staging folder, because every later stage reads it and the CNN
+    is the costly part.
     """
     from pyspark.sql import functions as F
 
@@ -435,9 +467,15 @@ def featurize(run: Any, files: Any) -> tuple[ModelArtifact, Any]:
         fail_fast=cfg.on_error == "fail",
     )
     work = run.uri("_work", "featurized.parquet")
-    featurized = files.select(*KEY_COLUMNS, udf("path", "content").alias("r")).select(
-        *KEY_COLUMNS, "r.features", F.col("r.error").alias("reason")
-    )
+    # A hash of the very bytes the CNN sees (Spark evaluates the read once for both), kept
+    # for incremental runs (`--verify-content`); a listing's own version of the file (an
+    # Azure ETag or Content-MD5) wins, so the next listing compares like with like.
+    content_hash = F.concat(F.lit("sha1:"), F.sha1("content"))
+    if "content_hash" in files.columns:
+        content_hash = F.coalesce(F.col("content_hash"), content_hash)
+    featurized = files.select(
+        *KEY_COLUMNS, content_hash.alias("content_hash"), udf("path", "content").alias("r")
+    ).select(*KEY_COLUMNS, "content_hash", "r.features", F.col("r.error").alias("reason"))
     spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
     try:
         featurized.write.parquet(work)

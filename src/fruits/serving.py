@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fruits.features import Featurizer, ModelArtifact, featurize_contents, load_artifact
-from fruits.images import ImageError, decode_image
+from fruits.images import ImageError, decode_image, decode_views
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -141,6 +141,7 @@ def export_serving(
         "classes": classes,
         "image_size": featurizer.image_size,
         "max_pixels": featurizer.max_pixels,
+        "views": featurizer.views,
         "feature_dim": int(arrays.pc.shape[0]),
         "pca_k": int(arrays.pc.shape[1]),
         "recognition": recognition,
@@ -259,6 +260,7 @@ class Predictor:
         run_id: str | None = None,
         backbone: dict[str, Any] | None = None,
         calibration: Calibration | None = None,
+        views: int = 1,
     ) -> None:
         arrays.validate(classes)
         if arrays.pc.shape[0] != featurizer.spec.feature_dim:
@@ -274,6 +276,7 @@ class Predictor:
         self.run_id = run_id
         self.backbone = backbone or {}
         self.calibration = calibration or Calibration.from_meta(None, classes)
+        self.views = views
         self._batcher: MicroBatcher | None = None
 
     @classmethod
@@ -291,6 +294,7 @@ class Predictor:
             run_id=meta.get("run_id"),
             backbone=artifact.describe(),
             calibration=Calibration.from_meta(meta.get("recognition"), meta["classes"]),
+            views=int(meta.get("views", 1)),
         )
 
     def pixels(self, data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
@@ -311,6 +315,7 @@ class Predictor:
             list(contents),
             size=self.image_size,
             max_pixels=self.max_pixels,
+            views=self.views,
         )
         out = np.full((len(contents), self.arrays.coef.shape[0]), np.nan)
         ok = [i for i, f in enumerate(feats) if f is not None]
@@ -322,18 +327,23 @@ class Predictor:
     def predict(self, data: bytes, *, top_k: int = 3, max_pixels: int | None = None) -> Prediction:
         """One encoded image -> its top-k classes. Raises `ImageError` for a bad image.
 
-        Decoding runs in the caller's thread; with `start_batching`, the CNN call joins whatever
-        other requests are waiting."""
-        pixels = self.pixels(data, max_pixels=max_pixels)[None]
+        The photo is seen as the pipeline saw its training photos (`images.decode_views`: one
+        view, or eight averaged for a photo larger than the model input). Decoding runs in the
+        caller's thread; with `start_batching`, the CNN call joins whatever other requests are
+        waiting."""
+        limit = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
+        pixels = decode_views(data, size=self.image_size, views=self.views, max_pixels=limit)
         batcher = self._batcher
-        probs = batcher(pixels) if batcher is not None else self.probabilities_from_pixels(pixels)
+        feats = batcher(pixels) if batcher is not None else self.featurizer(pixels)
+        mean = np.asarray(feats, dtype=np.float32).mean(axis=0, keepdims=True)
+        probs = self.arrays.probabilities(self.arrays.reduce(mean))
         return self.top(probs[0], top_k)
 
     def start_batching(self, *, max_batch: int = 16) -> None:
         """Serve concurrent `predict` calls through one CNN thread, in shared batches: no
         oversubscribed cores (N requests x T ONNX threads), and better throughput per core."""
         if self._batcher is None:
-            self._batcher = MicroBatcher(self.probabilities_from_pixels, max_batch=max_batch)
+            self._batcher = MicroBatcher(self.featurizer, max_batch=max_batch)
 
     def stop_batching(self) -> None:
         batcher, self._batcher = self._batcher, None
