@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from fruits.config import FeaturizerConfig
 
 FORMAT_VERSION = 1
+# The variety is named only from this calibrated probability of its class: 81% of varieties
+# named are right at 0.5 on the val_ photos, against 71% when always named (recognition study).
+VARIETY_SURE = 0.5
 ARRAYS_FILE = "serving.npz"
 META_FILE = "serving.json"
 
@@ -368,7 +371,9 @@ class Predictor:
             species=said.species[0],
             species_probability=float(said.species_probability[0]),
             verdict="known" if bool(said.known[0]) else "unsure",
-            variety=said.label[0],
+            variety=said.label[0]
+            if calibrated[self.classes.index(said.label[0])] >= VARIETY_SURE
+            else None,
         )
 
 
