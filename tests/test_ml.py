@@ -1,0 +1,187 @@
+"""fruits.ml.ImageFeaturizer: a real Spark ML stage on the real bundled graph and the bundled
+sample's JPEGs; the same numbers as `Featurizer` called directly, a user's Pipeline that fits
+and predicts, save/load like Spark's own stages, and bad images by policy."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.feature import PCA, SQLTransformer, StandardScaler, StringIndexer
+from pyspark.ml.linalg import VectorUDT
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from fruits.config import FeaturizerConfig
+from fruits.features import Featurizer, build_artifact, featurize_contents
+from fruits.ml import ImageFeaturizer, InstalledArtifact
+
+
+def read_sample(spark: SparkSession, root: Path) -> DataFrame:
+    """The sample as a user's notebook reads it: binaryFile, label and split from the path."""
+    parts = F.split("path", "/")
+    return (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", "*.jpg")
+        .load(str(root))
+        .select(
+            "path",
+            "content",
+            F.element_at(parts, -2).alias("label"),
+            F.element_at(parts, -3).alias("split"),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def images(spark: SparkSession, sample_dir: Path) -> DataFrame:
+    return read_sample(spark, sample_dir)
+
+
+def test_features_equal_featurizer_on_the_same_bytes(images: DataFrame) -> None:
+    test = images.where("split = 'Test'")
+    out = ImageFeaturizer().transform(test)
+    assert isinstance(out.schema["features"].dataType, VectorUDT)
+    assert out.schema["error"].dataType.simpleString() == "string"
+    rows = out.select("path", "content", "features", "error").orderBy("path").collect()
+    assert len(rows) == 80
+    assert all(r.error is None for r in rows)
+
+    cfg = FeaturizerConfig()
+    direct, errors = featurize_contents(
+        Featurizer(build_artifact(cfg)),
+        [bytes(r.content) for r in rows],
+        size=cfg.image_size,
+        max_pixels=cfg.max_pixels,
+    )
+    assert errors == [None] * len(rows)
+    spark_features = np.stack([r.features.toArray() for r in rows])
+    expected = np.stack(direct).astype(np.float64)
+    assert spark_features.shape == (80, 1280)
+    cosine = (spark_features * expected).sum(1) / (
+        np.linalg.norm(spark_features, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert cosine.min() >= 0.99999, cosine.min()
+
+
+@pytest.mark.slow  # about 80 s on two shared cores: four passes of the CNN over 240 images
+def test_pipeline_fits_predicts_and_round_trips(images: DataFrame, tmp_path: Path) -> None:
+    pipeline = Pipeline(
+        stages=[
+            ImageFeaturizer(inputCol="content", outputCol="cnn", batchSize=32),
+            StandardScaler(inputCol="cnn", outputCol="scaled", withMean=True),
+            PCA(k=8, inputCol="scaled", outputCol="pca"),
+            StringIndexer(inputCol="label", outputCol="y"),
+            LogisticRegression(featuresCol="pca", labelCol="y", maxIter=200),
+        ]
+    )
+    model = pipeline.fit(images.where("split = 'Training'"))
+    test = images.where("split = 'Test'")
+    predicted = model.transform(test).select("path", "y", "prediction", "probability")
+    rows = predicted.collect()
+    accuracy = sum(r.y == r.prediction for r in rows) / len(rows)
+    assert len(rows) == 80
+    assert accuracy >= 0.9, accuracy
+
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    stage = loaded.stages[0]
+    assert isinstance(stage, ImageFeaturizer)
+    assert (stage.getOutputCol(), stage.getBatchSize(), stage.getImageSize()) == ("cnn", 32, 224)
+    again = loaded.transform(test).select("path", "y", "prediction", "probability")
+    assertDataFrameEqual(again, predicted, rtol=1e-9, atol=1e-12)
+
+
+def test_corrupt_image_gives_null_vector_and_reason(spark: SparkSession, sample_dir: Path) -> None:
+    good = next((sample_dir / "Test").rglob("*.jpg")).read_bytes()
+    rows = [
+        ("good.jpg", good),
+        ("text.jpg", b"not a jpeg at all"),
+        ("truncated.jpg", good[: len(good) // 3]),
+        ("empty.jpg", b""),
+    ]
+    df = spark.createDataFrame(rows, "path string, content binary")
+    out = {r.path: r for r in ImageFeaturizer().transform(df).collect()}
+    assert out["good.jpg"].error is None
+    assert out["good.jpg"].features.size == 1280
+    for name in ("text.jpg", "truncated.jpg", "empty.jpg"):
+        assert out[name].features is None, name
+        assert out[name].error, name
+
+
+def test_on_error_fail_stops_the_job_naming_the_file(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("broken.jpg", b"not a jpeg")], "path string, content binary")
+    with pytest.raises(Exception, match=r"broken\.jpg"):
+        ImageFeaturizer(onError="fail").transform(df).collect()
+
+
+def test_bad_params_fail_on_the_driver(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("a.jpg", b"")], "path string, content binary")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        ImageFeaturizer(backbone="no-such-net").transform(df)
+    with pytest.raises(ValueError, match="onError"):
+        ImageFeaturizer(onError="skip").transform(df)
+
+
+def test_stage_saves_and_loads_alone(spark: SparkSession, tmp_path: Path) -> None:
+    stage = ImageFeaturizer(inputCol="bytes", errorCol="why", imageSize=100, batchSize=16)
+    stage.save(str(tmp_path / "stage"))
+    loaded = ImageFeaturizer.load(str(tmp_path / "stage"))
+    assert loaded.uid == stage.uid
+    assert loaded.extractParamMap() == stage.extractParamMap()
+    assert loaded.getWeights() is None
+    assert loaded.featurizer_config() == FeaturizerConfig(image_size=100, batch_size=16)
+
+
+def test_default_network_travels_as_a_name(tmp_path: Path) -> None:
+    """The closure carries the config, not the 13 MB graph, even after the driver read it."""
+    shipped = InstalledArtifact(FeaturizerConfig())
+    assert len(pickle.dumps(shipped)) < 2_000
+    graph = shipped.value
+    assert len(graph.payload) > 10_000_000
+    assert len(pickle.dumps(shipped)) < 2_000
+    assert pickle.loads(pickle.dumps(shipped)).value.fingerprint == graph.fingerprint
+
+
+@pytest.mark.slow  # exports the network with torch on the driver
+def test_custom_weights_travel_in_the_closure(images: DataFrame, tmp_path: Path) -> None:
+    """User weights take the other road (the graph pickled into the UDF, no broadcast); the
+    installed weights saved as a user's file give the bundled graph's features."""
+    import torch
+
+    from fruits.models import build_torch
+
+    weights = tmp_path / "lite0.pt"
+    torch.save(build_torch("efficientnet_lite0", None).net.state_dict(), weights)
+    few = images.where("split = 'Test'").orderBy("path").limit(8)
+    custom = ImageFeaturizer(weights=str(weights), outputCol="custom").transform(few)
+    rows = ImageFeaturizer().transform(custom).select("custom", "features", "error").collect()
+    assert len(rows) == 8 and all(r.error is None for r in rows)
+    got = np.stack([r.custom.toArray() for r in rows])
+    want = np.stack([r.features.toArray() for r in rows])
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cosine.min() >= 0.99999, cosine.min()
+
+
+def test_sql_filter_keeps_bad_images_out_of_the_fit(spark: SparkSession, sample_dir: Path) -> None:
+    """The recipe in docs/databricks.md: a null vector fails StandardScaler's fit, a
+    SQLTransformer on the error column after the featurizer keeps it out."""
+    good = [p.read_bytes() for p in sorted((sample_dir / "Test").rglob("*.jpg"))[:3]]
+    rows = [(f"good{i}.jpg", b) for i, b in enumerate(good)] + [("bad.jpg", b"not a jpeg")]
+    df = spark.createDataFrame(rows, "path string, content binary")
+    model = Pipeline(
+        stages=[
+            ImageFeaturizer(),
+            SQLTransformer(statement="SELECT * FROM __THIS__ WHERE error IS NULL"),
+            StandardScaler(inputCol="features", outputCol="scaled"),
+        ]
+    ).fit(df)
+    out = model.transform(df).select("path", "scaled").collect()
+    assert sorted(r.path for r in out) == ["good0.jpg", "good1.jpg", "good2.jpg"]
+    assert all(r.scaled.size == 1280 for r in out)
