@@ -24,6 +24,8 @@ def test_sample_run_reports_what_the_readme_promises(sample_run):
     assert r["pca_explained_variance"] >= 0.95
     assert 1 <= r["pca_k"] < 240
     assert r["pca_fitted_on"] == "train"
+    assert r["accuracy"] >= 0.99 and r["macro_f1"] >= 0.99  # 80 test images, real weights
+    assert r["images_by_split"]["test"] == 80 and r["images_by_split"]["val"] > 0
     assert {"ingest", "featurize", "reduce", "report"} <= set(r["stage_seconds"])
     assert r["images_per_second"] > 0
     on_disk = json.loads((Path(sample_run.output) / "report.json").read_text())
@@ -40,8 +42,9 @@ def test_outputs_read_back_with_pandas_and_pyarrow(sample_run):
     assert {len(v) for v in images["features"]} == {1280}
     assert {len(v) for v in images["pca"]} == {k}
     assert str(table.schema.field("features").type) == "list<element: float>"
-    assert sorted(images["split"].unique()) == ["test", "train"]
-    assert images.groupby("split").size().to_dict() == {"test": 80, "train": 240}
+    assert sorted(images["split"].unique()) == ["test", "train", "val"]
+    by_split = images.groupby("split").size().to_dict()
+    assert by_split["test"] == 80 and by_split["train"] + by_split["val"] == 240
 
     csv = pd.read_csv(out / "pca.csv")
     assert list(csv.columns) == ["path", "label", "split"] + [f"pc_{i}" for i in range(1, k + 1)]
