@@ -15,7 +15,17 @@ from fruits.storage import Store
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ("path", "label", "split", "features", "pca", "length", "modification_time")
+# length, modification_time and content_hash are the incremental runs' manifest (incremental.py)
+OUTPUT_COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "features",
+    "pca",
+    "length",
+    "modification_time",
+    "content_hash",
+)
 
 
 def count_by_split(rows: list[Any]) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Quarantine: every listed file that yields no features ends here, with its reason.
 
-Owns the columns `path, reason, length, modification_time` (length + modification_time let an
+Owns the columns `path, reason, length, modification_time, content_hash` (the metadata lets an
 incremental run skip known bad files). Sources are: the featurizer's reasons, files refused
 before reading (size, empty, broken links), files a lossy source dropped without a row, and,
 in incremental runs, the previous output's quarantine rows that are still current.
@@ -19,7 +19,7 @@ from fruits.outputs import single_csv
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("path", "reason", "length", "modification_time")
+COLUMNS = ("path", "reason", "length", "modification_time", "content_hash")
 
 
 def write(run: Any, feats: DataFrame, prev: Any, listed: Any) -> int:
@@ -35,7 +35,7 @@ def write(run: Any, feats: DataFrame, prev: Any, listed: Any) -> int:
             .join(feats.select("path"), "path", "left_anti")
             .withColumn("reason", F.lit(UNREADABLE))
         )
-        bad = bad.unionByName(dropped)
+        bad = bad.unionByName(dropped, allowMissingColumns=True)
     bad = prev.with_kept_quarantine(bad.select(*COLUMNS)).coalesce(1)
     uri = run.uri("quarantine.parquet")
     bad.write.parquet(uri)
