@@ -1,10 +1,25 @@
 """Incremental runs: process only the images that are new or changed since the published output.
 
 The published output is its own manifest: `images.parquet` and `quarantine.parquet` keep each
-file's `(path, length, modification_time)`, so comparing them with today's listing finds what is
-new, changed or deleted, with no state stored anywhere else. Because the state and the results
-are published together by one rename, a killed run can never leave them out of step, and a
-re-run after a crash computes the same plan again.
+file's `(path, length, modification_time, content_hash)`, so comparing them with today's listing
+finds what is new, changed or deleted, with no state stored anywhere else.
+
+Size + modification time miss a file rewritten with the same size and its mtime restored (a
+copy with `cp -p`, `rsync -t`, a restore from backup). `--verify-content` then also compares
+`content_hash`: the featurize stage stores a SHA-1 of the exact bytes it read (the read is
+shared, so hash and features always describe the same bytes; hashing costs nothing beside the
+CNN), and the plan hashes every listed file again. That reads every file's bytes each run (no
+decoding, no CNN), the price of seeing content rather than metadata; storing the hash is what
+makes it affordable, since the alternative, re-featurising everything to compare, costs the CNN
+pass incremental runs exist to avoid. A listing that already knows a file's version (a
+`content_hash` column, e.g. an object store's ETag) is compared on every run, for free.
+
+When the labels of the data differ from the saved classifier's classes (a class folder renamed,
+added or emptied), the classifier is refitted and `report.json` says why: serving a classifier
+whose classes disagree with the data would silently answer with names that no longer exist.
+
+Because the state and the results are published together by one rename, a killed run can never
+leave them out of step, and a re-run after a crash computes the same plan again.
 
 New and changed files are featurised and projected with the saved scaler + PCA (no refit, so
 existing rows keep their exact values); the complete new output (kept rows + new rows) is then
@@ -30,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import PipelineConfig
@@ -40,8 +56,16 @@ from fruits.storage import Store, join
 
 log = logging.getLogger(__name__)
 
-META = ("path", "length", "modification_time")
-FEATURE_COLUMNS = ("path", "label", "split", "length", "modification_time", "features")
+META = ("path", "length", "modification_time", "content_hash")
+FEATURE_COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "length",
+    "modification_time",
+    "content_hash",
+    "features",
+)
 MAX_LISTED = 10_000  # deleted paths listed in report.json; the count is always exact
 GLOB_CHARS = "\\*?[]{}"
 
@@ -68,6 +92,8 @@ class Increment:
     refit: bool
     reducer: Reducer | None = None
     classifier_path: str | None = None
+    classifier_refit: str | None = None  # why the classifier is refitted, when it is
+    verify_content: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     incremental: bool = True
 
@@ -88,7 +114,13 @@ class Increment:
 
     @property
     def nothing_to_do(self) -> bool:
-        return self.incremental and self.processed == 0 and self.deleted == 0 and not self.refit
+        return (
+            self.incremental
+            and self.processed == 0
+            and self.deleted == 0
+            and not self.refit
+            and self.classifier_refit is None
+        )
 
     def with_kept_features(self, df: DataFrame) -> DataFrame:
         """This run's rows plus the previous output's rows that are still current."""
@@ -113,6 +145,10 @@ class Increment:
             "deleted_paths_truncated": self.deleted > len(self.deleted_paths),
             "refit": self.refit,
             "pca": "refitted on every image" if self.refit else "reused (no refit)",
+            "classifier": self.classifier_refit or "reused (no refit)",
+            "compared_by": "path, size, modification time"
+            + (", content hash (every file read)" if self.verify_content else "")
+            + " and a listing's own content version where it gives one",
         }
 
     def unchanged_report(self, run_id: str, images_total: int) -> dict[str, Any]:
@@ -183,18 +219,28 @@ def plan_increment(
         return None
     previous = read_report(store, output)
     check_same_featurizer(cfg, previous)
-    images = spark.read.parquet(join(output, "images.parquet"))
+    images = _with_meta(spark.read.parquet(join(output, "images.parquet")))
     quarantine = _read_quarantine(spark, store, output)
     known = images.select(*META).unionByName(quarantine.select(*META))
     refused = _with_meta(ingested.too_large)
-    listed = ingested.files.select(*META, F.lit(False).alias("refused")).unionByName(
+    current = _with_meta(ingested.files).withColumn(
+        "content_hash", current_hash(ingested.files, verify=cfg.verify_content)
+    )
+    listed = current.select(*META, F.lit(False).alias("refused")).unionByName(
         refused.select(*META, F.lit(True).alias("refused"))
     )
 
     cur, old = listed.alias("cur"), known.alias("old")
-    same = F.col("cur.length").eqNullSafe(F.col("old.length")) & F.col(
-        "cur.modification_time"
-    ).eqNullSafe(F.col("old.modification_time"))
+    # A hash is compared where this listing has one: an unknown old hash (an output written
+    # before hashes were kept, a file unreadable last time) then counts as changed.
+    same = (
+        F.col("cur.length").eqNullSafe(F.col("old.length"))
+        & F.col("cur.modification_time").eqNullSafe(F.col("old.modification_time"))
+        & (
+            F.col("cur.content_hash").isNull()
+            | F.col("cur.content_hash").eqNullSafe(F.col("old.content_hash"))
+        )
+    )
     status = (
         F.when(F.col("old.path").isNull(), "new")
         .when(F.col("cur.path").isNull(), "deleted")
@@ -206,15 +252,20 @@ def plan_increment(
         status.alias("status"),
         F.coalesce("cur.refused", F.lit(False)).alias("refused"),
     )
-    counts = {r["status"]: r["count"] for r in diff.groupBy("status").count().collect()}
-    delta = diff.where(F.col("status") != "unchanged")
-    by_status: dict[str, list[str]] = {"new": [], "changed": [], "deleted": []}
-    todo_paths, refused_paths = [], []
-    if sum(v for k, v in counts.items() if k != "unchanged"):
-        for row in delta.collect():  # the delta only: a day's new files, not the whole store
-            by_status[row["status"]].append(row["path"])
-            if row["status"] != "deleted":
-                (refused_paths if row["refused"] else todo_paths).append(row["path"])
+    # Two actions below; with --verify-content each would read every file again.
+    diff = diff.persist(StorageLevel.MEMORY_AND_DISK) if cfg.verify_content else diff
+    try:
+        counts = {r["status"]: r["count"] for r in diff.groupBy("status").count().collect()}
+        delta = diff.where(F.col("status") != "unchanged")
+        by_status: dict[str, list[str]] = {"new": [], "changed": [], "deleted": []}
+        todo_paths, refused_paths = [], []
+        if sum(v for k, v in counts.items() if k != "unchanged"):
+            for row in delta.collect():  # the delta only: a day's new files, not the whole store
+                by_status[row["status"]].append(row["path"])
+                if row["status"] != "deleted":
+                    (refused_paths if row["refused"] else todo_paths).append(row["path"])
+    finally:
+        diff.unpersist()
     gone = by_status["changed"] + by_status["deleted"]
     log.info(
         "incremental: %d new, %d changed, %d deleted, %d unchanged",
@@ -240,6 +291,13 @@ def plan_increment(
         kept_features = kept_features.join(gone_df, "path", "left_anti")
         kept_quarantine = kept_quarantine.join(gone_df, "path", "left_anti")
     deleted = sorted(by_status["deleted"])
+    classifier_path = None if cfg.refit else _classifier(store, output)
+    classifier_refit = "refitted (--refit)" if cfg.refit else None
+    if classifier_path is not None:
+        changed_classes = classes_changed(load_classifier(classifier_path), ingested.files)
+        if changed_classes:
+            classifier_path, classifier_refit = None, changed_classes
+            log.info("incremental: %s", changed_classes)
     return Increment(
         previous_run_id=previous.get("run_id"),
         previous_report=previous,
@@ -259,8 +317,37 @@ def plan_increment(
             join(output, "models", "scaler_pca"),
             previous.get("pca_explained_variance_per_component"),
         ),
-        classifier_path=None if cfg.refit else _classifier(store, output),
+        classifier_path=classifier_path,
+        classifier_refit=classifier_refit,
+        verify_content=cfg.verify_content,
     )
+
+
+def current_hash(files: DataFrame, *, verify: bool) -> Column:
+    """The content version this run compares: the listing's own (`content_hash`, e.g. an ETag)
+    where it has one; with `verify`, else a SHA-1 of the bytes, the same expression the
+    featurize stage stores (so it reads every file); null (not compared) otherwise."""
+    listed = F.col("content_hash") if "content_hash" in files.columns else F.lit(None)
+    if verify:
+        return F.coalesce(listed, F.concat(F.lit("sha1:"), F.sha1("content")))
+    return listed.cast("string")
+
+
+def classes_changed(model: Any, files: DataFrame) -> str | None:
+    """Why the saved classifier no longer fits the data (its classes are not the labels of the
+    rows it would be fitted on today), or None when they agree."""
+    from fruits.classify import class_labels
+
+    train = files.where(F.col("split") == "train")
+    rows = train.select("label").distinct().collect() or (
+        files.select("label").distinct().collect()
+    )
+    now = {r["label"] for r in rows}
+    before = set(class_labels(model))
+    if now == before:
+        return None
+    gone, added = sorted(before - now), sorted(now - before)
+    return f"refitted: the data's classes changed (gone: {gone}, new: {added})"
 
 
 def load_classifier(path: str) -> Any:
@@ -290,6 +377,7 @@ def read_paths(
         "split": split_col(path),
         "length": F.col("length"),
         "modification_time": F.col("modificationTime"),
+        "content_hash": F.lit(None).cast("string"),
         "content": F.col("content"),
     }
     files = raw.select(*[every[c].alias(c) for c in columns])
@@ -308,16 +396,19 @@ def _classifier(store: Store, output: str) -> str | None:
 
 def _read_quarantine(spark: SparkSession, store: Store, output: str) -> DataFrame:
     uri = join(output, "quarantine.parquet")
-    schema = "path string, reason string, length bigint, modification_time timestamp"
+    schema = (
+        "path string, reason string, length bigint, modification_time timestamp,"
+        " content_hash string"
+    )
     if not store.exists(uri):
         return spark.createDataFrame([], schema)
-    return _with_meta(spark.read.parquet(uri)).select("path", "reason", "length",
-                                                      "modification_time")  # fmt: skip
+    return _with_meta(spark.read.parquet(uri)).select("path", "reason", *META[1:])
 
 
 def _with_meta(df: DataFrame) -> DataFrame:
     """Older outputs and other listings may lack the file metadata: null, compared null-safe."""
-    for name, kind in (("length", "bigint"), ("modification_time", "timestamp")):
+    kinds = (("length", "bigint"), ("modification_time", "timestamp"), ("content_hash", "string"))
+    for name, kind in kinds:
         if name not in df.columns:
             df = df.withColumn(name, F.lit(None).cast(kind))
     return df
