@@ -276,6 +276,20 @@ def rate(r: dict, key: str = "seconds") -> float:
     return r["images"] / r[key]
 
 
+def machine() -> str:
+    """CPU model, cores and load average: every table says what it ran on and beside what."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, load average {load}"
+
+
 def main_bench(args: argparse.Namespace) -> dict:
     dev = Path(args.dev)
     if not (dev / "Training").is_dir():
@@ -289,6 +303,7 @@ def main_bench(args: argparse.Namespace) -> dict:
     sizes = sorted(set(args.sizes))
     base_n = args.baseline_size if args.baseline_size in sizes else sizes[0]
     print(f"dev set: {len(files)} images; volumes {sizes}; baseline on {base_n}; work dir {work}")
+    print(f"machine: {machine()}", flush=True)
     res: dict = {"sizes": sizes, "image_size": args.image_size, "runs": {}, "cpu_count":
                  os.cpu_count()}  # fmt: skip
     try:
@@ -302,12 +317,15 @@ def main_bench(args: argparse.Namespace) -> dict:
                 p.read_bytes()
 
         def record(name: str, r: dict) -> None:
+            r = {**r, "machine_after": machine()}
             res["runs"][name] = r
             extra = f", featurize stage {rate(r, 'featurize_seconds'):.1f}" if (
                 "featurize_seconds" in r) else ""  # fmt: skip
             print(
                 f"  {name:<14} {r['images']:>6} images in {r['seconds']:>7.1f} s = "
-                f"{rate(r):6.1f} images/s{extra}; peak RSS MB {r['memory_mb']}",
+                f"{rate(r):6.1f} images/s{extra}; peak RSS MB {r['memory_mb']}"
+                f"; wall incl. Spark start {r.get('wall_seconds', r['seconds']):.1f} s"
+                f"; stages {r.get('stage_seconds', '')}; after: {r['machine_after']}",
                 flush=True,
             )
 
@@ -324,7 +342,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             out = work / f"C-{n}"
             r = run_sampled(product_cmd(data[n], out, args.image_size, args.classify, args.conf),
                             log=work / f"C-{n}.log", env=env)  # fmt: skip
-            record(f"C@{n}", {**r, **product_result(out)})
+            record(f"C@{n}", {**r, **product_result(out), "wall_seconds": r["seconds"]})
             if n == base_n and not args.skip_baseline:
                 res["fidelity"] = fidelity(work / "A-features.parquet", out)
             if n != base_n:
@@ -334,7 +352,10 @@ def main_bench(args: argparse.Namespace) -> dict:
             out = work / f"C-{n}-px{args.product_size}"
             cmd = product_cmd(data[n], out, args.product_size, args.classify, args.conf)
             r = run_sampled(cmd, log=work / f"C-{n}-px.log", env=env)
-            record(f"C@{n}/{args.product_size}px", {**r, **product_result(out)})
+            record(
+                f"C@{n}/{args.product_size}px",
+                {**r, **product_result(out), "wall_seconds": r["seconds"]},
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
