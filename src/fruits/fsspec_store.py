@@ -320,9 +320,27 @@ def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
     return True
 
 
+def volume_path(uri: str) -> str | None:
+    """`/Volumes/<catalog>/<schema>/<volume>/...` for a Unity Catalog volume path, bare or
+    `dbfs:`-prefixed; None for any other URI (a bare `/Volumes/disk` is a macOS mount)."""
+    if uri[:5].lower() == "dbfs:":
+        uri = "/" + uri[5:].lstrip("/")  # dbfs:/Volumes and dbfs:///Volumes
+    parts = uri.split("/")
+    if len(parts) < 5 or parts[:2] != ["", "Volumes"] or not all(parts[2:5]):
+        return None
+    return uri.rstrip("/")
+
+
 def choose(spark: SparkSession, mode: StorageMode, uri: str) -> tuple[str, str]:
-    """('hadoop'|'fsspec', the URI to use): Azure URIs go to Hadoop as `abfss://`."""
+    """('hadoop'|'fsspec', the URI to use): Azure URIs go to Hadoop as `abfss://`; Unity
+    Catalog volumes as `dbfs:/Volumes/...` where the JVM has a `dbfs` FileSystem (Databricks),
+    so Spark lists them on the executors, else as the local folder they are elsewhere."""
     is_az = azure.is_azure_uri(uri)
+    volume = volume_path(uri)
+    if volume is not None:
+        if mode != "fsspec" and hadoop_can_open(spark, "dbfs:/"):
+            return "hadoop", "dbfs:" + volume
+        return ("fsspec" if mode == "fsspec" else "hadoop"), volume
     if mode == "fsspec":
         return "fsspec", uri
     if is_az:
@@ -335,6 +353,16 @@ def choose(spark: SparkSession, mode: StorageMode, uri: str) -> tuple[str, str]:
     if mode == "hadoop" or hadoop_can_open(spark, uri):
         return "hadoop", uri
     return "fsspec", uri
+
+
+def planned_input(inputs: list[tuple[str, str]], uri: str) -> tuple[str, str]:
+    """The (mode, URI) `plan_storage` chose for the input the user named `uri`: a volume may
+    be planned under its other spelling (`/Volumes/...` <-> `dbfs:/Volumes/...`)."""
+    key = volume_path(uri) or uri
+    for mode, planned in inputs:
+        if planned == uri or (volume_path(planned) or planned) == key:
+            return mode, planned
+    raise KeyError(uri)
 
 
 @dataclass
@@ -364,7 +392,7 @@ class StoragePlan:
                 check_input(spark, uri)
 
     def read_images(self, spark: SparkSession, uri: str, **kwargs: Any) -> Ingested:
-        mode = dict((u, m) for m, u in self.inputs)[uri]
+        mode, uri = planned_input(self.inputs, uri)
         if mode == "local":
             from fruits.ingest import read_local
 
@@ -454,7 +482,12 @@ def plan_storage(
 ) -> StoragePlan:
     """Pick a reader per input and Hadoop or fsspec for the output (auto: Hadoop when the JVM
     has a FileSystem for the scheme; local folders are walked by Python, see ingest.read_local)
-    and, for an fsspec output, the local folder the run is written to first."""
+    and, for an fsspec output, the local folder the run is written to first.
+
+    A Unity Catalog volume (`/Volumes/<catalog>/<schema>/<volume>/...`) is a FUSE folder on
+    Databricks too, but walking millions of files from the driver is slow: where the JVM has a
+    `dbfs` FileSystem it is read and written as `dbfs:/Volumes/...` (listed by Spark on the
+    executors); elsewhere it is the local folder it is (see `choose`)."""
     if mode not in ("auto", "hadoop", "fsspec"):
         raise ValueError(f"storage must be auto, hadoop or fsspec, got {mode!r}")
     planned = []
