@@ -1,5 +1,7 @@
 """The Databricks Asset Bundle and notebook refer only to things that exist in the package:
-entry point, CLI command and options, job parameters, variables, and the wheel the build makes."""
+entry point, CLI command and options, job parameters, variables, and the wheel the build makes;
+the job and cluster are valid by Databricks' own models (`databricks-bundles`), and storage is a
+Unity Catalog volume reached without a key."""
 
 from __future__ import annotations
 
@@ -100,13 +102,66 @@ def test_wheel_is_built_and_installed(job, bundle):
     assert any((jobfile / lib).resolve().parent == (ROOT / out).resolve() for lib in libs), libs
 
 
-def test_no_secret_in_the_bundle(job, bundle):
-    confs = [job["job_clusters"][0]["new_cluster"]["spark_conf"]]
-    confs.append(bundle["resources"]["clusters"]["fruits_interactive"]["spark_conf"])
-    for conf in confs:
-        for key, value in conf.items():
-            if "key" in key or "secret" in key or "sas" in key:
-                assert re.fullmatch(r"\{\{secrets/.+\}\}", value), key
+def test_wheel_library_lies_inside_the_sync_root(job, bundle):
+    """The CLI refuses a library path outside the sync root ("not contained in sync root
+    path"); the sync root is the bundle folder unless `sync.paths` widens it."""
+    roots = [(BUNDLE / p).resolve() for p in bundle.get("sync", {}).get("paths", ["."])]
+    for lib in job["tasks"][0]["libraries"]:
+        path = (BUNDLE / "resources" / lib["whl"]).resolve()
+        assert any(path.is_relative_to(root) for root in roots), (lib, roots)
+    # built, not committed: git ignores the wheel folder, so `bundle sync` skips it too
+    ignore = (BUNDLE / ".gitignore").read_text().split()
+    assert "dist/" in ignore
+
+
+def test_no_storage_key_in_the_bundle(job, bundle):
+    """Storage access is Unity Catalog grants (volume or external location), not a key."""
+    text = "".join(f.read_text() for f in BUNDLE.rglob("*") if f.suffix in (".yml", ".py"))
+    assert "fs.azure.account.key" not in text and "{{secrets/" not in text
+    clusters = [job["job_clusters"][0]["new_cluster"], *bundle["resources"]["clusters"].values()]
+    for cluster in clusters:
+        assert cluster["data_security_mode"] == "SINGLE_USER"  # a Unity Catalog access mode
+        for key in cluster.get("spark_conf", {}):
+            assert not re.search(r"key|secret|sas|oauth|fs\.azure", key, re.I), key
+
+
+def test_job_and_cluster_are_valid_bundle_resources(job, bundle):
+    """Databricks' Python models of bundle resources refuse unknown fields, missing required
+    fields and wrong types: a malformed job fails here, not at `bundle deploy`."""
+    pytest.importorskip("databricks.bundles", reason="databricks-bundles (dev)")
+    from databricks.bundles.clusters import Cluster
+    from databricks.bundles.jobs import Job
+
+    assert Job.from_dict(job).as_dict() == job
+    for cluster in bundle["resources"]["clusters"].values():
+        assert Cluster.from_dict(cluster).as_dict() == cluster
+
+
+def test_a_malformed_job_fails_the_models(job):
+    pytest.importorskip("databricks.bundles", reason="databricks-bundles (dev)")
+    from databricks.bundles.jobs import Job
+
+    task = job["tasks"][0]
+    misspelt = {**job, "tasks": [{**task, "python_wheel_tsk": task["python_wheel_task"]}]}
+    wheel = {k: v for k, v in task["python_wheel_task"].items() if k != "package_name"}
+    incomplete = {**job, "tasks": [{**task, "python_wheel_task": wheel}]}
+    for bad in (misspelt, incomplete, {**job, "timeout_seconds": "two hours"}):
+        with pytest.raises((ValueError, TypeError)):
+            Job.from_dict(bad)
+
+
+def test_input_and_output_are_unity_catalog_volumes(bundle):
+    """The defaults are volume paths the storage plan recognises (fsspec_store.volume_path),
+    so the job lists them with Spark as dbfs:/Volumes/... instead of walking them."""
+    from fruits.fsspec_store import volume_path
+
+    names = {"catalog": "main", "schema": "fruits", "volume": "data"}
+    for name in ("input", "output"):
+        default = bundle["variables"][name]["default"]
+        path = re.sub(r"\$\{var\.(\w+)\}", lambda m: names[m.group(1)], default)
+        assert path.startswith("/Volumes/main/fruits/data/") and volume_path(path) == path
+    for name in ("catalog", "schema", "volume"):
+        assert name in bundle["variables"]
 
 
 def test_eu_region_is_stated():
@@ -128,7 +183,7 @@ def test_notebook_calls_the_package_and_holds_no_logic():
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fruits")
         for alias in node.names
     ]
-    assert {m for m, _ in imported} >= {"fruits.pipeline", "fruits.config"}
+    assert {m for m, _ in imported} >= {"fruits.pipeline", "fruits.config", "fruits.fsspec_store"}
     for module, name in imported:
         assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
 

@@ -2,13 +2,13 @@
 # MAGIC %md
 # MAGIC # Fruits! on Azure Databricks
 # MAGIC
-# MAGIC Runs the `fruits` package step by step on images in ADLS Gen2 (EU region) and shows the
+# MAGIC Runs the `fruits` package step by step on images in a Unity Catalog volume (EU region) and shows the
 # MAGIC report and plots. Every step is a call into the package; this notebook holds no logic of
 # MAGIC its own, so what it does is exactly what `fruits run` and the bundle's job do.
 # MAGIC
 # MAGIC Attach the bundle's `fruits-interactive` cluster (it stops itself after 20 idle minutes).
-# MAGIC Storage credentials come from the cluster's Spark conf, which reads them from a secret
-# MAGIC scope: never paste a key into a notebook.
+# MAGIC Storage access is your Unity Catalog grants on the volume (READ VOLUME, WRITE VOLUME):
+# MAGIC no storage key, no secret; never paste a key into a notebook.
 
 # COMMAND ----------
 
@@ -23,28 +23,31 @@
 
 # COMMAND ----------
 
-dbutils.widgets.text("input", "abfss://fruits@<account>.dfs.core.windows.net/fruits-360", "Images")
-dbutils.widgets.text("output", "abfss://fruits@<account>.dfs.core.windows.net/runs/notebook", "Output")
+dbutils.widgets.text("input", "/Volumes/<catalog>/fruits/data/fruits-360", "Images")
+dbutils.widgets.text("output", "/Volumes/<catalog>/fruits/data/runs/notebook", "Output")
 dbutils.widgets.dropdown("pca_variance", "0.95", ["0.90", "0.95", "0.99"], "PCA variance")
 
 # COMMAND ----------
 
 # MAGIC %md
 # MAGIC ## 2. Look at the input
-# MAGIC Listing only (no image bytes are read): how many images per split and class.
+# MAGIC Listing only (no image bytes are read): how many images per split and class, listed
+# MAGIC by the same reader the run will use.
 
 # COMMAND ----------
 
 from fruits.config import PipelineConfig, ReduceConfig
-from fruits.ingest import read_images
+from fruits.fsspec_store import plan_storage
 
 cfg = PipelineConfig(
     input=dbutils.widgets.get("input"),
     output=dbutils.widgets.get("output"),
-    storage="hadoop",  # Databricks reads abfss:// natively
+    storage="hadoop",  # Spark lists the volume on the executors, as dbfs:/Volumes/...
     reduce=ReduceConfig(variance=float(dbutils.widgets.get("pca_variance"))),
 )
-ingested = read_images(spark, cfg.input, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes)
+# The run's own reader choice: a volume is listed by Spark as dbfs:/Volumes/..., not walked here.
+plan = plan_storage(spark, cfg.storage, [cfg.input], cfg.output)
+ingested = plan.read_images(spark, cfg.input, extensions=cfg.extensions, max_file_bytes=cfg.max_file_bytes)
 display(ingested.files.groupBy("split", "label").count().orderBy("split", "label"))
 
 # COMMAND ----------
