@@ -130,11 +130,24 @@ def test_job_and_cluster_are_valid_bundle_resources(job, bundle):
     fields and wrong types: a malformed job fails here, not at `bundle deploy`."""
     pytest.importorskip("databricks.bundles", reason="databricks-bundles (dev)")
     from databricks.bundles.clusters import Cluster
+    from databricks.bundles.experiments import MlflowExperiment
     from databricks.bundles.jobs import Job
 
     assert Job.from_dict(job).as_dict() == job
     for cluster in bundle["resources"]["clusters"].values():
         assert Cluster.from_dict(cluster).as_dict() == cluster
+    for experiment in bundle["resources"]["experiments"].values():
+        assert MlflowExperiment.from_dict(experiment).as_dict() == experiment
+
+
+def test_resource_references_exist_and_the_job_is_tracked(job, bundle):
+    text = "".join(f.read_text() for f in (BUNDLE / "resources").glob("*.yml"))
+    refs = set(re.findall(r"\$\{resources\.(\w+)\.(\w+)\.\w+\}", text))
+    assert refs and all(key in bundle["resources"].get(kind, {}) for kind, key in refs), refs
+    from fruits.tracking import TRACKING_ENV
+
+    env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    assert env[TRACKING_ENV] == "databricks" and env["MLFLOW_EXPERIMENT_ID"]
 
 
 def test_a_malformed_job_fails_the_models(job):
