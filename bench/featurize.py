@@ -324,7 +324,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             print(
                 f"  {name:<14} {r['images']:>6} images in {r['seconds']:>7.1f} s = "
                 f"{rate(r):6.1f} images/s{extra}; peak RSS MB {r['memory_mb']}"
-                f"; wall incl. Spark start {r.get('wall_seconds', r['seconds']):.1f} s"
+                f"; wall incl. Spark start {r.get('wall_seconds', r.get('wall_s', 0)):.1f} s"
                 f"; stages {r.get('stage_seconds', '')}; after: {r['machine_after']}",
                 flush=True,
             )
@@ -342,7 +342,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             out = work / f"C-{n}"
             r = run_sampled(product_cmd(data[n], out, args.image_size, args.classify, args.conf),
                             log=work / f"C-{n}.log", env=env)  # fmt: skip
-            record(f"C@{n}", {**r, **product_result(out), "wall_seconds": r["seconds"]})
+            record(f"C@{n}", {**r, **product_result(out), "wall_seconds": r["wall_s"]})
             if n == base_n and not args.skip_baseline:
                 res["fidelity"] = fidelity(work / "A-features.parquet", out)
             if n != base_n:
@@ -354,7 +354,7 @@ def main_bench(args: argparse.Namespace) -> dict:
             r = run_sampled(cmd, log=work / f"C-{n}-px.log", env=env)
             record(
                 f"C@{n}/{args.product_size}px",
-                {**r, **product_result(out), "wall_seconds": r["seconds"]},
+                {**r, **product_result(out), "wall_seconds": r["wall_s"]},
             )
     finally:
         if not args.keep:
