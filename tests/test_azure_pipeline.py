@@ -308,3 +308,19 @@ def test_upload_run_download_round_trip(
     outputs = (first.output, second.output, ran.output, got.output, caplog.text)
     assert_no_secret(*outputs, captured.out, captured.err, conf, *files)
     assert KEY not in json.dumps(report)
+
+
+def test_the_listing_carries_a_content_version_that_changes_on_a_same_size_rewrite(
+    azure_env, container
+):
+    """Incremental runs compare it: a blob rewritten with the same size is not 'unchanged'."""
+    blobs = azure_env.service().get_container_client(container)
+    blobs.upload_blob("Training/Kiwi 1/a.jpg", b"x" * 64)
+    location = fsspec_store.locate(f"az://{container}/Training")
+    (before,) = fsspec_store.list_files(location, ["jpg"])
+    blobs.upload_blob("Training/Kiwi 1/a.jpg", b"y" * 64, overwrite=True)
+    location.fs().invalidate_cache()
+    (after,) = fsspec_store.list_files(location, ["jpg"])
+    assert before[2] == after[2] == 64
+    assert before[4].startswith("etag:") and after[4].startswith("etag:")
+    assert before[4] != after[4]

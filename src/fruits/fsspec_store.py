@@ -44,6 +44,7 @@ LISTING_SCHEMA = T.StructType(
         T.StructField("_fs_path", T.StringType(), False),
         T.StructField("length", T.LongType(), False),
         T.StructField("modification_time", T.TimestampType(), True),
+        T.StructField("content_hash", T.StringType(), True),
     ]
 )
 _FILESYSTEMS: LruCache[Any] = LruCache(8)  # per Python worker: one client per account
@@ -232,10 +233,18 @@ def _mtime(info: dict[str, Any]) -> datetime | None:
     return None
 
 
+def content_version(info: dict[str, Any]) -> str | None:
+    """The store's own version of a file's content, free with the listing: Azure's ETag
+    changes on every write, even one that keeps the size and the second of modification."""
+    etag = info.get("etag") or info.get("ETag")
+    return f"etag:{str(etag).strip(chr(34))}" if etag else None
+
+
 def list_files(
     location: Location, extensions: Iterable[str]
-) -> list[tuple[str, str, int, datetime | None]]:
-    """(uri, fsspec path, size, modification time) of every image below `location`."""
+) -> list[tuple[str, str, int, datetime | None, str | None]]:
+    """(uri, fsspec path, size, modification time, content version) of every image below
+    `location`."""
     exts = tuple("." + e.lower().lstrip(".") for e in extensions)
     fs = location.fs()
     found = fs.find(location.root, detail=True)
@@ -243,7 +252,8 @@ def list_files(
     for name, info in sorted(found.items()):
         if info.get("type") == "directory" or not name.lower().endswith(exts):
             continue
-        rows.append((location.to_uri(name), name, int(info.get("size") or 0), _mtime(info)))
+        size = int(info.get("size") or 0)
+        rows.append((location.to_uri(name), name, size, _mtime(info), content_version(info)))
     return rows
 
 
@@ -267,7 +277,9 @@ def read_images(
     parts = max(1, math.ceil(len(rows) / max(1, files_per_partition)))
     listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, parts), LISTING_SCHEMA)
     reader = content_udf(location.spec)
-    files = image_rows(listing, F.col("modification_time"), reader(F.col("_fs_path")))
+    files = image_rows(
+        listing, F.col("modification_time"), reader(F.col("_fs_path")), F.col("content_hash")
+    )
     ok, too_large = split_by_size(files, max_file_bytes)
     return Ingested(files=ok, too_large=too_large)
 

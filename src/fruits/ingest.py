@@ -110,7 +110,7 @@ class Ingested:
     def union(self, other: Ingested) -> Ingested:
         both = None if self.total is None or other.total is None else self.total + other.total
         return Ingested(
-            files=self.files.unionByName(other.files),
+            files=self.files.unionByName(other.files, allowMissingColumns=True),
             too_large=self.too_large.unionByName(other.too_large),
             may_drop=self.may_drop or other.may_drop,
             total=both,
@@ -155,10 +155,17 @@ def read_images(
     return Ingested(files=ok, too_large=too_large)
 
 
-def image_rows(listing: DataFrame, modification_time: Column, content: Column) -> DataFrame:
+def image_rows(
+    listing: DataFrame,
+    modification_time: Column,
+    content: Column,
+    content_hash: Column | None = None,
+) -> DataFrame:
     """The columns every ingest path yields: path, label, split, length, modification_time,
-    content (still lazy: nothing is read until a later stage asks for `content`)."""
+    content (still lazy: nothing is read until a later stage asks for `content`), and
+    `content_hash` where the listing knows the content's version (an object store's ETag)."""
     path = F.col("path")
+    extra = [] if content_hash is None else [content_hash.alias("content_hash")]
     return listing.select(
         path.alias("path"),
         label_col(path).alias("label"),
@@ -166,6 +173,7 @@ def image_rows(listing: DataFrame, modification_time: Column, content: Column) -
         F.col("length"),
         modification_time.alias("modification_time"),
         content.alias("content"),
+        *extra,
     )
 
 
