@@ -324,3 +324,16 @@ def test_the_listing_carries_a_content_version_that_changes_on_a_same_size_rewri
     assert before[2] == after[2] == 64
     assert before[4].startswith("etag:") and after[4].startswith("etag:")
     assert before[4] != after[4]
+
+
+def test_a_missing_output_container_is_refused_before_any_work(spark, azure_env, tmp_path):
+    src = tmp_path / "in" / "Training" / "Kiwi 1"
+    src.mkdir(parents=True)
+    (src / "a.jpg").write_bytes(b"not read: the run stops before")
+    res = CliRunner().invoke(
+        app, ["run", "--input", str(tmp_path / "in"), "--output", "az://no-such-container/out"]
+    )
+    assert res.exit_code == 2, res.output
+    assert "output container 'no-such-container' not found" in res.stderr
+    assert "--create-container" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
