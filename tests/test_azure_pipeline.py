@@ -337,3 +337,46 @@ def test_a_missing_output_container_is_refused_before_any_work(spark, azure_env,
     assert "output container 'no-such-container' not found" in res.stderr
     assert "--create-container" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "kill_at", [2, 3, 4]
+)  # copies: out->old, its marker, staging->out, its marker
+def test_a_blob_publish_interrupted_mid_copy_never_looks_finished(azure_env, container, kill_at):
+    """On blob storage a folder "rename" is a copy: kill it after some files and no reader
+    finds a marker beside partial data; the next writer restores the previous output."""
+    from fruits.fsspec_store import FsspecStore, locate
+    from fruits.storage import MARKER, publish, recover
+
+    blobs = azure_env.service().get_container_client(container)
+    for run, payload in (("out", b"old"), (".out.staging-r2", b"new")):
+        for name in ("a.parquet", "b.parquet", "report.json"):
+            blobs.upload_blob(f"runs/{run}/{name}", payload)
+        blobs.upload_blob(f"runs/{run}/{MARKER}", b'{"run_id": "x"}')
+    root = f"az://{container}/runs"
+    store = FsspecStore(locate(root))
+    fs = store.root.fs()
+    real_copy = fs.copy
+    calls = []
+
+    def dying_copy(src, dst, **kw):  # the process dies once the first batch is copied
+        calls.append(src)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt("killed mid-copy")
+        return real_copy(src, dst, **kw)
+
+    fs.copy = dying_copy
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            publish(store, f"{root}/.out.staging-r2", f"{root}/out", "r2")
+    finally:
+        fs.copy = real_copy
+    names = {b.name for b in blobs.list_blobs(name_starts_with="runs/")}
+    for folder in {n.split("/")[1] for n in names}:
+        inside = {n for n in names if n.split("/")[1] == folder}
+        if f"runs/{folder}/{MARKER}" in inside:  # a marker only beside a complete folder
+            assert len(inside) == 4, (folder, inside)
+    recover(store, f"{root}/out")  # the next writer, under the lease
+    assert blobs.download_blob("runs/out/a.parquet").readall() == b"old"
+    assert store.exists(f"{root}/out/{MARKER}")
+    assert {b.name.split("/")[1] for b in blobs.list_blobs(name_starts_with="runs/")} == {"out"}
