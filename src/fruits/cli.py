@@ -168,10 +168,6 @@ def run(
 ) -> None:
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
     _setup_logging(verbose)
-    if on_error not in ("quarantine", "fail"):
-        raise typer.BadParameter("--on-error must be quarantine or fail")
-    if storage not in ("auto", "hadoop", "fsspec"):
-        raise typer.BadParameter("--storage must be auto, hadoop or fsspec")
     sources = list(input or [bundled_sample()])
     cfg = PipelineConfig(
         input=sources[0],
