@@ -27,7 +27,14 @@ CLASSES = ("Apple Red 1", "Banana 1", "Kiwi 1", "Orange 1")
 N_IMAGES = 40
 # Each file counts as a full 128 MB split: one image per task, so featurisation is 40 tasks
 # long and a kill lands while some are running and others wait.
-ONE_FILE_PER_TASK = "spark.sql.files.openCostInBytes=134217728"
+# One image per task (a wide window to kill in): Spark's binaryFile source packs files by
+# openCostInBytes; the default local walk packs by count, so these runs read through Spark.
+ONE_FILE_PER_TASK = (
+    "--storage",
+    "hadoop",
+    "--conf",
+    "spark.sql.files.openCostInBytes=134217728",
+)
 RUN_TIMEOUT = 480
 
 
@@ -142,7 +149,7 @@ def test_cluster_run_equals_local_run(cluster, images_dir, spark, tmp_path):
 
 def test_worker_killed_while_featurizing_run_completes_exactly_once(cluster, images_dir, tmp_path):
     out, ui = tmp_path / "out", free_port()
-    proc = fruits_run(cluster, images_dir, out, ui, "--conf", ONE_FILE_PER_TASK)
+    proc = fruits_run(cluster, images_dir, out, ui, *ONE_FILE_PER_TASK)
     try:
         wait_featurizing(proc, ui, both_busy=True)
         cluster.kill_worker(0)  # the worker, its executor and its Python workers
@@ -160,7 +167,7 @@ def test_worker_killed_while_featurizing_run_completes_exactly_once(cluster, ima
 
 def test_driver_killed_then_rerun_gives_one_complete_output(cluster, images_dir, tmp_path):
     out = tmp_path / "out"
-    proc = fruits_run(cluster, images_dir, out, free_port(), "--conf", ONE_FILE_PER_TASK)
+    proc = fruits_run(cluster, images_dir, out, free_port(), *ONE_FILE_PER_TASK)
     wait_featurizing(proc, int(_ui_port(proc)), both_busy=False)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver's Python and its JVM
     proc.wait(timeout=30)
@@ -171,7 +178,7 @@ def test_driver_killed_then_rerun_gives_one_complete_output(cluster, images_dir,
     assert not list(tmp_path.rglob("_SUCCESS.json")), "a killed run left a finished-looking output"
 
     cluster.wait_idle()
-    again = fruits_run(cluster, images_dir, out, free_port(), "--conf", ONE_FILE_PER_TASK)
+    again = fruits_run(cluster, images_dir, out, free_port(), *ONE_FILE_PER_TASK)
     finish(again, out)
     rows = output_rows(out)
     assert len(rows) == N_IMAGES
