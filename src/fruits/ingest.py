@@ -202,45 +202,18 @@ def local_path(uri: str) -> str | None:
     return None if has_scheme else os.path.abspath(uri)
 
 
-def unlisted_files(root: str, extensions: Iterable[str]) -> list[tuple[Any, ...]]:
-    """Local image files Spark's scan drops without a word, as quarantine rows
-    (path, reason, length, modification_time); found by a walk on the driver.
+# What binaryFile lists no row for; walk_local's other refusals are rows Spark reports itself.
+SPARK_DROPS = ("empty file", "symlink loop", "broken symlink")
 
-    Zero-byte files and links to an image that are broken or loop never reach a DataFrame, so
-    without this they would vanish instead of being quarantined. A folder link to its own
-    ancestor makes the listing follow it until the OS refuses (about 40 levels), listing every
-    image below it 40 times: that input is refused in one line, naming the link. (Object stores
-    have no symlinks; an empty blob there is still skipped by Spark, see docs/reliability.md.)
-    """
-    exts = tuple("." + e.lower().lstrip(".") for e in extensions)
-    found = []
-    for folder, dirs, names in os.walk(root, followlinks=False):
-        for name in dirs:  # symlinks to folders are listed here and not followed
-            link = os.path.join(folder, name)
-            if os.path.islink(link):
-                target, here = os.path.realpath(link), os.path.realpath(folder)
-                if here == target or here.startswith(target.rstrip("/") + "/"):
-                    raise InputError(
-                        f"symlink loop in the input: {link} -> {os.readlink(link)} points to a"
-                        " folder above it, so every image below would be listed again and again;"
-                        " remove the link"
-                    )
-        for name in names:
-            if not name.lower().endswith(exts):
-                continue
-            full = os.path.join(folder, name)
-            try:
-                st = os.stat(full)
-            except OSError as exc:
-                if os.path.islink(full):
-                    what = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink"
-                    reason = f"{what}: {name} -> {os.readlink(full)}"
-                    found.append(("file:" + full, reason, None, None))
-                continue
-            if st.st_size == 0 and stat.S_ISREG(st.st_mode):
-                mtime = datetime.fromtimestamp(st.st_mtime, tz=UTC)
-                found.append(("file:" + full, "empty file (0 bytes)", 0, mtime))
-    return found
+
+def unlisted_files(root: str, extensions: Iterable[str]) -> list[tuple[Any, ...]]:
+    """Local image files Spark's binaryFile scan drops without a word, as quarantine rows
+    (path, reason, length, modification_time): the empty files and the broken or looping links
+    `walk_local` finds (the same walk, so a folder link to its own ancestor is refused in one
+    line here too). Object stores have no symlinks; an empty blob there is still skipped by
+    Spark, see docs/reliability.md."""
+    _, refused = walk_local(root, extensions)
+    return [row for row in refused if row[1].startswith(SPARK_DROPS)]
 
 
 LISTING_SCHEMA = "path string, _local string, length bigint, modification_time timestamp"

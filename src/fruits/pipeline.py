@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from fruits import incremental, outputs, quarantine, report, tracking
 from fruits.config import PipelineConfig
 from fruits.features import ImageFailure, featurize
-from fruits.ingest import InputError
+from fruits.ingest import InputError, read_sources
 from fruits.reduce import fit_reducer
 from fruits.run_context import RunContext
 from fruits.spark import default_conf, get_spark
@@ -53,7 +53,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
     spark = spark or session_for(cfg)
     with RunContext(cfg, spark) as run:
         with run.stage("ingest"):
-            listed = ingest(run)
+            listed = read_sources(run)
             prev = incremental.previous(run, listed)
         if prev.nothing_to_do:
             log.info("incremental: nothing new, changed or deleted; output left as it was")
@@ -98,13 +98,6 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         run.publish(built)
         tracking.log_run(built, str(run.local))  # MLflow, when MLFLOW_TRACKING_URI is set
         return RunResult(run.output, built)
-
-
-def ingest(run: RunContext) -> Any:
-    """Every input source, listed (bytes still unread), with the count of listed files."""
-    from fruits.ingest import read_sources
-
-    return read_sources(run)
 
 
 def train_part(df: DataFrame, splits: dict[str, int]) -> DataFrame:

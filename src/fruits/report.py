@@ -46,9 +46,9 @@ def build(
     plot_explained_variance(
         reducer.explained_variance, reducer.k, target, plots / "explained_variance.png"
     )
-    splits: dict[str, int] = {}
-    for r in labels:
-        splits[r["split"]] = splits.get(r["split"], 0) + int(r["count"])
+    from fruits.outputs import count_by_split
+
+    splits = count_by_split(labels)
     images_ok = sum(splits.values())
     scatter(images, images_ok, plots / "pca_scatter.png")
     total = time.perf_counter() - run.t0
