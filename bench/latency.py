@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="output folder of `fruits run`")
     ap.add_argument("--requests", type=int, default=30)
     args = ap.parse_args()
-    from fruits.serving import Predictor
+    from fruits.predictor import Predictor
 
     data = phone_jpeg()
     predictor = Predictor.load(args.run, threads=os.cpu_count() or 1)

@@ -144,7 +144,7 @@ def start_server(
         ]
     else:
         code = (
-            "import json, sys; from fruits.serve import ServeSettings, serve; "
+            "import json, sys; from fruits.api import ServeSettings, serve; "
             "serve(ServeSettings(**json.loads(sys.argv[1])), port=int(sys.argv[2]))"
         )
         full = {"run": run, "threads": threads, "max_batch": max_batch, **settings}

@@ -13,7 +13,9 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits.calibration import Calibration
 from fruits.config import ClassifierConfig
+from fruits.ingest import local_path
 
 X = "_x"
 Y = "_y"
@@ -125,24 +127,6 @@ def evaluation_from_confusion(names: list[str], cm: np.ndarray) -> Evaluation:
     )
 
 
-@dataclass
-class Calibration:
-    """What the validation split taught: temperature, refusal threshold, species table, and
-    the recognition metrics per split and source (report.json `recognition`)."""
-
-    temperature: float
-    threshold: float
-    species: dict[str, str]
-    metrics: dict[str, dict[str, Any]]
-
-    def serving(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "threshold": self.threshold,
-            "species": self.species,
-        }
-
-
 def calibrate(
     arrays: Any, classes: list[str], images: DataFrame, *, sources: list[str], label_map: Any
 ) -> Calibration:
@@ -211,11 +195,8 @@ def calibrate(
 
 def _under(path: str, source: str) -> bool:
     """Is `path` (as Spark lists it, `file:/...` for local files) below `source`?"""
-
-    def bare(x: str) -> str:
-        return x[len("file:") :] if x.startswith("file:") else x
-
-    return bare(path).startswith(bare(source).rstrip("/") + "/")
+    path, source = local_path(path) or path, local_path(source) or source
+    return path.startswith(source.rstrip("/") + "/")
 
 
 def _truth(path: str, label: str, label_map: Any) -> tuple[set[str], set[str]]:

@@ -261,8 +261,8 @@ def evaluate(
     and the 20 most confused pairs."""
     _setup_logging(False)
     from fruits.evaluate import evaluate_run
+    from fruits.predictor import ServingError
     from fruits.recognition import LabelMapError
-    from fruits.serving import ServingError
 
     try:
         result = evaluate_run(run, input, label_map=label_map, negatives=negatives, plot=plot)
@@ -288,12 +288,12 @@ def serve(
     """Serve a run's model: web page at /, API at /v1/predict, docs at /docs."""
     _setup_logging(False)
     try:
-        from fruits.serve import ServeSettings
-        from fruits.serve import serve as start
+        from fruits.api import ServeSettings
+        from fruits.api import serve as start
     except ImportError as exc:
         typer.echo(f"error: {exc.name} is missing: pip install 'fruits[serve]'", err=True)
         raise typer.Exit(2) from None
-    from fruits.serving import ServingError, check_run
+    from fruits.predictor import ServingError, check_run
 
     settings = ServeSettings(
         run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads, max_batch=max_batch

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from fruits.config import DEFAULT_EXTENSIONS
+from fruits.predictor import Predictor
 from fruits.recognition import NEGATIVE, answer, load_label_map, metrics, softmax
-from fruits.serving import Predictor
 
 BATCH = 64
 

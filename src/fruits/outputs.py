@@ -66,8 +66,8 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
     """Fit (or, incrementally, reuse) the classifier, calibrate it on the val split, save it
     and its serving arrays, and evaluate it on the test split (else the val split)."""
     from fruits.classify import calibrate, class_labels, evaluate, fit_classifier
+    from fruits.export import arrays_from_spark, export_serving
     from fruits.report import plot_confusion
-    from fruits.serving import arrays_from_spark, export_serving
 
     if prev.classifier_path:  # incremental: no refit
         from fruits.incremental import load_classifier

@@ -18,20 +18,18 @@ from pyspark.sql import functions as F
 
 from fruits.classify import ClassifierConfig, fit_classifier, predict
 from fruits.config import FeaturizerConfig, ReduceConfig
+from fruits.export import arrays_from_spark, export_saved_run, export_serving
 from fruits.images import ImageError
-from fruits.reduce import fit_reducer
-from fruits.serving import (
+from fruits.predictor import (
     ARRAYS_FILE,
     META_FILE,
     MicroBatcher,
     Predictor,
     ServingArrays,
     ServingError,
-    arrays_from_spark,
     check_run,
-    export_saved_run,
-    export_serving,
 )
+from fruits.reduce import fit_reducer
 
 PROB_TOL = 1e-5
 

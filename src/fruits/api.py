@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 from fruits import __version__
 from fruits.facts import facts_for
 from fruits.images import ImageError
-from fruits.serving import Predictor
+from fruits.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Serving without Spark: the fitted scaler + PCA + classifier as plain numpy arrays.
 
-The pipeline calls `export_serving` right after the classifier is fitted; it writes
-`models/serving.npz` (the arrays) and `models/serving.json` (classes and image settings) next to
-`models/backbone.onnx`. `Predictor` loads a run folder and reproduces Spark's transform step by
-step: the image maths is `images.decode_image` + `features.Featurizer` (the code the Spark UDF
-runs), then the arrays below, with the same float32 rounding of the PCA output that
-`images.parquet` stores. No Spark session and no torch are needed at serve time.
+export.py writes them when a run fits its classifier: `models/serving.npz` (the arrays) and
+`models/serving.json` (classes and image settings) next to `models/backbone.onnx`. `Predictor`
+loads a run folder and reproduces Spark's transform step by step: the image maths is
+`images.decode_image` + `features.Featurizer` (the code the Spark UDF runs), then the arrays
+below, with the same float32 rounding of the PCA output that `images.parquet` stores. No Spark
+session and no torch are needed at serve time.
 """
 
 from __future__ import annotations
@@ -18,18 +18,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from fruits.calibration import Calibration
 from fruits.features import Featurizer, ModelArtifact, featurize_contents, load_artifact
 from fruits.images import ImageError, decode_image, decode_views
-
-if TYPE_CHECKING:
-    from pyspark.ml import PipelineModel
-    from pyspark.sql import SparkSession
-
-    from fruits.config import FeaturizerConfig
 
 FORMAT_VERSION = 1
 # The variety is named only from this calibrated probability of its class: 81% of varieties
@@ -91,89 +86,8 @@ class ServingArrays:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> ServingArrays:
-    """Read the fitted stages: reducer = [StandardScalerModel, PCAModel], classifier =
-    [StringIndexerModel, LogisticRegressionModel] (see reduce.py and classify.py)."""
-    scaler, pca = reducer.stages[0], reducer.stages[-1]
-    lr = classifier.stages[-1]
-    std = scaler.std.toArray()
-    d = len(std)
-    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(d)
-    if scaler.getWithStd():
-        scale = np.divide(1.0, std, out=np.zeros(d), where=std != 0)
-    else:
-        scale = np.ones(d)
-    return ServingArrays(
-        mean=np.asarray(mean, dtype=np.float64),
-        scale=np.asarray(scale, dtype=np.float64),
-        pc=np.asarray(pca.pc.toArray(), dtype=np.float64),
-        coef=np.asarray(lr.coefficientMatrix.toArray(), dtype=np.float64),
-        intercept=np.asarray(lr.interceptVector.toArray(), dtype=np.float64),
-    )
-
-
-def export_serving(
-    reducer: PipelineModel,
-    classifier: PipelineModel,
-    directory: str | Path,
-    *,
-    featurizer: FeaturizerConfig,
-    run_id: str | None = None,
-    recognition: dict[str, Any] | None = None,
-) -> Path:
-    """Write serving.npz + serving.json into a run's local models folder; `recognition`:
-    temperature, threshold and species table (classify.calibrate)."""
-    from fruits.classify import class_labels
-
-    classes = class_labels(classifier)
-    arrays = arrays_from_spark(reducer, classifier)
-    arrays.validate(classes)
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        d / ARRAYS_FILE,
-        mean=arrays.mean,
-        scale=arrays.scale,
-        pc=arrays.pc,
-        coef=arrays.coef,
-        intercept=arrays.intercept,
-    )
-    meta = {
-        "format": FORMAT_VERSION,
-        "run_id": run_id,
-        "classes": classes,
-        "image_size": featurizer.image_size,
-        "max_pixels": featurizer.max_pixels,
-        "views": featurizer.views,
-        "feature_dim": int(arrays.pc.shape[0]),
-        "pca_k": int(arrays.pc.shape[1]),
-        "recognition": recognition,
-    }
-    (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return d / ARRAYS_FILE
-
-
-def export_saved_run(spark: SparkSession, run: str | Path) -> Path:
-    """Export a finished local run whose models predate serving.npz (needs Spark, once)."""
-    from pyspark.ml import PipelineModel
-
-    from fruits.config import FeaturizerConfig
-
-    root = Path(run)
-    report = _read_json(root / "report.json")
-    fcfg = (report.get("config") or {}).get("featurizer") or {}
-    cfg = FeaturizerConfig(
-        image_size=int(fcfg.get("image_size", FeaturizerConfig.image_size)),
-        max_pixels=int(fcfg.get("max_pixels", FeaturizerConfig.max_pixels)),
-    )
-    reducer = PipelineModel.load(str(root / "models" / "scaler_pca"))
-    classifier = PipelineModel.load(str(root / "models" / "classifier"))
-    return export_serving(
-        reducer, classifier, root / "models", featurizer=cfg, run_id=report.get("run_id")
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's object; {} when the file is missing (older runs)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -213,7 +127,7 @@ def _read_run(run: str | Path) -> tuple[dict[str, Any], ServingArrays, ModelArti
     if artifact.engine == "onnx" and not artifact.payload:
         raise ServingError(f"{models / 'backbone.onnx'} is missing")
     if not meta.get("run_id"):
-        meta["run_id"] = _read_json(root / "report.json").get("run_id")
+        meta["run_id"] = read_json(root / "report.json").get("run_id")
     return meta, arrays, artifact
 
 
@@ -229,23 +143,6 @@ class Prediction:
     species_probability: float | None = None
     verdict: str = "known"
     variety: str | None = None  # the best class within the answered species
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """serving.json's `recognition`: absent in older runs (T = 1, never unsure)."""
-
-    temperature: float = 1.0
-    threshold: float = 0.0
-    species: dict[str, str] | None = None
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any] | None, classes: Sequence[str]) -> Calibration:
-        from fruits.recognition import species_table
-
-        meta = meta or {}
-        species = meta.get("species") or species_table(classes)
-        return cls(float(meta.get("temperature", 1.0)), float(meta.get("threshold", 0.0)), species)
 
 
 class Predictor:
@@ -436,8 +333,6 @@ __all__ = [
     "Predictor",
     "ServingArrays",
     "ServingError",
-    "arrays_from_spark",
     "check_run",
-    "export_saved_run",
-    "export_serving",
+    "read_json",
 ]

@@ -24,8 +24,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import ExifTags, Image
 
-from fruits.serve import ServeSettings, create_app
-from fruits.serving import Predictor
+from fruits.api import ServeSettings, create_app
+from fruits.predictor import Predictor
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
