@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 OnError = Literal["quarantine", "fail"]
@@ -17,6 +19,15 @@ MAX_FILE_BYTES = 50 * 1024 * 1024  # larger files are refused unread
 FILES_PER_PARTITION = 256  # small files per read task
 ARROW_MAX_RECORDS = 256  # rows per Arrow batch to the Python UDF...
 ARROW_MAX_BYTES = 64 * 1024 * 1024  # ...and bytes (large photos)
+
+
+def cache_dir() -> Path:
+    """Per-user cache (exported ONNX graphs, the JVM class archive): `$FRUITS_CACHE`, else
+    `$XDG_CACHE_HOME/fruits`, else `~/.cache/fruits`. Everything in it can be deleted."""
+    root = os.environ.get("FRUITS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fruits"
+    )
+    return Path(root)
 
 
 def bundled_sample() -> str:

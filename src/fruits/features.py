@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd  # module level: Spark resolves the UDF's type hints here
 
 from fruits.cache import LruCache
-from fruits.config import FeaturizerConfig
+from fruits.config import FeaturizerConfig, cache_dir
 from fruits.images import ImageError, decode_views
 from fruits.models import BackboneSpec, build_torch, fingerprint, get_spec, read_weights
 
@@ -50,13 +50,6 @@ class ModelArtifact:
 
     def describe(self) -> dict[str, Any]:
         return {"backbone": self.spec.to_dict(), "engine": self.engine, "id": self.fingerprint}
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("FRUITS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fruits"
-    )
-    return Path(root)
 
 
 def export_onnx(module: Any, *, size: int = 224) -> bytes:

@@ -1,0 +1,76 @@
+"""Session creation: the JVM class archive that shortens a local start (fruits.spark)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fruits.spark import class_archive_options
+
+CHILD = """
+import json
+from fruits.spark import get_spark
+spark = get_spark()
+args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory
+            .getRuntimeMXBean().getInputArguments())
+print(json.dumps({"args": args, "rows": spark.range(10).count()}))
+"""
+
+
+def _session(cache: Path) -> list[str]:
+    env = {**os.environ, "FRUITS_CACHE": str(cache)}
+    env.pop("FRUITS_JVM_ARCHIVE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["rows"] == 10
+    assert "cds" not in out.stderr.lower(), out.stderr[-2000:]  # the archive says nothing
+    return [a for a in got["args"] if "Archive" in a]
+
+
+def _wait_for_dump(folder: Path, timeout: float = 120) -> None:
+    """The JVM writes the archive after the Python process exits; wait for that JVM."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        notes = list(folder.glob("*.jvm"))
+        if notes and not Path(f"/proc/{notes[0].read_text().strip()}").exists():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no finished archive in {folder}: {list(folder.iterdir())}")
+
+
+def test_first_session_writes_the_archive_and_the_next_one_maps_it(tmp_path: Path) -> None:
+    first = _session(tmp_path)
+    assert first and first[0].startswith("-XX:ArchiveClassesAtExit=")
+    folder = tmp_path / "jvm"
+    _wait_for_dump(folder)
+    second = _session(tmp_path)
+    assert second and second[0].startswith("-XX:SharedArchiveFile=")
+    archive = Path(second[0].split("=", 1)[1])
+    assert archive.stat().st_size > 10 << 20  # a real archive, promoted under its final name
+    assert [p.name for p in folder.iterdir()] == [archive.name]
+
+
+def test_a_dump_still_being_written_is_left_alone(tmp_path: Path) -> None:
+    first = class_archive_options(tmp_path)
+    assert first is not None and "ArchiveClassesAtExit" in first
+    dump = Path(first.split()[0].split("=", 1)[1])
+    dump.write_bytes(b"\0" * (2 << 20))
+    Path(f"{dump}.jvm").write_text(str(os.getppid()))  # a live process stands for the JVM
+    assert class_archive_options(tmp_path) is None  # neither mapped nor written twice
+    Path(f"{dump}.jvm").write_text("999999999")  # that JVM has exited
+    promoted = class_archive_options(tmp_path)
+    assert promoted is not None and promoted.startswith("-XX:SharedArchiveFile=")
+    assert not dump.exists() and not Path(f"{dump}.jvm").exists()
+
+
+def test_switched_off(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FRUITS_JVM_ARCHIVE", "0")
+    assert class_archive_options(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
