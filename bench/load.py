@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(rank, len(sorted_ms)) - 1]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", default="fruits-output", help="output folder of `fruits run`")
     ap.add_argument("--stub", action="store_true", help="serve a stub run (see make_stub_run)")
@@ -370,7 +371,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=None, help="ServeSettings as JSON (not via the CLI)")
     ap.add_argument("--url", default=None, help="use a running server instead of starting one")
     ap.add_argument("--decode", action="store_true", help="only time decode_image (no server)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+@dataclass
+class Load:
+    """What one load scenario measured: the normal clients, the abusers and the server."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    stalled: list[dict[str, Any]] = field(default_factory=list)
+    heavy: list[dict[str, Any]] = field(default_factory=list)
+    wall: float = 0.0
+    server_cpu: float = 0.0
+    peak_rss: int | None = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.decode:
         print(json.dumps(decode_figures()))
         return 0
@@ -397,69 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = args.url.rstrip("/")
         port = httpx.URL(url).port or 80
-    stalled: list[dict[str, Any]] = []
-    heavy: list[dict[str, Any]] = []
     try:
-        with httpx.Client(base_url=url, timeout=30) as c:
-            for _ in range(args.warmup):
-                c.post("/v1/predict", files={"image": (image.name, data, "image/jpeg")})
-
-        latencies: list[float] = []
-        errors: list[str] = []
-        statuses: Counter[str] = Counter()
-        lock = threading.Lock()
-        remaining = [args.requests]
-        stop_at = time.monotonic() + args.duration if args.duration else None
-
-        def more() -> bool:
-            with lock:
-                if stop_at is not None:
-                    return time.monotonic() < stop_at
-                if remaining[0] == 0:
-                    return False
-                remaining[0] -= 1
-                return True
-
-        def client() -> None:
-            with httpx.Client(base_url=url, timeout=60) as c:
-                while more():
-                    t0 = time.perf_counter()
-                    try:
-                        r = c.post("/v1/predict", files={"image": (image.name, data, "image/jpeg")})
-                        status = str(r.status_code)
-                        ok = r.status_code == 200 and r.json()["prediction"]["name"]
-                        why = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
-                    except Exception as exc:
-                        status = type(exc).__name__
-                        why = f"{type(exc).__name__}: {exc}"
-                    ms = (time.perf_counter() - t0) * 1000
-                    with lock:
-                        latencies.append(ms)
-                        statuses[status] += 1
-                        if why:
-                            errors.append(why)
-
-        hold = 120.0
-        abusers = [
-            threading.Thread(target=stalled_client, args=(port, hold, stalled))
-            for _ in range(args.stalled)
-        ]
-        abusers += [
-            threading.Thread(target=heavy_client, args=(url, heavy_data, heavy))
-            for _ in range(args.heavy)
-        ]
-        server_cpu = _cpu_seconds(proc)
-        started = time.perf_counter()
-        workers = [threading.Thread(target=client) for _ in range(args.concurrency)]
-        for w in abusers + workers:
-            w.start()
-        for w in workers:
-            w.join()
-        wall = time.perf_counter() - started
-        server_cpu = _cpu_seconds(proc) - server_cpu
-        for w in abusers:
-            w.join()
-        peak_rss = rss.stop() if rss is not None else None
+        measured = run_load(args, url, port, image, data, heavy_data, proc, rss)
     finally:
         if proc is not None:
             proc.terminate()
@@ -467,25 +425,122 @@ def main(argv: list[str] | None = None) -> int:
         if stub_dir is not None:
             stub_dir.cleanup()
 
-    lat = sorted(latencies)
+    image_text = f"{image.name} ({len(data)} bytes)"
+    result = summarize(
+        measured,
+        args,
+        image_text,
+        len(heavy_data),
+        own_server=proc is not None,
+        load_before=load_before,
+    )
+    print_result(result, args.concurrency)
+    for e in measured.errors[:5]:
+        print("error:", e, file=sys.stderr)
+    return 1 if measured.errors else 0
+
+
+def run_load(
+    args: argparse.Namespace,
+    url: str,
+    port: int,
+    image: Path,
+    data: bytes,
+    heavy_data: bytes,
+    proc: subprocess.Popen | None,
+    rss: PeakRss | None,
+) -> Load:
+    """Warm the server up, then run the normal clients and the abusers at once."""
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for _ in range(args.warmup):
+            c.post("/v1/predict", files={"image": (image.name, data, "image/jpeg")})
+
+    load = Load()
+    lock = threading.Lock()
+    remaining = [args.requests]
+    stop_at = time.monotonic() + args.duration if args.duration else None
+
+    def more() -> bool:
+        with lock:
+            if stop_at is not None:
+                return time.monotonic() < stop_at
+            if remaining[0] == 0:
+                return False
+            remaining[0] -= 1
+            return True
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while more():
+                t0 = time.perf_counter()
+                try:
+                    r = c.post("/v1/predict", files={"image": (image.name, data, "image/jpeg")})
+                    status = str(r.status_code)
+                    ok = r.status_code == 200 and r.json()["prediction"]["name"]
+                    why = None if ok else f"HTTP {r.status_code}: {r.text[:200]}"
+                except Exception as exc:
+                    status = type(exc).__name__
+                    why = f"{type(exc).__name__}: {exc}"
+                ms = (time.perf_counter() - t0) * 1000
+                with lock:
+                    load.latencies.append(ms)
+                    load.statuses[status] += 1
+                    if why:
+                        load.errors.append(why)
+
+    hold = 120.0
+    abusers = [
+        threading.Thread(target=stalled_client, args=(port, hold, load.stalled))
+        for _ in range(args.stalled)
+    ]
+    abusers += [
+        threading.Thread(target=heavy_client, args=(url, heavy_data, load.heavy))
+        for _ in range(args.heavy)
+    ]
+    server_cpu = _cpu_seconds(proc)
+    started = time.perf_counter()
+    workers = [threading.Thread(target=client) for _ in range(args.concurrency)]
+    for w in abusers + workers:
+        w.start()
+    for w in workers:
+        w.join()
+    load.wall = time.perf_counter() - started
+    load.server_cpu = _cpu_seconds(proc) - server_cpu
+    for w in abusers:
+        w.join()
+    load.peak_rss = rss.stop() if rss is not None else None
+    return load
+
+
+def summarize(
+    measured: Load,
+    args: argparse.Namespace,
+    image: str,
+    heavy_bytes: int,
+    *,
+    own_server: bool,
+    load_before: float,
+) -> dict[str, Any]:
+    """The figures as one dict (the JSON line the slow test reads)."""
+    lat = sorted(measured.latencies)
     result = {
         "requests": len(lat),
         "concurrency": args.concurrency,
-        "errors": len(errors),
-        "normal_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
-        "statuses": dict(statuses),
-        "image": f"{image.name} ({len(data)} bytes)",
-        "throughput_rps": round(len(lat) / wall, 1),
+        "errors": len(measured.errors),
+        "normal_5xx": sum(n for s, n in measured.statuses.items() if s.startswith("5")),
+        "statuses": dict(measured.statuses),
+        "image": image,
+        "throughput_rps": round(len(lat) / measured.wall, 1),
         "p50_ms": round(percentile(lat, 50), 1),
         "p95_ms": round(percentile(lat, 95), 1),
         "p99_ms": round(percentile(lat, 99), 1),
         "max_ms": round(lat[-1], 1) if lat else None,
         "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
         # CPU the server burnt per request: unlike latency, barely moved by other processes
-        "server_cpu_ms_per_request": round(1000 * server_cpu / max(len(lat), 1), 1)
-        if proc is not None
+        "server_cpu_ms_per_request": round(1000 * measured.server_cpu / max(len(lat), 1), 1)
+        if own_server
         else None,
-        "server_peak_rss_mb": round(peak_rss / 2**20) if peak_rss else None,
+        "server_peak_rss_mb": round(measured.peak_rss / 2**20) if measured.peak_rss else None,
         "max_batch": args.max_batch,
         "stub": args.stub,
         "cpu_cores": os.cpu_count(),
@@ -493,20 +548,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.stalled:
         result["stalled"] = {
-            "clients": len(stalled),
-            "statuses": dict(Counter(str(s["status"]) for s in stalled)),
-            "dropped": sum(s["closed"] for s in stalled),
-            "max_s": max(s["after_s"] for s in stalled),
+            "clients": len(measured.stalled),
+            "statuses": dict(Counter(str(s["status"]) for s in measured.stalled)),
+            "dropped": sum(s["closed"] for s in measured.stalled),
+            "max_s": max(s["after_s"] for s in measured.stalled),
         }
     if args.heavy:
         result["heavy"] = {
-            "clients": len(heavy),
-            "upload_bytes": len(heavy_data),
-            "statuses": dict(Counter(str(h["status"]) for h in heavy)),
-            "max_s": max(h["after_s"] for h in heavy),
+            "clients": len(measured.heavy),
+            "upload_bytes": heavy_bytes,
+            "statuses": dict(Counter(str(h["status"]) for h in measured.heavy)),
+            "max_s": max(h["after_s"] for h in measured.heavy),
         }
+    return result
+
+
+def print_result(result: dict[str, Any], concurrency: int) -> None:
     print(
-        f"{result['requests']} requests, {args.concurrency} clients, {result['errors']} errors, "
+        f"{result['requests']} requests, {concurrency} clients, {result['errors']} errors, "
         f"{result['throughput_rps']} req/s, statuses {result['statuses']}"
     )
     print(
@@ -521,9 +580,6 @@ def main(argv: list[str] | None = None) -> int:
         if kind in result:
             print(f"{kind}: {result[kind]}")
     print(json.dumps(result))
-    for e in errors[:5]:
-        print("error:", e, file=sys.stderr)
-    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 from fruits import __version__
 from fruits.facts import facts_for
 from fruits.images import ImageError
-from fruits.predictor import Predictor
+from fruits.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -471,6 +471,37 @@ async def read_image_part(request: Request) -> Upload:
 
 def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -> FastAPI:
     """The API + page. `predictor`: use this one instead of loading `settings.run`."""
+    app = FastAPI(
+        title="Fruits! recognition API",
+        version=__version__,
+        description="Photograph a fruit, learn what it is. Model: CNN features -> PCA -> "
+        "logistic regression, trained by the `fruits run` Spark pipeline.",
+        lifespan=_lifespan(settings, predictor),
+    )
+    app.add_middleware(
+        UploadGuard,
+        max_body=settings.max_bytes + MULTIPART_SLACK,
+        idle_timeout=settings.body_idle_timeout_s,
+        timeout=settings.body_timeout_s,
+        max_buffered=max(settings.max_buffered_bytes, settings.max_bytes + MULTIPART_SLACK),
+        retry_after_s=settings.retry_after_s,
+    )
+    # Pillow's EXIF/TIFF reader logs every tag it parses at DEBUG (camera, dates, GPS pointer):
+    # an upload's metadata must not reach the logs, even when the service is debugged.
+    pil_log = logging.getLogger("PIL")
+    pil_log.setLevel(max(pil_log.level, logging.INFO))
+    _add_error_handlers(app)
+    _add_predict_route(app, settings)
+    _add_model_routes(app)
+    _add_page(app)
+    return app
+
+
+def _lifespan(
+    settings: ServeSettings, predictor: Predictor | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down: the model is loaded here, once (never at import), with the
+    admission gate; a lent `predictor` is used as it is."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -491,25 +522,11 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
             if batching:
                 loaded.stop_batching()
 
-    app = FastAPI(
-        title="Fruits! recognition API",
-        version=__version__,
-        description="Photograph a fruit, learn what it is. Model: CNN features -> PCA -> "
-        "logistic regression, trained by the `fruits run` Spark pipeline.",
-        lifespan=lifespan,
-    )
-    app.add_middleware(
-        UploadGuard,
-        max_body=settings.max_bytes + MULTIPART_SLACK,
-        idle_timeout=settings.body_idle_timeout_s,
-        timeout=settings.body_timeout_s,
-        max_buffered=max(settings.max_buffered_bytes, settings.max_bytes + MULTIPART_SLACK),
-        retry_after_s=settings.retry_after_s,
-    )
-    # Pillow's EXIF/TIFF reader logs every tag it parses at DEBUG (camera, dates, GPS pointer):
-    # an upload's metadata must not reach the logs, even when the service is debugged.
-    pil_log = logging.getLogger("PIL")
-    pil_log.setLevel(max(pil_log.level, logging.INFO))
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal, ours, FastAPI's validation and Starlette's, as `{"error", "message"}`."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -530,9 +547,12 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
             code = "bad_request"
         return _error(exc.status_code, code, str(exc.detail))
 
-    def get_predictor(request: Request) -> Predictor:
-        return request.app.state.predictor
 
+def _get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
+def _add_predict_route(app: FastAPI, settings: ServeSettings) -> None:
     @app.post(
         PREDICT_PATH,
         response_model=PredictOut,
@@ -549,56 +569,70 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         """Recognise the fruit in a photo (multipart field `image`): top-k classes with
         probabilities and facts."""
         started = time.perf_counter()
-        upload = await read_image_part(request)
-        part_type = upload.content_type.split(";")[0].strip().lower()
-        if part_type and not part_type.startswith(ACCEPTED_PART_TYPES):
-            raise ApiError(
-                415, "unsupported_media_type", f"the `image` part must be an image, got {part_type}"
-            )
-        if len(upload.data) > settings.max_bytes:
-            raise ApiError(
-                413, "too_large", f"image is over the limit of {settings.max_bytes} bytes"
-            )
-        if not upload.data:
-            raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)")
-        pred = get_predictor(request)
+        upload = _checked_upload(await read_image_part(request), settings.max_bytes)
+        pred = _get_predictor(request)
         async with request.app.state.gate.turn():
-            try:
-                result = await run_in_threadpool(
-                    pred.predict, upload.data, top_k=k, max_pixels=settings.max_pixels
-                )
-            except ImageError as exc:
-                too_large = exc.reason.startswith("image too large")
-                code = "image_too_large" if too_large else "not_an_image"
-                raise ApiError(422, code, exc.reason) from None
-            except Exception as exc:  # a decoder plugin failing in a way images.py does not map
-                log.warning("undecodable upload: %s", type(exc).__name__)
-                raise ApiError(422, "not_an_image", f"could not decode the image: {exc}") from None
-        guesses = [
-            Guess(label=lab, name=_name(lab), probability=p, facts=_facts(lab))
-            for lab, p in zip(result.labels, result.probabilities, strict=True)
-        ]
-        best = guesses[0]
-        species = result.species or best.name
-        answer = Answer(
-            **best.model_dump(),
-            species=species,
-            species_probability=result.species_probability or best.probability,
-            variety=result.variety,
-        )
-        return PredictOut(
-            verdict=result.verdict,  # type: ignore[arg-type]
-            message=_message(result.verdict, species, answer.species_probability),
-            prediction=answer,
-            top_k=guesses,
-            run_id=pred.run_id,
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+            result = await _predict(pred, upload.data, top_k=k, max_pixels=settings.max_pixels)
+        return _predict_out(result, pred.run_id, started)
 
+
+def _checked_upload(upload: Upload, max_bytes: int) -> Upload:
+    """The upload, unless its part is not an image type (415), over the limit (413) or empty
+    (400)."""
+    part_type = upload.content_type.split(";")[0].strip().lower()
+    if part_type and not part_type.startswith(ACCEPTED_PART_TYPES):
+        raise ApiError(
+            415, "unsupported_media_type", f"the `image` part must be an image, got {part_type}"
+        )
+    if len(upload.data) > max_bytes:
+        raise ApiError(413, "too_large", f"image is over the limit of {max_bytes} bytes")
+    if not upload.data:
+        raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)")
+    return upload
+
+
+async def _predict(pred: Predictor, data: bytes, *, top_k: int, max_pixels: int) -> Prediction:
+    """`Predictor.predict` in a worker thread; an image it cannot decode is a 422."""
+    try:
+        return await run_in_threadpool(pred.predict, data, top_k=top_k, max_pixels=max_pixels)
+    except ImageError as exc:
+        too_large = exc.reason.startswith("image too large")
+        code = "image_too_large" if too_large else "not_an_image"
+        raise ApiError(422, code, exc.reason) from None
+    except Exception as exc:  # a decoder plugin failing in a way images.py does not map
+        log.warning("undecodable upload: %s", type(exc).__name__)
+        raise ApiError(422, "not_an_image", f"could not decode the image: {exc}") from None
+
+
+def _predict_out(result: Prediction, run_id: str | None, started: float) -> PredictOut:
+    """The response body: every guess with its facts, and the answer for a person."""
+    guesses = [
+        Guess(label=lab, name=_name(lab), probability=p, facts=_facts(lab))
+        for lab, p in zip(result.labels, result.probabilities, strict=True)
+    ]
+    best = guesses[0]
+    species = result.species or best.name
+    answer = Answer(
+        **best.model_dump(),
+        species=species,
+        species_probability=result.species_probability or best.probability,
+        variety=result.variety,
+    )
+    return PredictOut(
+        verdict=result.verdict,  # type: ignore[arg-type]
+        message=_message(result.verdict, species, answer.species_probability),
+        prediction=answer,
+        top_k=guesses,
+        run_id=run_id,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+def _add_model_routes(app: FastAPI) -> None:
     @app.get("/v1/classes", response_model=ClassesOut, tags=["model"])
     def classes(request: Request) -> ClassesOut:
         """Every class the model knows, with its facts."""
-        labels = get_predictor(request).classes
+        labels = _get_predictor(request).classes
         return ClassesOut(
             count=len(labels),
             classes=[ClassOut(label=x, name=_name(x), facts=_facts(x)) for x in labels],
@@ -607,7 +641,7 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
     @app.get("/health", response_model=HealthOut, tags=["model"])
     def health(request: Request) -> HealthOut:
         """Liveness + which run is served."""
-        pred = get_predictor(request)
+        pred = _get_predictor(request)
         return HealthOut(
             status="ok",
             run_id=pred.run_id,
@@ -616,6 +650,9 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
             version=__version__,
         )
 
+
+def _add_page(app: FastAPI) -> None:
+    """The web page at / and its static files."""
     web = resources.files("fruits") / "web"
 
     @app.get("/", include_in_schema=False)
@@ -623,7 +660,6 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         return FileResponse(str(web / "index.html"), media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
-    return app
 
 
 def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated, Optional, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Optional, get_type_hints
 
 import typer
 
@@ -20,8 +20,106 @@ from fruits.config import (
     bundled_sample,
 )
 
+if TYPE_CHECKING:
+    from fruits.pipeline import RunResult
+
 # Options typed with config.py's Literals: typer lists the choices and rejects others (exit 2).
 Storage = get_type_hints(PipelineConfig)["storage"]
+
+# `fruits run`'s options, declared once here so its signature reads as a list of settings.
+InputOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        help="Images folder: path or URI (abfss://, s3a://, dbfs:/, /Volumes/...); repeat for several labelled sources. Default: the bundled sample."
+    ),
+]
+NegativesOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        help="Folder of photos that show none of the classes (repeatable): trained as 'not a fruit', so the app can say 'not sure'."
+    ),
+]
+LabelMapOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="JSON file mapping folder labels to the classes trained on: {folder: class} or the shared mapping_to_fruits360.json format."
+    ),
+]
+OutputOpt = Annotated[str, typer.Option(help="Output folder: path or URI.")]
+MasterOpt = Annotated[
+    Optional[str], typer.Option(help="Spark master; default: spark-submit's, else local[*].")
+]
+OnErrorOpt = Annotated[
+    OnError,
+    typer.Option(help="quarantine: record bad files and go on; fail: stop at the first."),
+]
+BackboneOpt = Annotated[
+    str,
+    typer.Option(
+        help="CNN: efficientnet_lite0 (bundled weights) or mobilenet_v2 (needs --weights)."
+    ),
+]
+WeightsOpt = Annotated[
+    Optional[str], typer.Option(help="Weights file or URI for the backbone (state dict).")
+]
+ImageSizeOpt = Annotated[int, typer.Option(help="Model input size in pixels.")]
+EngineOpt = Annotated[Engine, typer.Option(help="auto, onnx or torch.")]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(help="fp32 or bf16 (torch engine; falls back to fp32 without CPU support)."),
+]
+BatchSizeOpt = Annotated[int, typer.Option(help="Images per CNN batch.")]
+PcaVarianceOpt = Annotated[float, typer.Option(help="Explained-variance target that picks k.")]
+PcaKOpt = Annotated[Optional[int], typer.Option(help="Fixed k (overrides --pca-variance).")]
+PcaMaxKOpt = Annotated[
+    int, typer.Option(help="Upper bound of the k chosen by --pca-variance (0: none).")
+]
+ClassifyOpt = Annotated[
+    bool, typer.Option(help="Train and evaluate the classifier when a test split exists.")
+]
+ConfOpt = Annotated[
+    list[str], typer.Option("--conf", help="Extra Spark setting key=value (repeatable).")
+]
+StorageOpt = Annotated[
+    Storage,
+    typer.Option(
+        help="auto: Spark's Hadoop connector when it has the scheme, else fsspec (adlfs); or force hadoop / fsspec."
+    ),
+]
+IncrementalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--incremental",
+        help="Process only files new or changed since the output's run (path, size, mtime); project them with its saved scaler + PCA; drop deleted files' rows and list them in report.json.",
+    ),
+]
+RefitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refit",
+        help="Like --incremental, then refit scaler, PCA and classifier on every image (stored features are reused).",
+    ),
+]
+VerifyContentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify-content",
+        help="With --incremental: read every local file and compare a hash of its bytes too, so a rewrite that kept size and mtime is processed again.",
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
+
+SUMMARY_KEYS = (  # what `fruits run` prints of its report, as one JSON line
+    "images_total",
+    "images_processed",
+    "images_ok",
+    "images_quarantined",
+    "classes",
+    "pca_k",
+    "pca_explained_variance",
+    "accuracy",
+    "images_per_second",
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -76,95 +174,28 @@ def _root(
 
 @app.command()
 def run(
-    input: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            help="Images folder: path or URI (abfss://, s3a://, dbfs:/, /Volumes/...); repeat for several labelled sources. Default: the bundled sample."
-        ),
-    ] = None,
-    negatives: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            help="Folder of photos that show none of the classes (repeatable): trained as 'not a fruit', so the app can say 'not sure'."
-        ),
-    ] = None,
-    label_map: Annotated[
-        Optional[str],
-        typer.Option(
-            help="JSON file mapping folder labels to the classes trained on: {folder: class} or the shared mapping_to_fruits360.json format."
-        ),
-    ] = None,
-    output: Annotated[str, typer.Option(help="Output folder: path or URI.")] = DEFAULT_OUTPUT,
-    master: Annotated[
-        Optional[str], typer.Option(help="Spark master; default: spark-submit's, else local[*].")
-    ] = None,
-    on_error: Annotated[
-        OnError,
-        typer.Option(help="quarantine: record bad files and go on; fail: stop at the first."),
-    ] = "quarantine",
-    backbone: Annotated[
-        str,
-        typer.Option(
-            help="CNN: efficientnet_lite0 (bundled weights) or mobilenet_v2 (needs --weights)."
-        ),
-    ] = "efficientnet_lite0",
-    weights: Annotated[
-        Optional[str], typer.Option(help="Weights file or URI for the backbone (state dict).")
-    ] = None,
-    image_size: Annotated[
-        int, typer.Option(help="Model input size in pixels.")
-    ] = FeaturizerConfig.image_size,
-    engine: Annotated[Engine, typer.Option(help="auto, onnx or torch.")] = "auto",
-    precision: Annotated[
-        Precision,
-        typer.Option(help="fp32 or bf16 (torch engine; falls back to fp32 without CPU support)."),
-    ] = "fp32",
-    batch_size: Annotated[
-        int, typer.Option(help="Images per CNN batch.")
-    ] = FeaturizerConfig.batch_size,
-    pca_variance: Annotated[
-        float, typer.Option(help="Explained-variance target that picks k.")
-    ] = ReduceConfig.variance,
-    pca_k: Annotated[
-        Optional[int], typer.Option(help="Fixed k (overrides --pca-variance).")
-    ] = None,
-    pca_max_k: Annotated[
-        int, typer.Option(help="Upper bound of the k chosen by --pca-variance (0: none).")
-    ] = ReduceConfig.max_k or 0,
-    classify: Annotated[
-        bool, typer.Option(help="Train and evaluate the classifier when a test split exists.")
-    ] = True,
-    conf: Annotated[
-        list[str], typer.Option("--conf", help="Extra Spark setting key=value (repeatable).")
-    ] = [],  # noqa: B006
-    storage: Annotated[
-        Storage,
-        typer.Option(
-            help="auto: Spark's Hadoop connector when it has the scheme, else fsspec (adlfs); or force hadoop / fsspec."
-        ),
-    ] = "auto",
-    incremental: Annotated[
-        bool,
-        typer.Option(
-            "--incremental",
-            help="Process only files new or changed since the output's run (path, size, mtime); project them with its saved scaler + PCA; drop deleted files' rows and list them in report.json.",
-        ),
-    ] = False,
-    refit: Annotated[
-        bool,
-        typer.Option(
-            "--refit",
-            help="Like --incremental, then refit scaler, PCA and classifier on every image (stored features are reused).",
-        ),
-    ] = False,
-    verify_content: Annotated[
-        bool,
-        typer.Option(
-            "--verify-content",
-            help="With --incremental: read every local file and compare a hash of its bytes too, so a rewrite that kept size and mtime is processed again.",
-        ),
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    input: InputOpt = None,
+    negatives: NegativesOpt = None,
+    label_map: LabelMapOpt = None,
+    output: OutputOpt = DEFAULT_OUTPUT,
+    master: MasterOpt = None,
+    on_error: OnErrorOpt = "quarantine",
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    image_size: ImageSizeOpt = FeaturizerConfig.image_size,
+    engine: EngineOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchSizeOpt = FeaturizerConfig.batch_size,
+    pca_variance: PcaVarianceOpt = ReduceConfig.variance,
+    pca_k: PcaKOpt = None,
+    pca_max_k: PcaMaxKOpt = ReduceConfig.max_k or 0,
+    classify: ClassifyOpt = True,
+    conf: ConfOpt = [],  # noqa: B006
+    storage: StorageOpt = "auto",
+    incremental: IncrementalOpt = False,
+    refit: RefitOpt = False,
+    verify_content: VerifyContentOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
     _setup_logging(verbose)
@@ -193,23 +224,13 @@ def run(
         verify_content=verify_content,
         storage=storage,  # type: ignore[arg-type]
     )
-    result = _guard(lambda: _run(cfg))
+    _print_summary(_guard(lambda: _run(cfg)))
+
+
+def _print_summary(result: RunResult) -> None:
+    """The run's headline numbers as one JSON line, then where its outputs are."""
     r = result.report
-    summary = {
-        k: r.get(k)
-        for k in (
-            "images_total",
-            "images_processed",
-            "images_ok",
-            "images_quarantined",
-            "classes",
-            "pca_k",
-            "pca_explained_variance",
-            "accuracy",
-            "images_per_second",
-        )
-    }
-    typer.echo(json.dumps(summary))
+    typer.echo(json.dumps({k: r.get(k) for k in SUMMARY_KEYS}))
     if r.get("published", True):
         typer.echo(f"outputs written to {result.output}")
     else:
@@ -231,7 +252,7 @@ def refit_command(
         Optional[str], typer.Option(help="Images folder of that run. Default: the bundled sample.")
     ] = None,
     master: Annotated[Optional[str], typer.Option(help="Spark master.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Refit scaler, PCA and classifier on every image of an output, reusing its stored
     features (new or changed files are featurised first). `fruits run --refit` takes every
@@ -353,7 +374,7 @@ def upload(
         bool, typer.Option("--create-container", help="Create the container if it does not exist.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Copy local images to Azure Storage (like AzCopy): parallel, skips files already there
     with the same size and MD5, so re-running resumes and a second run copies nothing."""
@@ -385,7 +406,7 @@ def download(
         bool, typer.Option("--dry-run", help="List what would be copied; copy nothing.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Copy results from Azure Storage to a local folder; files already there with the same
     size and MD5 are skipped."""

@@ -38,19 +38,13 @@ def build(
     """Draw the plots into the run's local folder and return the report dict."""
     from fruits import __version__
     from fruits.azure import redact_conf
-
-    cfg, spark = run.cfg, run.spark
-    plots = run.local / "plots"
-    plots.mkdir(exist_ok=True)
-    target = None if cfg.reduce.k else cfg.reduce.variance
-    plot_explained_variance(
-        reducer.explained_variance, reducer.k, target, plots / "explained_variance.png"
-    )
     from fruits.outputs import count_by_split
 
+    cfg = run.cfg
+    target = None if cfg.reduce.k else cfg.reduce.variance
     splits = count_by_split(labels)
     images_ok = sum(splits.values())
-    scatter(images, images_ok, plots / "pca_scatter.png")
+    draw_plots(run.local / "plots", reducer, images, images_ok, target)
     total = time.perf_counter() - run.t0
     seconds = run.timer.seconds
     return {
@@ -70,39 +64,68 @@ def build(
         "pca_variance_target": target,
         "pca_max_k": None if cfg.reduce.k else cfg.reduce.max_k,
         "pca_fitted_on": "train" if splits.get("train") else "all",
-        "accuracy": evaluation.accuracy if evaluation else None,
-        "macro_f1": evaluation.macro_f1 if evaluation else None,
-        "classification": evaluation.summary() if evaluation else None,
-        "recognition": evaluation.recognition if evaluation else None,
+        **classification(evaluation),
         "stage_seconds": seconds,
         "images_processed": prev.processed,
         "incremental": prev.describe(),
-        "task_retries": task_retries(spark, run.group),
+        "task_retries": task_retries(run.spark, run.group),
         "total_seconds": round(total, 3),
         "images_per_second": round(images_total / total, 2),
         "featurize_images_per_second": round(
             prev.processed / max(seconds.get("featurize", 0.0), 1e-9), 2
         ),
-        "featurizer": {
-            **artifact.describe(),
-            "image_size": cfg.featurizer.image_size,
-            "precision": cfg.featurizer.precision,
-            "channels_last": cfg.featurizer.channels_last,
-            "batch_size": cfg.featurizer.batch_size,
-            "threads_per_task": getattr(run, "threads_per_task", None),
-            "max_pixels": cfg.featurizer.max_pixels,
-            "jpeg_draft": True,  # large JPEGs decode at a reduced scale (images.py)
-        },
-        "spark": {
-            "version": spark.version,
-            "master": spark.sparkContext.master,
-            "default_parallelism": spark.sparkContext.defaultParallelism,
-            **{key: spark.conf.get(key, None) for key in SPARK_LEVERS},
-        },
+        "featurizer": featurizer_settings(run, artifact),
+        "spark": spark_settings(run.spark),
         "config": redact_conf(cfg.to_dict()),  # no --conf secret in the report
         "versions": {"fruits": __version__, "python": platform.python_version()},
         "started_at": run.started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def draw_plots(
+    plots: Path, reducer: Any, images: Any, images_ok: int, target: float | None
+) -> None:
+    """The explained-variance curve and the PCA scatter, into `plots`."""
+    plots.mkdir(exist_ok=True)
+    plot_explained_variance(
+        reducer.explained_variance, reducer.k, target, plots / "explained_variance.png"
+    )
+    scatter(images, images_ok, plots / "pca_scatter.png")
+
+
+def classification(evaluation: Any) -> dict[str, Any]:
+    """The classifier's figures; None each when no classifier was trained."""
+    return {
+        "accuracy": evaluation.accuracy if evaluation else None,
+        "macro_f1": evaluation.macro_f1 if evaluation else None,
+        "classification": evaluation.summary() if evaluation else None,
+        "recognition": evaluation.recognition if evaluation else None,
+    }
+
+
+def featurizer_settings(run: Any, artifact: Any) -> dict[str, Any]:
+    """The CNN the run used and how it ran it."""
+    fcfg = run.cfg.featurizer
+    return {
+        **artifact.describe(),
+        "image_size": fcfg.image_size,
+        "precision": fcfg.precision,
+        "channels_last": fcfg.channels_last,
+        "batch_size": fcfg.batch_size,
+        "threads_per_task": getattr(run, "threads_per_task", None),
+        "max_pixels": fcfg.max_pixels,
+        "jpeg_draft": True,  # large JPEGs decode at a reduced scale (images.py)
+    }
+
+
+def spark_settings(spark: Any) -> dict[str, Any]:
+    """Spark's version, master and the levers of docs/performance.md, as it saw them."""
+    return {
+        "version": spark.version,
+        "master": spark.sparkContext.master,
+        "default_parallelism": spark.sparkContext.defaultParallelism,
+        **{key: spark.conf.get(key, None) for key in SPARK_LEVERS},
     }
 
 
