@@ -4,15 +4,15 @@ split, k chosen from an explained-variance target unless fixed."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark import StorageLevel
+import pandas as pd
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCAModel, StandardScaler
+from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector
-from pyspark.ml.stat import Correlation
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -56,31 +56,29 @@ def choose_k(explained: np.ndarray, target: float) -> int:
 
 
 def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "features") -> Reducer:
-    """Fit on `train` only: Spark's StandardScaler, then a PCA whose covariance Spark computes
-    in one distributed pass; only the d x d eigendecomposition runs in numpy on the driver.
+    """Fit on `train` only, from one distributed pass (`moments`: count, sum and Gramian); the
+    scaler's mean and std and the covariance come from those moments, and only the d x d
+    eigendecomposition runs in numpy on the driver. Both fitted stages are genuine Spark models
+    (`StandardScalerModel`, `PCAModel`): they transform, save and load like Spark's own.
 
-    Why not `pyspark.ml.feature.PCA.fit`: on this stack (pure-Java LAPACK, no native BLAS) its
-    SVD of a rank-deficient covariance (fewer images than the 1280 features, as on the sample)
-    returned spurious large singular values: shares up to 2.3x too small and spurious components
-    ranked among the top ones, so k overshot and the variance kept fell short of the target.
-    `numpy.linalg.eigh` on the same covariance agrees with scikit-learn (tests/test_reduce.py).
-    The result is a genuine Spark `PCAModel`: it transforms, saves and loads like one.
+    Why not `StandardScaler.fit` + `pyspark.ml.feature.PCA.fit` (or `Correlation`): five to
+    seven Spark jobs over the features where one will do, Spark's Gramian is a rank-1 update
+    per row in pure-Java BLAS where numpy multiplies whole Arrow batches, and on this stack
+    `PCA.fit`'s SVD of a rank-deficient covariance (fewer images than the 1280 features, as on
+    the sample) returned spurious large singular values: shares up to 2.3x too small, so k
+    overshot. `numpy.linalg.eigh` on the same covariance agrees with scikit-learn
+    (tests/test_reduce.py).
     """
-    vec = train.select(array_to_vector(F.col(features)).alias(VEC))
-    scaler = StandardScaler(inputCol=VEC, outputCol=SCALED, withMean=True, withStd=cfg.scale_std)
-    scaler_model = scaler.fit(vec)
-    scaled = scaler_model.transform(vec).select(SCALED).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        n = scaled.count()
-        if n < 2:
-            raise ValueError(f"PCA needs at least 2 training images, got {n}")
-        std = np.asarray(scaler_model.std.toArray())
-        k_max = min(len(std), n)
-        if cfg.k is not None and not 1 <= cfg.k <= k_max:
-            raise ValueError(f"--pca-k must be between 1 and {k_max}, got {cfg.k}")
-        cov = _covariance(scaled, std, cfg.scale_std)
-    finally:
-        scaled.unpersist()
+    n, mean, cov = moments(train, features)
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 training images, got {n}")
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    k_max = min(len(std), n)
+    if cfg.k is not None and not 1 <= cfg.k <= k_max:
+        raise ValueError(f"--pca-k must be between 1 and {k_max}, got {cfg.k}")
+    if cfg.scale_std:  # the covariance of the scaled features; constant features stay 0
+        s = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+        cov = cov * np.outer(s, s)
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1][:k_max]
     eigval = np.clip(eigval[order], 0.0, None)
@@ -93,18 +91,68 @@ def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "feature
     # Fix each component's sign (largest loading positive) so re-fits are comparable.
     signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
     eigvec = eigvec * np.where(signs == 0, 1.0, signs)
-    pca_model = _spark_pca_model(train.sparkSession, eigvec[:, :k], explained[:k])
-    return Reducer(PipelineModel(stages=[scaler_model, pca_model]), k, explained.tolist())
+    spark = train.sparkSession
+    scaler = _spark_scaler_model(spark, mean, std, cfg.scale_std)
+    pca_model = _spark_pca_model(spark, eigvec[:, :k], explained[:k])
+    return Reducer(PipelineModel(stages=[scaler, pca_model]), k, explained.tolist())
 
 
-def _covariance(scaled: DataFrame, std: np.ndarray, scale_std: bool) -> np.ndarray:
-    """Covariance of the scaled column via Spark's distributed Pearson correlation
-    (`pyspark.ml.stat.Correlation`: a Gramian aggregated on the executors)."""
-    row = Correlation.corr(scaled, SCALED, "pearson").first()
-    assert row is not None
-    corr = np.nan_to_num(np.asarray(row[0].toArray()), nan=0.0)  # constant features: NaN
-    s = (std > 0).astype(float) if scale_std else std
-    return corr * np.outer(s, s)
+def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray, np.ndarray]:
+    """Row count, mean and (unbiased) covariance of an array column, in one pass.
+
+    Each task reduces its Arrow batches to a count, a sum and a Gramian X^T X in float64 with
+    numpy (a blocked matrix product, where Spark's `RowMatrix` adds one rank-1 update per row);
+    Spark then sums the per-task results row by row of the Gramian (`Summarizer.sum`, grouped by
+    row index), so no single task or the driver ever holds more than one d x d matrix. Raw
+    moments in float64 are exact enough here: CNN features have means of the order of their
+    standard deviations, far from where `G/n - mean mean^T` loses digits.
+    """
+    from pyspark.ml.stat import Summarizer
+
+    first = df.select(features).first()
+    if first is None:
+        return 0, np.zeros(0), np.zeros((0, 0))
+    dim = len(first[0])
+
+    def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        n, total, gram = 0, np.zeros(dim), np.zeros((dim, dim))
+        for batch in batches:
+            if len(batch):
+                x = np.stack(batch[features].to_numpy()).astype(np.float64)
+                n += len(x)
+                total += x.sum(axis=0)
+                gram += x.T @ x
+        if n:
+            rows = [*gram, total, np.array([float(n)])]
+            yield pd.DataFrame({"i": np.arange(len(rows)), "v": rows})
+
+    parts = df.select(features).mapInPandas(partial, "i int, v array<double>")
+    summed = parts.groupBy("i").agg(Summarizer.sum(array_to_vector("v")).alias("s")).collect()
+    if not summed:
+        return 0, np.zeros(dim), np.zeros((dim, dim))
+    by_row = {r["i"]: r["s"].toArray() for r in summed}
+    n = int(by_row[dim + 1][0])
+    mean = by_row[dim] / n
+    gram = np.stack([by_row[i] for i in range(dim)])
+    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    return n, mean, (cov + cov.T) / 2
+
+
+def _spark_scaler_model(
+    spark: SparkSession, mean: np.ndarray, std: np.ndarray, scale_std: bool
+) -> StandardScalerModel:
+    """Spark's own StandardScalerModel (withMean, withStd as configured) from our moments."""
+    from pyspark.ml.common import _py2java
+
+    sc = spark.sparkContext
+    uid = f"StandardScaler_{uuid.uuid4().hex[:12]}"
+    jmodel = sc._jvm.org.apache.spark.ml.feature.StandardScalerModel(  # type: ignore[union-attr]
+        uid, _py2java(sc, DenseVector(std.tolist())), _py2java(sc, DenseVector(mean.tolist()))
+    )
+    jmodel.set(jmodel.withMean(), True)
+    jmodel.set(jmodel.withStd(), scale_std)
+    jmodel.setInputCol(VEC).setOutputCol(SCALED)
+    return StandardScalerModel(jmodel)
 
 
 def _spark_pca_model(spark: SparkSession, pc: np.ndarray, explained: np.ndarray) -> PCAModel:
