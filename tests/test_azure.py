@@ -260,8 +260,8 @@ def test_explain_messages_are_one_line_and_clean():
 
 def test_fsspec_store_on_local_files(tmp_path):
     """The Store protocol through fsspec, on the local file system (Azure: test_azure_pipeline)."""
-    from fruits.fsspec_store import FsspecStore, locate
     from fruits.storage import publish
+    from fruits.storage.fsspec import FsspecStore, locate
 
     root = str(tmp_path / "remote")
     store = FsspecStore(locate(root))

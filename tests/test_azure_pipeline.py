@@ -16,8 +16,10 @@ import pytest
 from azurite_service import ACCOUNT, KEY, assert_no_secret
 from typer.testing import CliRunner
 
-from fruits import fsspec_store
 from fruits.cli import app
+from fruits.storage import fsspec as fsspec_storage
+from fruits.storage.hadoop import hadoop_can_open
+from fruits.storage.plan import choose
 
 pytestmark = pytest.mark.azure
 
@@ -56,16 +58,16 @@ def small_tree(sample_dir: Path, root: Path, per_class: int = 2) -> Path:
 
 
 def test_choose_falls_back_to_fsspec_without_connector(spark, azure_env):
-    assert not fsspec_store.hadoop_can_open(spark, "abfss://c@a.dfs.core.windows.net/x")
-    assert fsspec_store.hadoop_can_open(spark, "/tmp/x")
-    assert fsspec_store.choose(spark, "auto", "az://c/x") == ("fsspec", "az://c/x")
-    assert fsspec_store.choose(spark, "auto", "/tmp/x") == ("hadoop", "/tmp/x")
+    assert not hadoop_can_open(spark, "abfss://c@a.dfs.core.windows.net/x")
+    assert hadoop_can_open(spark, "/tmp/x")
+    assert choose(spark, "auto", "az://c/x") == ("fsspec", "az://c/x")
+    assert choose(spark, "auto", "/tmp/x") == ("hadoop", "/tmp/x")
     # forced Hadoop turns az:// into the abfss:// URI Spark's connector expects
-    assert fsspec_store.choose(spark, "hadoop", "az://c/x") == (
+    assert choose(spark, "hadoop", "az://c/x") == (
         "hadoop",
         f"abfss://c@{ACCOUNT}.dfs.core.windows.net/x",
     )
-    assert fsspec_store.choose(spark, "fsspec", "/tmp/x") == ("fsspec", "/tmp/x")
+    assert choose(spark, "fsspec", "/tmp/x") == ("fsspec", "/tmp/x")
 
 
 def test_fsspec_ingest_matches_binaryfile_ingest(spark, azure_env, container, sample_dir, tmp_path):
@@ -79,7 +81,7 @@ def test_fsspec_ingest_matches_binaryfile_ingest(spark, azure_env, container, sa
     assert upload(local, f"az://{container}/imgs", progress=False).ok
 
     limit = big.stat().st_size - 1  # at least one file is "too large"
-    remote = fsspec_store.read_images(spark, f"az://{container}/imgs", max_file_bytes=limit)
+    remote = fsspec_storage.read_images(spark, f"az://{container}/imgs", max_file_bytes=limit)
     hadoop = read_images(spark, str(local), max_file_bytes=limit)
     # the same columns, plus the blob's ETag as the content version (incremental runs)
     versions = remote.files.select("content_hash").collect()
@@ -118,7 +120,7 @@ def test_fsspec_unreadable_file_has_null_content(spark, azure_env, container, sa
 
     local = small_tree(sample_dir, tmp_path / "imgs", per_class=1)
     assert upload(local, f"az://{container}/imgs", progress=False).ok
-    ingested = fsspec_store.read_images(spark, f"az://{container}/imgs")
+    ingested = fsspec_storage.read_images(spark, f"az://{container}/imgs")
     victim = ingested.files.select("path").orderBy("path").first()["path"]
     blob = victim.split(f"az://{container}/", 1)[1]
     azure_env.service().get_container_client(container).delete_blob(blob)
@@ -152,7 +154,7 @@ def test_a_blob_deleted_between_listing_and_reading_is_quarantined_as_unreadable
 
     local = small_tree(sample_dir, tmp_path / "imgs")
     assert upload(local, f"az://{container}/imgs", progress=False).ok
-    listed = fsspec_store.list_files
+    listed = fsspec_storage.list_files
     deleted: list[str] = []
 
     def list_then_delete(location, extensions):
@@ -162,7 +164,7 @@ def test_a_blob_deleted_between_listing_and_reading_is_quarantined_as_unreadable
         deleted.append(uri)
         return rows
 
-    monkeypatch.setattr(fsspec_store, "list_files", list_then_delete)
+    monkeypatch.setattr(fsspec_storage, "list_files", list_then_delete)
     out = tmp_path / "out"
     cfg = PipelineConfig(input=f"az://{container}/imgs", output=str(out), classify=False)
     report = run_pipeline(cfg, spark=spark).report
@@ -182,7 +184,7 @@ def test_a_blob_deleted_between_listing_and_reading_is_quarantined_as_unreadable
 
 def test_fsspec_store_operations(azure_env, container, tmp_path):
     root = f"az://{container}/store"
-    store = fsspec_store.FsspecStore(fsspec_store.locate(root))
+    store = fsspec_storage.FsspecStore(fsspec_storage.locate(root))
     src = tmp_path / "dir"
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("a")
@@ -320,11 +322,11 @@ def test_the_listing_carries_a_content_version_that_changes_on_a_same_size_rewri
     """Incremental runs compare it: a blob rewritten with the same size is not 'unchanged'."""
     blobs = azure_env.service().get_container_client(container)
     blobs.upload_blob("Training/Kiwi 1/a.jpg", b"x" * 64)
-    location = fsspec_store.locate(f"az://{container}/Training")
-    (before,) = fsspec_store.list_files(location, ["jpg"])
+    location = fsspec_storage.locate(f"az://{container}/Training")
+    (before,) = fsspec_storage.list_files(location, ["jpg"])
     blobs.upload_blob("Training/Kiwi 1/a.jpg", b"y" * 64, overwrite=True)
     location.fs().invalidate_cache()
-    (after,) = fsspec_store.list_files(location, ["jpg"])
+    (after,) = fsspec_storage.list_files(location, ["jpg"])
     assert before[2] == after[2] == 64
     assert before[4].startswith("etag:") and after[4].startswith("etag:")
     assert before[4] != after[4]
@@ -349,8 +351,8 @@ def test_a_missing_output_container_is_refused_before_any_work(spark, azure_env,
 def test_a_blob_publish_interrupted_mid_copy_never_looks_finished(azure_env, container, kill_at):
     """On blob storage a folder "rename" is a copy: kill it after some files and no reader
     finds a marker beside partial data; the next writer restores the previous output."""
-    from fruits.fsspec_store import FsspecStore, locate
     from fruits.storage import MARKER, publish, recover
+    from fruits.storage.fsspec import FsspecStore, locate
 
     blobs = azure_env.service().get_container_client(container)
     for run, payload in (("out", b"old"), (".out.staging-r2", b"new")):

@@ -164,9 +164,9 @@ def test_a_malformed_job_fails_the_models(job):
 
 
 def test_input_and_output_are_unity_catalog_volumes(bundle):
-    """The defaults are volume paths the storage plan recognises (fsspec_store.volume_path),
+    """The defaults are volume paths the storage plan recognises (storage.plan.volume_path),
     so the job lists them with Spark as dbfs:/Volumes/... instead of walking them."""
-    from fruits.fsspec_store import volume_path
+    from fruits.storage.plan import volume_path
 
     names = {"catalog": "main", "schema": "fruits", "volume": "data"}
     for name in ("input", "output"):
@@ -196,7 +196,7 @@ def test_notebook_calls_the_package_and_holds_no_logic():
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fruits")
         for alias in node.names
     ]
-    assert {m for m, _ in imported} >= {"fruits.pipeline", "fruits.config", "fruits.fsspec_store"}
+    assert {m for m, _ in imported} >= {"fruits.pipeline", "fruits.config", "fruits.storage.plan"}
     for module, name in imported:
         assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
 

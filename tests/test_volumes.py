@@ -1,4 +1,4 @@
-"""Unity Catalog volumes in the storage plan (fsspec_store.volume_path, choose, plan_storage).
+"""Unity Catalog volumes in the storage plan (storage.plan: volume_path, choose, plan_storage).
 
 On Databricks `/Volumes/<catalog>/<schema>/<volume>/...` is a FUSE folder on the driver, and
 `dbfs:/Volumes/...` the same files for Spark, listed on the executors. Here there is no DBFS: the
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fruits.fsspec_store import hadoop_can_open, plan_storage, planned_input, volume_path
+from fruits.storage.hadoop import hadoop_can_open
+from fruits.storage.plan import plan_storage, planned_input, volume_path
 
 VOL = "/Volumes/main/fruits/data"
 

@@ -31,7 +31,6 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from fruits.config import PipelineConfig
-from fruits.fsspec_store import FsspecStore, StoragePlan, locate, plan_storage
 from fruits.ingest import InputError
 from fruits.report import write_json
 from fruits.storage import (
@@ -46,6 +45,8 @@ from fruits.storage import (
     split_parent,
     staging_uri,
 )
+from fruits.storage.fsspec import FsspecStore, locate
+from fruits.storage.plan import StoragePlan, plan_storage
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ dbutils.widgets.dropdown("pca_variance", "0.95", ["0.90", "0.95", "0.99"], "PCA 
 # COMMAND ----------
 
 from fruits.config import PipelineConfig, ReduceConfig
-from fruits.fsspec_store import plan_storage
+from fruits.storage.plan import plan_storage
 
 cfg = PipelineConfig(
     input=dbutils.widgets.get("input"),

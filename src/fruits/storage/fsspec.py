@@ -1,12 +1,12 @@
 """Azure (or any fsspec) paths when Spark itself cannot read them, e.g. a laptop without the
-hadoop-azure connector.
+hadoop-azure connector: the fsspec `Store`, reader and output.
 
 Input: files are listed with fsspec on the driver (one listing call, sizes and times included)
 and read on the executors by a pandas UDF, giving the same columns as `ingest.read_images`.
 Output: the run is written to a local temporary folder as usual and uploaded at publish time,
 into a staging prefix that is then renamed into place, with `_SUCCESS.json` uploaded last.
 
-`plan_storage` picks Hadoop or fsspec per location (`--storage auto|hadoop|fsspec`); the
+`plan.plan_storage` picks Hadoop or fsspec per location (`--storage auto|hadoop|fsspec`); the
 pipeline only calls the plan's methods. Credentials reach executors inside the UDF's closure
 (pickled with the task), never through Spark conf, and their `repr` is redacted.
 """
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import pandas as pd
 from pyspark.sql import SparkSession
@@ -32,12 +32,11 @@ from pyspark.sql import types as T
 from fruits import azure
 from fruits.cache import LruCache
 from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
-from fruits.ingest import Ingested, InputError, image_rows, local_path, split_by_size
-from fruits.storage import MARKER, publish, quietly, split_parent, staging_uri
+from fruits.ingest import Ingested, InputError, image_rows, split_by_size
+from fruits.storage.base import MARKER, publish, quietly, split_parent, staging_uri
 
 log = logging.getLogger(__name__)
 
-StorageMode = Literal["auto", "hadoop", "fsspec"]
 LISTING_SCHEMA = T.StructType(
     [
         T.StructField("path", T.StringType(), False),
@@ -315,114 +314,47 @@ def content_udf(spec: FsSpec) -> Any:
     return read
 
 
-# --- choosing per location, and the upload at publish time ------------------------------------
+# --- the reader and the output the plan holds ----------------------------------------------
 
 
-def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
-    """Does the driver JVM have a Hadoop FileSystem for this URI's scheme?"""
-    scheme = azure.scheme_of(uri)
-    if scheme in ("", "file"):
-        return True
-    jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    try:
-        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, conf)
-    except Exception:
-        return False
-    return True
+@dataclass(frozen=True)
+class FsspecReader:
+    """An input Spark cannot open: listed by fsspec on the driver, read by a pandas UDF."""
 
+    uri: str
+    files_per_partition: int = FILES_PER_PARTITION
+    mode: ClassVar[str] = "fsspec"
 
-def volume_path(uri: str) -> str | None:
-    """`/Volumes/<catalog>/<schema>/<volume>/...` for a Unity Catalog volume path, bare or
-    `dbfs:`-prefixed; None for any other URI (a bare `/Volumes/disk` is a macOS mount)."""
-    if uri[:5].lower() == "dbfs:":
-        uri = "/" + uri[5:].lstrip("/")  # dbfs:/Volumes and dbfs:///Volumes
-    parts = uri.split("/")
-    if len(parts) < 5 or parts[:2] != ["", "Volumes"] or not all(parts[2:5]):
-        return None
-    return uri.rstrip("/")
+    def check(self, spark: SparkSession) -> None:
+        _check_fsspec_input(self.uri)
 
-
-def choose(spark: SparkSession, mode: StorageMode, uri: str) -> tuple[str, str]:
-    """('hadoop'|'fsspec', the URI to use): Azure URIs go to Hadoop as `abfss://`; Unity
-    Catalog volumes as `dbfs:/Volumes/...` where the JVM has a `dbfs` FileSystem (Databricks),
-    so Spark lists them on the executors, else as the local folder they are elsewhere."""
-    is_az = azure.is_azure_uri(uri)
-    volume = volume_path(uri)
-    if volume is not None:
-        if mode != "fsspec" and hadoop_can_open(spark, "dbfs:/"):
-            return "hadoop", "dbfs:" + volume
-        return ("fsspec" if mode == "fsspec" else "hadoop"), volume
-    if mode == "fsspec":
-        return "fsspec", uri
-    if is_az:
-        if mode == "auto" and not hadoop_can_open(spark, "abfss://"):
-            return "fsspec", uri
-        if azure.scheme_of(uri) in azure.HADOOP_SCHEMES:
-            return "hadoop", uri
-        loc = azure.parse_uri(uri)  # az:// and https:// spell the account differently
-        return "hadoop", loc.abfss(loc.account or azure.resolve_credentials(loc).account)
-    if mode == "hadoop" or hadoop_can_open(spark, uri):
-        return "hadoop", uri
-    return "fsspec", uri
-
-
-def planned_input(inputs: list[tuple[str, str]], uri: str) -> tuple[str, str]:
-    """The (mode, URI) `plan_storage` chose for the input the user named `uri`: a volume may
-    be planned under its other spelling (`/Volumes/...` <-> `dbfs:/Volumes/...`)."""
-    key = volume_path(uri) or uri
-    for mode, planned in inputs:
-        if planned == uri or (volume_path(planned) or planned) == key:
-            return mode, planned
-    raise KeyError(uri)
+    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
+        return read_images(spark, self.uri, files_per_partition=self.files_per_partition, **kwargs)
 
 
 @dataclass
-class StoragePlan:
-    """Where the pipeline reads and writes, and what happens at publish time; chosen once.
+class FsspecTarget:
+    """An output Spark cannot write: the run is written and published in a local temporary
+    folder (`work_output`), then uploaded to `uri` by `finish`."""
 
-    `inputs`: (mode, URI) per source: `local` (a walk on the driver, see ingest.read_local),
-    `hadoop` (Spark's binaryFile source) or `fsspec`. `work_output` is where the pipeline
-    writes and publishes: the output itself with Hadoop, a local temporary folder with fsspec,
-    uploaded to `output` by `finish`.
-    """
-
-    inputs: list[tuple[str, str]]
-    output: str
-    output_mode: str
+    uri: str
     work_output: str
-    files_per_partition: int = FILES_PER_PARTITION
-    _tmp: str | None = field(default=None, repr=False)
+    tmp: str | None = field(default=None, repr=False)
+    mode: ClassVar[str] = "fsspec"
 
-    def check_input(self, spark: SparkSession) -> None:
-        for mode, uri in self.inputs:
-            if mode == "fsspec":
-                _check_fsspec_input(uri)
-            else:
-                from fruits.ingest import check_input
-
-                check_input(spark, uri)
-
-    def read_images(self, spark: SparkSession, uri: str, **kwargs: Any) -> Ingested:
-        mode, uri = planned_input(self.inputs, uri)
-        if mode == "local":
-            from fruits.ingest import read_local
-
-            return read_local(spark, uri, files_per_partition=self.files_per_partition, **kwargs)
-        if mode == "hadoop":
-            from fruits.ingest import read_images as hadoop_read
-
-            return hadoop_read(spark, uri, **kwargs)
-        return read_images(spark, uri, files_per_partition=self.files_per_partition, **kwargs)
+    @classmethod
+    def create(cls, uri: str, name: str) -> FsspecTarget:
+        """Check the output before any work, then make the local folder named `name`."""
+        _check_fsspec_output(uri)
+        tmp = tempfile.mkdtemp(prefix="fruits-upload-")
+        return cls(uri, os.path.join(tmp, name or "output"), tmp)
 
     def finish(self, run_id: str) -> None:
-        """Upload the locally published run to `output`: staging prefix, `_SUCCESS.json` last,
+        """Upload the locally published run to `uri`: staging prefix, `_SUCCESS.json` last,
         then the same publish protocol as local runs."""
-        if self.output_mode == "hadoop":
-            return
-        store = FsspecStore(locate(split_parent(self.output)[0]))  # staging is a sibling
-        staging = staging_uri(self.output, run_id)
-        if azure.is_azure_uri(self.output):
+        store = FsspecStore(locate(split_parent(self.uri)[0]))  # staging is a sibling
+        staging = staging_uri(self.uri, run_id)
+        if azure.is_azure_uri(self.uri):
             from fruits.transfer import upload
 
             summary = upload(
@@ -437,13 +369,13 @@ class StoragePlan:
                 raise OSError("; ".join(f"{r}: {why}" for r, why in summary.failures[:3]))
         else:
             store.put(self.work_output, staging)
-        publish(store, staging, self.output, run_id)
-        log.info("uploaded the run to %s", azure.redact(self.output))
+        publish(store, staging, self.uri, run_id)
+        log.info("uploaded the run to %s", azure.redact(self.uri))
 
     def cleanup(self) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
 
 def _check_fsspec_input(uri: str) -> None:
@@ -482,46 +414,3 @@ def _check_fsspec_output(uri: str) -> None:
             f"output container {loc.container!r} not found ({azure.redact(uri)}): create it"
             f" first (e.g. `az storage container create --name {loc.container}`)"
         )
-
-
-def plan_storage(
-    spark: SparkSession,
-    mode: StorageMode,
-    inputs: list[str],
-    output: str,
-    *,
-    files_per_partition: int = FILES_PER_PARTITION,
-) -> StoragePlan:
-    """Pick a reader per input and Hadoop or fsspec for the output (auto: Hadoop when the JVM
-    has a FileSystem for the scheme; local folders are walked by Python, see ingest.read_local)
-    and, for an fsspec output, the local folder the run is written to first.
-
-    A Unity Catalog volume (`/Volumes/<catalog>/<schema>/<volume>/...`) is a FUSE folder on
-    Databricks too, but walking millions of files from the driver is slow: where the JVM has a
-    `dbfs` FileSystem it is read and written as `dbfs:/Volumes/...` (listed by Spark on the
-    executors); elsewhere it is the local folder it is (see `choose`)."""
-    if mode not in ("auto", "hadoop", "fsspec"):
-        raise ValueError(f"storage must be auto, hadoop or fsspec, got {mode!r}")
-    planned = []
-    for uri in inputs:
-        in_mode, in_uri = choose(spark, mode, uri)
-        if mode == "auto" and in_mode == "hadoop" and local_path(in_uri) is not None:
-            in_mode = "local"
-        planned.append((in_mode, in_uri))
-    out_mode, out_uri = choose(spark, mode, output)
-    tmp = None
-    work = out_uri
-    if out_mode == "fsspec":
-        _check_fsspec_output(output)
-        tmp = tempfile.mkdtemp(prefix="fruits-upload-")
-        work = os.path.join(tmp, out_uri.rstrip("/").rpartition("/")[2] or "output")
-    plan = StoragePlan(
-        planned,
-        output if out_mode == "fsspec" else out_uri,
-        out_mode,
-        work,
-        files_per_partition,
-        tmp,
-    )
-    log.info("storage: inputs via %s, output via %s", [m for m, _ in planned], out_mode)
-    return plan

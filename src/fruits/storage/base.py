@@ -1,9 +1,10 @@
-"""Storage: the few file-system operations the pipeline needs, on any Hadoop URI, and the
-staging-then-publish protocol that keeps half-written runs from looking complete.
+"""What every backend shares: the `Store` protocol (the few file-system operations the
+pipeline needs), the URI helpers, and the staging-then-publish protocol that keeps
+half-written runs from looking complete.
 
-Spark writes DataFrames itself; this module moves driver-made files (report, plots, models)
-and renames directories through Hadoop's FileSystem API, so local paths, `abfss://`, `s3a://`
-and `dbfs:/` behave the same wherever the cluster has the connector.
+The backends implementing `Store` live beside this module: `hadoop.HadoopStore` (Spark's
+Hadoop FileSystem, any scheme the cluster has a connector for) and `fsspec.FsspecStore`
+(Azure or any fsspec URI when Spark itself cannot open it).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pyspark.sql import SparkSession
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from fruits.ingest import Ingested
 
 log = logging.getLogger(__name__)
 
@@ -32,84 +36,38 @@ class Store(Protocol):
     def create_new(self, uri: str, text: str) -> bool: ...
 
 
-class HadoopStore:
-    """Hadoop FileSystem through the driver JVM: whatever schemes the cluster can read."""
+class Reader(Protocol):
+    """How one input is checked and read, chosen once by `plan.plan_storage`."""
 
-    def __init__(self, spark: SparkSession) -> None:
-        self._jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    @property
+    def mode(self) -> str:
+        """`local`, `hadoop` or `fsspec`, as the plan reports it."""
 
-    def _path(self, uri: str) -> tuple[Any, Any]:
-        p = self._jvm.org.apache.hadoop.fs.Path(uri)
-        return p.getFileSystem(self._conf), p
+    @property
+    def uri(self) -> str:
+        """The input as this reader opens it (a volume may be respelt)."""
 
-    def exists(self, uri: str) -> bool:
-        fs, p = self._path(uri)
-        return bool(fs.exists(p))
+    def check(self, spark: SparkSession) -> None: ...
+    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested: ...
 
-    def delete(self, uri: str) -> None:
-        fs, p = self._path(uri)
-        if fs.exists(p):
-            fs.delete(p, True)
 
-    def rename(self, src: str, dst: str) -> None:
-        fs, s = self._path(src)
-        _, d = self._path(dst)
-        parent = d.getParent()
-        if parent is not None and not fs.exists(parent):
-            fs.mkdirs(parent)
-        if not fs.rename(s, d):
-            raise OSError(f"could not rename {src} to {dst}")
+class Target(Protocol):
+    """Where a run's output goes, chosen once by `plan.plan_storage`: `work_output` is where
+    the pipeline writes and publishes, `finish` puts the published run at `uri` if it is not
+    there already."""
 
-    def put(self, local: str | Path, uri: str) -> None:
-        fs, p = self._path(uri)
-        fs.copyFromLocalFile(False, True, self._jvm.org.apache.hadoop.fs.Path(str(local)), p)
+    @property
+    def mode(self) -> str:
+        """`hadoop` or `fsspec`, as the plan reports it."""
 
-    def get(self, uri: str, local: str | Path) -> None:
-        fs, p = self._path(uri)
-        fs.copyToLocalFile(False, p, self._jvm.org.apache.hadoop.fs.Path(str(local)), True)
+    @property
+    def uri(self) -> str:
+        """The output as the user and the report know it."""
 
-    def list(self, uri: str) -> list[str]:
-        fs, p = self._path(uri)
-        if not fs.exists(p):
-            return []
-        return [str(s.getPath().toString()) for s in fs.listStatus(p)]
-
-    def is_file(self, uri: str) -> bool:
-        fs, p = self._path(uri)
-        return bool(fs.exists(p)) and bool(fs.getFileStatus(p).isFile())
-
-    def read_text(self, uri: str) -> str:
-        fs, p = self._path(uri)
-        stream = fs.open(p)
-        try:
-            reader = self._jvm.java.io.BufferedReader(
-                self._jvm.java.io.InputStreamReader(stream, "UTF-8")
-            )
-            lines = []
-            line = reader.readLine()
-            while line is not None:
-                lines.append(line)
-                line = reader.readLine()
-            return "\n".join(lines)
-        finally:
-            stream.close()
-
-    def create_new(self, uri: str, text: str) -> bool:
-        """Create `uri` holding `text` unless it exists (False then): the lease primitive.
-        `create(overwrite=false)` is atomic on HDFS and ADLS Gen2 (hierarchical namespace)."""
-        fs, p = self._path(uri)
-        try:
-            out = fs.create(p, False)
-        except Exception as exc:
-            if "FileAlreadyExists" in str(exc) or fs.exists(p):
-                return False
-            raise
-        try:
-            out.write(bytearray(text.encode("utf-8")))
-        finally:
-            out.close()
-        return True
+    @property
+    def work_output(self) -> str: ...
+    def finish(self, run_id: str) -> None: ...
+    def cleanup(self) -> None: ...
 
 
 def join(base: str, *parts: str) -> str:

@@ -1,0 +1,150 @@
+"""Spark's Hadoop FileSystem through the driver JVM: the store, the reader and the output of
+any URI the cluster has a connector for.
+
+Spark writes DataFrames itself; `HadoopStore` moves driver-made files (report, plots, models)
+and renames directories through Hadoop's FileSystem API, so local paths, `abfss://`, `s3a://`
+and `dbfs:/` behave the same wherever the cluster has the connector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pyspark.sql import SparkSession
+
+from fruits import azure
+
+if TYPE_CHECKING:
+    from fruits.ingest import Ingested
+
+
+class HadoopStore:
+    """Hadoop FileSystem through the driver JVM: whatever schemes the cluster can read."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self._jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+
+    def _path(self, uri: str) -> tuple[Any, Any]:
+        p = self._jvm.org.apache.hadoop.fs.Path(uri)
+        return p.getFileSystem(self._conf), p
+
+    def exists(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p))
+
+    def delete(self, uri: str) -> None:
+        fs, p = self._path(uri)
+        if fs.exists(p):
+            fs.delete(p, True)
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, s = self._path(src)
+        _, d = self._path(dst)
+        parent = d.getParent()
+        if parent is not None and not fs.exists(parent):
+            fs.mkdirs(parent)
+        if not fs.rename(s, d):
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def put(self, local: str | Path, uri: str) -> None:
+        fs, p = self._path(uri)
+        fs.copyFromLocalFile(False, True, self._jvm.org.apache.hadoop.fs.Path(str(local)), p)
+
+    def get(self, uri: str, local: str | Path) -> None:
+        fs, p = self._path(uri)
+        fs.copyToLocalFile(False, p, self._jvm.org.apache.hadoop.fs.Path(str(local)), True)
+
+    def list(self, uri: str) -> list[str]:
+        fs, p = self._path(uri)
+        if not fs.exists(p):
+            return []
+        return [str(s.getPath().toString()) for s in fs.listStatus(p)]
+
+    def is_file(self, uri: str) -> bool:
+        fs, p = self._path(uri)
+        return bool(fs.exists(p)) and bool(fs.getFileStatus(p).isFile())
+
+    def read_text(self, uri: str) -> str:
+        fs, p = self._path(uri)
+        stream = fs.open(p)
+        try:
+            reader = self._jvm.java.io.BufferedReader(
+                self._jvm.java.io.InputStreamReader(stream, "UTF-8")
+            )
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def create_new(self, uri: str, text: str) -> bool:
+        """Create `uri` holding `text` unless it exists (False then): the lease primitive.
+        `create(overwrite=false)` is atomic on HDFS and ADLS Gen2 (hierarchical namespace)."""
+        fs, p = self._path(uri)
+        try:
+            out = fs.create(p, False)
+        except Exception as exc:
+            if "FileAlreadyExists" in str(exc) or fs.exists(p):
+                return False
+            raise
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
+        return True
+
+
+def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
+    """Does the driver JVM have a Hadoop FileSystem for this URI's scheme?"""
+    scheme = azure.scheme_of(uri)
+    if scheme in ("", "file"):
+        return True
+    jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    try:
+        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, conf)
+    except Exception:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class HadoopReader:
+    """Spark's binaryFile source (`ingest.read_images`): listed and read on the executors."""
+
+    uri: str
+    mode: ClassVar[str] = "hadoop"
+
+    def check(self, spark: SparkSession) -> None:
+        from fruits.ingest import check_input
+
+        check_input(spark, self.uri)
+
+    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
+        from fruits.ingest import read_images
+
+        return read_images(spark, self.uri, **kwargs)
+
+
+@dataclass(frozen=True)
+class HadoopTarget:
+    """An output Spark writes and publishes in place: nothing is left to do after the publish."""
+
+    uri: str
+    mode: ClassVar[str] = "hadoop"
+
+    @property
+    def work_output(self) -> str:
+        return self.uri
+
+    def finish(self, run_id: str) -> None:
+        """Nothing to upload: the publish already put the run at `uri`."""
+
+    def cleanup(self) -> None:
+        """No temporary folder to remove."""
