@@ -36,7 +36,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -374,18 +373,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-@dataclass
 class Load:
-    """What one load scenario measured: the normal clients, the abusers and the server."""
+    """What one load scenario measured: the normal clients, the abusers and the server. (A plain
+    class: tests/test_api.py loads this file without registering it, which dataclasses need.)"""
 
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    statuses: Counter[str] = field(default_factory=Counter)
-    stalled: list[dict[str, Any]] = field(default_factory=list)
-    heavy: list[dict[str, Any]] = field(default_factory=list)
-    wall: float = 0.0
-    server_cpu: float = 0.0
-    peak_rss: int | None = None
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.statuses: Counter[str] = Counter()
+        self.stalled: list[dict[str, Any]] = []
+        self.heavy: list[dict[str, Any]] = []
+        self.wall = 0.0
+        self.server_cpu = 0.0
+        self.peak_rss: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
