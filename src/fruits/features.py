@@ -485,13 +485,15 @@ def featurize_udf(
     return featurize
 
 
-def featurize(run: Any, files: Any) -> tuple[ModelArtifact, Any]:
+def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, Any]:
     """The featurize stage: (path, label, split, length, modification_time, content) ->
     the same keys + `content_hash` + `features` + `reason` (null when usable), materialised
     once as Parquet in the run's staging folder, because every later stage reads it and the CNN
-    is the costly part.
+    is the costly part. With `total` (images to featurize), progress is logged every 10 s.
     """
     from pyspark.sql import functions as F
+
+    from fruits.progress import Progress
 
     cfg, spark = run.cfg, run.spark
     artifact = build_artifact(cfg.featurizer)
@@ -516,7 +518,8 @@ def featurize(run: Any, files: Any) -> tuple[ModelArtifact, Any]:
     ).select(*KEY_COLUMNS, "content_hash", "r.features", F.col("r.error").alias("reason"))
     spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
     try:
-        featurized.write.parquet(work)
+        with Progress(spark, run.group, what="featurize", total=total):
+            featurized.write.parquet(work)
     except Exception as exc:
         # The Python traceback quotes the raising source line too; take the message itself.
         import re

@@ -60,7 +60,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             return RunResult(run.output, prev.unchanged_report(run.run_id, listed.total))
 
         with run.stage("featurize"):
-            artifact, feats = featurize(run, prev.todo)
+            artifact, feats = featurize(run, prev.todo, total=prev.processed)
             ok = prev.with_kept_features(feats.where(F.col("reason").isNull()).drop("reason"))
         with run.stage("quarantine"):
             bad = quarantine.write(run, feats, prev, listed)
