@@ -50,7 +50,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import PipelineConfig
-from fruits.ingest import Ingested, label_col, split_col
+from fruits.ingest import Ingested, image_rows, split_by_size
 from fruits.reduce import Reducer, load_reducer
 from fruits.storage import Store, join
 
@@ -207,14 +207,7 @@ def plan_increment(
 ) -> Increment | None:
     """Compare the listing with the published output; None when there is no finished output
     to build on (the caller then does a full run)."""
-    try:
-        done = finished(store, output)
-    except Exception as exc:  # e.g. an fsspec-only output (`--storage fsspec`)
-        raise ValueError(
-            f"--incremental needs an output Spark's Hadoop connector can read: {output}"
-            f" ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
-        ) from None
-    if not done:
+    if not _has_finished_output(store, output):
         log.info("incremental: no finished output at %s, processing everything", output)
         return None
     previous = read_report(store, output)
@@ -223,13 +216,69 @@ def plan_increment(
     quarantine = _read_quarantine(spark, store, output)
     known = images.select(*META).unionByName(quarantine.select(*META))
     refused = _with_meta(ingested.too_large)
-    current = _with_meta(ingested.files).withColumn(
-        "content_hash", current_hash(ingested.files, verify=cfg.verify_content)
+    diff = compare(_listing(ingested, refused, verify=cfg.verify_content), known)
+    delta = Delta.collect(diff, verify=cfg.verify_content)
+    todo = _todo(spark, ingested, delta.todo, cfg.max_file_bytes)
+    todo_refused = (
+        refused.join(F.broadcast(_paths_df(spark, delta.refused)), "path", "left_semi")
+        if delta.refused
+        else refused.limit(0)
     )
-    listed = current.select(*META, F.lit(False).alias("refused")).unionByName(
+    kept_features, kept_quarantine = _kept(
+        spark, images.select(*FEATURE_COLUMNS), quarantine, delta.changed + delta.deleted
+    )
+    classifier_path, classifier_refit = _classifier_choice(store, output, cfg, ingested.files)
+    deleted = sorted(delta.deleted)
+    return Increment(
+        previous_run_id=previous.get("run_id"),
+        previous_report=previous,
+        todo=todo,
+        todo_refused=todo_refused,
+        kept_features=kept_features,
+        kept_quarantine=kept_quarantine,
+        new=delta.count("new"),
+        changed=delta.count("changed"),
+        deleted_paths=deleted[:MAX_LISTED],
+        deleted=len(deleted),
+        unchanged=delta.count("unchanged"),
+        refit=cfg.refit,
+        reducer=None
+        if cfg.refit
+        else load_reducer(
+            join(output, "models", "scaler_pca"),
+            previous.get("pca_explained_variance_per_component"),
+        ),
+        classifier_path=classifier_path,
+        classifier_refit=classifier_refit,
+        verify_content=cfg.verify_content,
+    )
+
+
+def _has_finished_output(store: Store, output: str) -> bool:
+    """`finished`, with a store that cannot read the output reported in one line."""
+    try:
+        return finished(store, output)
+    except Exception as exc:  # e.g. an fsspec-only output (`--storage fsspec`)
+        raise ValueError(
+            f"--incremental needs an output Spark's Hadoop connector can read: {output}"
+            f" ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+        ) from None
+
+
+def _listing(ingested: Ingested, refused: DataFrame, *, verify: bool) -> DataFrame:
+    """Today's listing as (META..., refused): the usable files with the content version this
+    run compares, and the files refused before reading."""
+    current = _with_meta(ingested.files).withColumn(
+        "content_hash", current_hash(ingested.files, verify=verify)
+    )
+    return current.select(*META, F.lit(False).alias("refused")).unionByName(
         refused.select(*META, F.lit(True).alias("refused"))
     )
 
+
+def compare(listed: DataFrame, known: DataFrame) -> DataFrame:
+    """(path, status, refused) for every path of today's listing or the previous output;
+    status is new, deleted, unchanged or changed."""
     cur, old = listed.alias("cur"), known.alias("old")
     # A hash is compared where this listing has one: an unknown old hash (an output written
     # before hashes were kept, a file unreadable last time) then counts as changed.
@@ -247,80 +296,91 @@ def plan_increment(
         .when(same, "unchanged")
         .otherwise("changed")
     )
-    diff = cur.join(old, F.col("cur.path") == F.col("old.path"), "full_outer").select(
+    return cur.join(old, F.col("cur.path") == F.col("old.path"), "full_outer").select(
         F.coalesce("cur.path", "old.path").alias("path"),
         status.alias("status"),
         F.coalesce("cur.refused", F.lit(False)).alias("refused"),
     )
-    # Two actions below; with --verify-content each would read every file again.
-    diff = diff.persist(StorageLevel.MEMORY_AND_DISK) if cfg.verify_content else diff
-    try:
-        counts = {r["status"]: r["count"] for r in diff.groupBy("status").count().collect()}
-        delta = diff.where(F.col("status") != "unchanged")
-        by_status: dict[str, list[str]] = {"new": [], "changed": [], "deleted": []}
-        todo_paths, refused_paths = [], []
-        if sum(v for k, v in counts.items() if k != "unchanged"):
-            for row in delta.collect():  # the delta only: a day's new files, not the whole store
-                by_status[row["status"]].append(row["path"])
-                if row["status"] != "deleted":
-                    (refused_paths if row["refused"] else todo_paths).append(row["path"])
-    finally:
-        diff.unpersist()
-    gone = by_status["changed"] + by_status["deleted"]
-    log.info(
-        "incremental: %d new, %d changed, %d deleted, %d unchanged",
-        counts.get("new", 0), counts.get("changed", 0), counts.get("deleted", 0),
-        counts.get("unchanged", 0),
-    )  # fmt: skip
 
-    if not todo_paths:
-        todo = ingested.files.limit(0)
-    elif ingested.may_drop:  # binaryFile: a join would read every file; open only these
-        todo = read_paths(spark, todo_paths, ingested.files.columns, cfg.max_file_bytes)
-    else:  # a driver-made listing: the filter runs before any byte is read
-        todo = ingested.files.join(F.broadcast(_paths_df(spark, todo_paths)), "path", "left_semi")
-    todo_refused = (
-        refused.join(F.broadcast(_paths_df(spark, refused_paths)), "path", "left_semi")
-        if refused_paths
-        else refused.limit(0)
+
+@dataclass
+class Delta:
+    """The comparison brought to the driver: counts per status, and the paths of what is not
+    unchanged (a day's new files, not the whole store)."""
+
+    counts: dict[str, int]
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)  # new or changed, to featurise
+    refused: list[str] = field(default_factory=list)  # new or changed, refused before reading
+
+    def count(self, status: str) -> int:
+        return self.counts.get(status, 0)
+
+    @classmethod
+    def collect(cls, diff: DataFrame, *, verify: bool) -> Delta:
+        # Two actions below; with --verify-content each would read every file again.
+        diff = diff.persist(StorageLevel.MEMORY_AND_DISK) if verify else diff
+        try:
+            rows = diff.groupBy("status").count().collect()
+            delta = cls({r["status"]: r["count"] for r in rows})
+            if sum(v for k, v in delta.counts.items() if k != "unchanged"):
+                for row in diff.where(F.col("status") != "unchanged").collect():
+                    delta.add(row["status"], row["path"], refused=row["refused"])
+        finally:
+            diff.unpersist()
+        log.info(
+            "incremental: %d new, %d changed, %d deleted, %d unchanged",
+            delta.count("new"), delta.count("changed"), delta.count("deleted"),
+            delta.count("unchanged"),
+        )  # fmt: skip
+        return delta
+
+    def add(self, status: str, path: str, *, refused: bool) -> None:
+        getattr(self, status).append(path)
+        if status != "deleted":
+            (self.refused if refused else self.todo).append(path)
+
+
+def _todo(spark: SparkSession, ingested: Ingested, paths: list[str], max_bytes: int) -> DataFrame:
+    """The listed files to featurise this run (new or changed), without reading the others."""
+    if not paths:
+        return ingested.files.limit(0)
+    if ingested.may_drop:  # binaryFile: a join would read every file; open only these
+        return read_paths(spark, paths, ingested.files.columns, max_bytes)
+    # a driver-made listing: the filter runs before any byte is read
+    return ingested.files.join(F.broadcast(_paths_df(spark, paths)), "path", "left_semi")
+
+
+def _kept(
+    spark: SparkSession, features: DataFrame, quarantine: DataFrame, gone: list[str]
+) -> tuple[DataFrame, DataFrame]:
+    """The previous output's feature and quarantine rows minus the changed and deleted paths."""
+    if not gone:
+        return features, quarantine
+    gone_df = F.broadcast(_paths_df(spark, gone))
+    return (
+        features.join(gone_df, "path", "left_anti"),
+        quarantine.join(gone_df, "path", "left_anti"),
     )
-    kept_features = images.select(*FEATURE_COLUMNS)
-    kept_quarantine = quarantine
-    if gone:
-        gone_df = F.broadcast(_paths_df(spark, gone))
-        kept_features = kept_features.join(gone_df, "path", "left_anti")
-        kept_quarantine = kept_quarantine.join(gone_df, "path", "left_anti")
-    deleted = sorted(by_status["deleted"])
-    classifier_path = None if cfg.refit else _classifier(store, output)
-    classifier_refit = "refitted (--refit)" if cfg.refit else None
-    if classifier_path is not None:
-        changed_classes = classes_changed(load_classifier(classifier_path), ingested.files)
-        if changed_classes:
-            classifier_path, classifier_refit = None, changed_classes
-            log.info("incremental: %s", changed_classes)
-    return Increment(
-        previous_run_id=previous.get("run_id"),
-        previous_report=previous,
-        todo=todo,
-        todo_refused=todo_refused,
-        kept_features=kept_features,
-        kept_quarantine=kept_quarantine,
-        new=counts.get("new", 0),
-        changed=counts.get("changed", 0),
-        deleted_paths=deleted[:MAX_LISTED],
-        deleted=len(deleted),
-        unchanged=counts.get("unchanged", 0),
-        refit=cfg.refit,
-        reducer=None
-        if cfg.refit
-        else load_reducer(
-            join(output, "models", "scaler_pca"),
-            previous.get("pca_explained_variance_per_component"),
-        ),
-        classifier_path=classifier_path,
-        classifier_refit=classifier_refit,
-        verify_content=cfg.verify_content,
-    )
+
+
+def _classifier_choice(
+    store: Store, output: str, cfg: PipelineConfig, files: DataFrame
+) -> tuple[str | None, str | None]:
+    """(saved classifier to reuse, why it is refitted): None to reuse with `--refit`, or when
+    the data's classes are no longer the classifier's."""
+    if cfg.refit:
+        return None, "refitted (--refit)"
+    path = _classifier(store, output)
+    if path is None:
+        return None, None
+    changed_classes = classes_changed(load_classifier(path), files)
+    if changed_classes:
+        log.info("incremental: %s", changed_classes)
+        return None, changed_classes
+    return path, None
 
 
 def current_hash(files: DataFrame, *, verify: bool) -> Column:
@@ -370,18 +430,10 @@ def read_paths(
         .option("ignoreMissingFiles", "true")
         .load([escape_glob(p) for p in paths])
     )
-    path = F.col("path")
-    every = {
-        "path": path,
-        "label": label_col(path),
-        "split": split_col(path),
-        "length": F.col("length"),
-        "modification_time": F.col("modificationTime"),
-        "content_hash": F.lit(None).cast("string"),
-        "content": F.col("content"),
-    }
-    files = raw.select(*[every[c].alias(c) for c in columns])
-    return files.where(F.col("length") <= max_file_bytes)
+    no_hash = F.lit(None).cast("string")  # binaryFile knows no content version
+    files = image_rows(raw, F.col("modificationTime"), F.col("content"), no_hash)
+    ok, _ = split_by_size(files, max_file_bytes)  # the listing's too-large files: todo_refused
+    return ok.select(*columns)
 
 
 def escape_glob(path: str) -> str:
