@@ -97,7 +97,7 @@ def test_the_run_is_calibrated_and_scored_per_source(multi_run, sources):
 
 
 def test_the_served_model_answers_species_and_refuses_what_is_not_fruit(multi_run, sources):
-    from fruits.serving import Predictor
+    from fruits.predictor import Predictor
 
     predictor = Predictor.load(sources / "out", threads=1)
     banana = sorted((sources / "studio" / "Test" / "Banana 1").iterdir())[0].read_bytes()
