@@ -296,7 +296,11 @@ def evaluate(
 @app.command()
 def serve(
     run: Annotated[
-        str, typer.Option(help="Output folder of `fruits run` (local path).")
+        str,
+        typer.Option(
+            help="Output folder of `fruits run` (local path), or a model logged to MLflow"
+            " (models:/name/1, runs:/<id>/model)."
+        ),
     ] = DEFAULT_OUTPUT,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -314,8 +318,19 @@ def serve(
     except ImportError as exc:
         typer.echo(f"error: {exc.name} is missing: pip install 'fruits[serve]'", err=True)
         raise typer.Exit(2) from None
+    from fruits.chain import MODEL_URI_SCHEMES
     from fruits.predictor import ServingError, check_run
 
+    if run.startswith(MODEL_URI_SCHEMES):
+        try:
+            from fruits.chain import run_folder
+
+            run = str(run_folder(run))
+        except Exception as exc:  # mlflow missing, unknown model, no tracking server
+            from fruits.azure import redact
+
+            typer.echo(f"error: cannot fetch {run} from MLflow: {_one_line(redact(exc))}", err=True)
+            raise typer.Exit(2) from None
     settings = ServeSettings(
         run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads, max_batch=max_batch
     )

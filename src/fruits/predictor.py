@@ -97,7 +97,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def check_run(run: str | Path) -> dict[str, Any]:
     """Read and cross-check a run's serving files without starting the CNN; returns the
     metadata. Raises `ServingError` with what is missing."""
-    meta, arrays, artifact = _read_run(run)
+    meta, arrays, artifact = read_run(run)
     if arrays.pc.shape[0] != artifact.spec.feature_dim:
         raise ServingError(
             f"backbone gives {artifact.spec.feature_dim} features but the PCA expects "
@@ -106,7 +106,9 @@ def check_run(run: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _read_run(run: str | Path) -> tuple[dict[str, Any], ServingArrays, ModelArtifact]:
+def read_run(run: str | Path) -> tuple[dict[str, Any], ServingArrays, ModelArtifact]:
+    """A run's serving files (metadata, arrays, backbone), checked; `ServingError` names what
+    is missing. Shared by `Predictor.load` and `chain.chain_onnx`."""
     root = Path(run)
     models = root / "models"
     if not root.is_dir():
@@ -183,7 +185,7 @@ class Predictor:
     def load(cls, run: str | Path, *, threads: int = 0) -> Predictor:
         """Load `run` (a local `fruits run` output folder). `threads`: ONNX Runtime intra-op
         threads, 0 = every core."""
-        meta, arrays, artifact = _read_run(run)
+        meta, arrays, artifact = read_run(run)
         featurizer = Featurizer(artifact, threads=threads or os.cpu_count() or 1)
         return cls(
             featurizer,

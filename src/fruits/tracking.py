@@ -1,4 +1,5 @@
-"""MLflow tracking of a finished run: its settings, headline metrics, report and plots.
+"""MLflow tracking of a finished run: its settings, headline metrics, report, plots and model
+(`chain.log_model`: the pyfunc model with the chain as one ONNX graph).
 
 On when `MLFLOW_TRACKING_URI` is set (Databricks sets it on its clusters; `file:./mlruns` or a
 server URL elsewhere), off otherwise. `MLFLOW_EXPERIMENT_NAME` picks the experiment, as MLflow
@@ -16,6 +17,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+# Register each run's model under this name (Unity Catalog: catalog.schema.model); unset: the
+# model is logged with the run but not registered.
+MODEL_NAME_ENV = "FRUITS_MLFLOW_MODEL_NAME"
 METRICS = ("accuracy", "macro_f1", "pca_k", "pca_explained_variance", "images_per_second")
 MAX_PARAM_CHARS = 500  # the smallest limit MLflow servers have enforced on a param value
 
@@ -81,6 +85,10 @@ def log_run(report: dict[str, Any], output_dir: str) -> str | None:
                 mlflow.log_dict(report, "report.json")
             if (folder / "plots").is_dir():
                 mlflow.log_artifacts(str(folder / "plots"), artifact_path="plots")
+            if (folder / "models" / "serving.npz").is_file():  # a classifier was trained
+                from fruits.chain import log_model
+
+                log_model(folder, registered_name=os.environ.get(MODEL_NAME_ENV) or None)
             run_id: str = active.info.run_id
     except Exception as exc:  # the run's outputs stand; only its tracking record is missing
         log.warning("MLflow tracking failed (%s): %s", type(exc).__name__, exc)
