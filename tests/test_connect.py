@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
@@ -212,6 +213,56 @@ def test_featurizer_pipeline_through_connect_equals_classic(
         if column == "pca":  # a component's sign is arbitrary: align before comparing
             got *= np.sign((got * want).sum(axis=0))
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=column)
+
+
+def test_fruits_run_through_connect_equals_classic(
+    sample_run: Any, sample_dir: Path, connect_server: ConnectServer, tmp_path: Path
+) -> None:
+    """The whole `fruits run` on the sample through Spark Connect (`--remote`): the same
+    report figures, features, PCA and served answers as the classic run of the same images."""
+    import pandas as pd
+
+    from fruits.predictor import Predictor
+
+    out = tmp_path / "connect-out"
+    drop = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "MASTER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fruits",
+            "run",
+            "--remote",
+            connect_server.url,
+            "--output",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    remote = json.loads((out / "report.json").read_text())
+    classic = sample_run.report
+    for key in ("images_ok", "images_quarantined", "classes", "pca_k", "accuracy", "macro_f1"):
+        assert remote[key] == pytest.approx(classic[key], abs=1e-6), key
+    assert remote["spark"]["master"].startswith("connect")
+    assert remote["task_retries"] is None  # no status tracker on a Connect client
+
+    classic_dir = Path(unquote(urlparse(sample_run.output).path))
+    want = pd.read_parquet(classic_dir / "images.parquet").set_index("path").sort_index()
+    got = pd.read_parquet(out / "images.parquet").set_index("path").sort_index()
+    assert list(got.index) == list(want.index) and len(got) == 320
+    np.testing.assert_allclose(np.stack(got["features"]), np.stack(want["features"]), atol=1e-5)
+    g, w = np.stack(got["pca"]), np.stack(want["pca"])
+    np.testing.assert_allclose(g * np.sign((g * w).sum(axis=0)), w, atol=1e-3)
+
+    served, reference = Predictor.load(out, threads=1), Predictor.load(classic_dir, threads=1)
+    for photo in sorted((sample_dir / "Test").glob("*/*.jpg"))[::8]:
+        data = photo.read_bytes()
+        assert served.predict(data).labels[0] == reference.predict(data).labels[0], photo
 
 
 def client_main(url: str, root: str, out: str) -> None:

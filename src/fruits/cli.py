@@ -46,6 +46,13 @@ LabelMapOpt = Annotated[
     ),
 ]
 OutputOpt = Annotated[str, typer.Option(help="Output folder: path or URI.")]
+RemoteOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Spark Connect server (sc://host:port; default: $SPARK_REMOTE): the run goes"
+        " through Spark Connect, as on Databricks serverless compute. Exclusive with --master."
+    ),
+]
 MasterOpt = Annotated[
     Optional[str], typer.Option(help="Spark master; default: spark-submit's, else local[*].")
 ]
@@ -179,6 +186,7 @@ def run(
     label_map: LabelMapOpt = None,
     output: OutputOpt = DEFAULT_OUTPUT,
     master: MasterOpt = None,
+    remote: RemoteOpt = None,
     on_error: OnErrorOpt = "quarantine",
     backbone: BackboneOpt = "efficientnet_lite0",
     weights: WeightsOpt = None,
@@ -207,6 +215,7 @@ def run(
         label_map=label_map,
         output=output,
         master=master,
+        remote=remote,
         on_error=on_error,  # type: ignore[arg-type]
         featurizer=FeaturizerConfig(
             backbone=backbone,

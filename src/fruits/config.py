@@ -89,6 +89,7 @@ class PipelineConfig:
     val_fraction: float = 0.1  # of a source's train split set aside when it has no val split
     output: str = DEFAULT_OUTPUT
     master: str | None = None
+    remote: str | None = None  # Spark Connect URL (sc://...); default: $SPARK_REMOTE
     on_error: OnError = "quarantine"
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_file_bytes: int = MAX_FILE_BYTES

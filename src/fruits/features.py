@@ -494,13 +494,17 @@ def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, A
     from pyspark.sql import functions as F
 
     from fruits.progress import Progress
+    from fruits.spark import is_connect
+
+    # Through Spark Connect there is no broadcast: the graph travels inside the UDF (~13 MB).
+    connect = is_connect(run.spark)
 
     cfg, spark = run.cfg, run.spark
     artifact = build_artifact(cfg.featurizer)
     threads = cfg.featurizer.threads_per_task or int(spark.conf.get("spark.task.cpus", "1") or 1)
     run.threads_per_task = threads
     udf = featurize_udf(
-        spark.sparkContext.broadcast(artifact),
+        artifact if connect else spark.sparkContext.broadcast(artifact),
         artifact.fingerprint,
         cfg.featurizer,
         threads=threads,
@@ -516,7 +520,8 @@ def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, A
     featurized = files.select(
         *KEY_COLUMNS, content_hash.alias("content_hash"), udf("path", "content").alias("r")
     ).select(*KEY_COLUMNS, "content_hash", "r.features", F.col("r.error").alias("reason"))
-    spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
+    if not connect:
+        spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
     try:
         with Progress(spark, run.group, what="featurize", total=total):
             featurized.write.parquet(work)
@@ -529,5 +534,6 @@ def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, A
             raise ImageFailure(found.group(1).strip()) from None
         raise
     finally:
-        spark.sparkContext.setJobDescription(None)
+        if not connect:
+            spark.sparkContext.setJobDescription(None)
     return artifact, spark.read.parquet(work)

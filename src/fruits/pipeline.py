@@ -11,6 +11,7 @@ module, call it here inside `run.stage("name")`.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,13 @@ class RunResult:
 
 
 def session_for(cfg: PipelineConfig) -> SparkSession:
+    """The run's session: `--remote` (or $SPARK_REMOTE) is Spark Connect, else classic."""
+    remote = cfg.remote or (None if cfg.master else os.environ.get("SPARK_REMOTE"))
+    if remote and cfg.master:
+        raise ValueError("--remote and --master exclude each other: give one")
     return get_spark(
         master=cfg.master,
+        remote=remote,
         defaults=default_conf(
             arrow_max_records=cfg.arrow_max_records,
             arrow_max_bytes=cfg.arrow_max_bytes,
@@ -71,7 +77,8 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             raise InputError(f"only {sum(splits.values())} usable image(s): nothing to fit")
 
         with run.stage("reduce"):
-            reducer = prev.reducer or fit_reducer(train_part(ok, splits), cfg.reduce)
+            work = run.uri("_work")
+            reducer = prev.reducer or fit_reducer(train_part(ok, splits), cfg.reduce, work=work)
             images = outputs.write_images(run, reducer, ok)
         with run.stage("write_csv"):
             outputs.write_pca_csv(run, images, reducer.k)

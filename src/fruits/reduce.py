@@ -3,9 +3,12 @@ split, k chosen from an explained-variance target unless fixed."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import ReduceConfig
+from fruits.spark import is_connect
 
 VEC = "_features_vec"
 SCALED = "_scaled"
@@ -55,7 +59,9 @@ def choose_k(explained: np.ndarray, target: float) -> int:
     return int(hits[0] + 1) if len(hits) else len(explained)
 
 
-def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "features") -> Reducer:
+def fit_reducer(
+    train: DataFrame, cfg: ReduceConfig, *, features: str = "features", work: str | None = None
+) -> Reducer:
     """Fit on `train` only, from one distributed pass (`moments`: count, sum and Gramian); the
     scaler's mean and std and the covariance come from those moments, and only the d x d
     eigendecomposition runs in numpy on the driver. Both fitted stages are genuine Spark models
@@ -67,7 +73,8 @@ def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "feature
     `PCA.fit`'s SVD of a rank-deficient covariance (fewer images than the 1280 features, as on
     the sample) returned spurious large singular values: shares up to 2.3x too small, so k
     overshot. `numpy.linalg.eigh` on the same covariance agrees with scikit-learn
-    (tests/test_reduce.py).
+    (tests/test_reduce.py). Through Spark Connect the models are built on the server from files
+    (`_saved_models`), in `work` (a folder the server can write).
     """
     n, mean, cov = moments(train, features)
     if n < 2:
@@ -92,6 +99,11 @@ def fit_reducer(train: DataFrame, cfg: ReduceConfig, *, features: str = "feature
     signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
     eigvec = eigvec * np.where(signs == 0, 1.0, signs)
     spark = train.sparkSession
+    if is_connect(spark):
+        if work is None:
+            raise ValueError("through Spark Connect, fit_reducer needs `work`: a folder to save in")
+        model = _saved_models(spark, work, mean, std, cfg.scale_std, eigvec[:, :k], explained[:k])
+        return Reducer(model, k, explained.tolist())
     scaler = _spark_scaler_model(spark, mean, std, cfg.scale_std)
     pca_model = _spark_pca_model(spark, eigvec[:, :k], explained[:k])
     return Reducer(PipelineModel(stages=[scaler, pca_model]), k, explained.tolist())
@@ -168,6 +180,50 @@ def _spark_pca_model(spark: SparkSession, pc: np.ndarray, explained: np.ndarray)
     jmodel.set(jmodel.k(), k)
     jmodel.setInputCol(SCALED).setOutputCol(PCA_VEC)
     return PCAModel(jmodel)
+
+
+def _saved_models(
+    spark: SparkSession,
+    work: str,
+    mean: np.ndarray,
+    std: np.ndarray,
+    scale_std: bool,
+    pc: np.ndarray,
+    explained: np.ndarray,
+) -> PipelineModel:
+    """Through Spark Connect (no JVM in this process to build a model in): the scaler and the
+    PCA are written in Spark ML's own persistence layout, as `StandardScalerModel.write` and
+    `PCAModel.write` lay it out (a metadata JSON line, a one-row Parquet of the fitted arrays),
+    then loaded with each model's own `load`, so the server holds genuine Spark models."""
+    from pyspark.ml.linalg import MatrixUDT, VectorUDT
+    from pyspark.sql.types import StructField, StructType
+
+    stamp = int(time.time() * 1000)
+    uids = [f"StandardScaler_{uuid.uuid4().hex[:12]}", f"PCA_{uuid.uuid4().hex[:12]}"]
+
+    def metadata(path: str, cls: str, uid: str, params: dict[str, Any]) -> None:
+        line = {"class": cls, "timestamp": stamp, "sparkVersion": spark.version, "uid": uid}
+        text = json.dumps({**line, "paramMap": params, "defaultParamMap": {}})
+        spark.createDataFrame([(text,)], "value string").coalesce(1).write.text(path + "/metadata")
+
+    def data(path: str, names: tuple[str, str], values: tuple[Any, Any], types: tuple) -> None:
+        schema = StructType([StructField(n, t, False) for n, t in zip(names, types, strict=True)])
+        spark.createDataFrame([values], schema).coalesce(1).write.parquet(path + "/data")
+
+    root = f"{work.rstrip('/')}/scaler_pca"
+    scaler, pca = f"{root}/0_{uids[0]}", f"{root}/1_{uids[1]}"
+    scaler_params = {"withMean": True, "withStd": scale_std, "inputCol": VEC, "outputCol": SCALED}
+    metadata(scaler, "org.apache.spark.ml.feature.StandardScalerModel", uids[0], scaler_params)
+    vectors = (DenseVector(std.tolist()), DenseVector(mean.tolist()))
+    data(scaler, ("std", "mean"), vectors, (VectorUDT(), VectorUDT()))
+    d, k = pc.shape
+    pca_params = {"k": k, "inputCol": SCALED, "outputCol": PCA_VEC}
+    metadata(pca, "org.apache.spark.ml.feature.PCAModel", uids[1], pca_params)
+    matrix = DenseMatrix(d, k, pc.flatten(order="F").tolist())
+    pca_values = (matrix, DenseVector(explained.tolist()))
+    data(pca, ("pc", "explainedVariance"), pca_values, (MatrixUDT(), VectorUDT()))
+    # Each stage on its own: Spark 4.0's Connect reader refuses a Java-written PipelineModel.
+    return PipelineModel(stages=[StandardScalerModel.load(scaler), PCAModel.load(pca)])
 
 
 def load_reducer(path: str, explained_variance: list[float] | None = None) -> Reducer:

@@ -121,10 +121,16 @@ def featurizer_settings(run: Any, artifact: Any) -> dict[str, Any]:
 
 def spark_settings(spark: Any) -> dict[str, Any]:
     """Spark's version, master and the levers of docs/performance.md, as it saw them."""
+    from fruits.spark import is_connect
+
+    if is_connect(spark):  # the server's settings, as far as a client may read them
+        master, parallelism = f"connect ({spark.conf.get('spark.master', None)})", None
+    else:
+        master, parallelism = spark.sparkContext.master, spark.sparkContext.defaultParallelism
     return {
         "version": spark.version,
-        "master": spark.sparkContext.master,
-        "default_parallelism": spark.sparkContext.defaultParallelism,
+        "master": master,
+        "default_parallelism": parallelism,
         **{key: spark.conf.get(key, None) for key in SPARK_LEVERS},
     }
 
@@ -143,11 +149,16 @@ def scatter(images: Any, n: int, path: Path) -> None:
     plot_scatter(pts.reshape(-1, 2), [r["label"] for r in rows], path)
 
 
-def task_retries(spark: Any, group: str) -> dict[str, int]:
+def task_retries(spark: Any, group: str) -> dict[str, int] | None:
     """Failed task attempts and re-run stages of this run's jobs (a lost executor, a task that
     crashed), read from Spark's status tracker at the driver: no listener to register. Spark
     keeps the last attempt of each stage, so `failed_tasks` is a lower bound when a whole stage
-    was re-run; `stage_retries` counts those re-runs."""
+    was re-run; `stage_retries` counts those re-runs. None through Spark Connect (no tracker
+    on the client: the server's UI has them)."""
+    from fruits.spark import is_connect
+
+    if is_connect(spark):
+        return None
     tracker = spark.sparkContext.statusTracker()
     jobs = tracker.getJobIdsForGroup(group)
     stages: set[int] = set()

@@ -33,6 +33,7 @@ from pyspark.sql import SparkSession
 from fruits.config import PipelineConfig
 from fruits.ingest import InputError
 from fruits.report import write_json
+from fruits.spark import is_connect
 from fruits.storage import (
     MARKER,
     HadoopStore,
@@ -45,7 +46,6 @@ from fruits.storage import (
     split_parent,
     staging_uri,
 )
-from fruits.storage.fsspec import FsspecStore, locate
 from fruits.storage.plan import StoragePlan, plan_storage
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,11 @@ class StageTimer:
 
 
 def resolve_uri(uri: str, spark: SparkSession) -> str:
-    """Local relative paths become absolute when Spark runs locally, so messages are exact."""
-    if not has_scheme(uri) and spark.sparkContext.master.startswith("local"):
+    """Local relative paths become absolute when Spark runs locally (or behind a Spark Connect
+    server, which reads this machine's files only when it runs here), so messages are exact."""
+    if has_scheme(uri):
+        return uri
+    if is_connect(spark) or spark.sparkContext.master.startswith("local"):
         return os.path.abspath(uri)
     return uri
 
@@ -208,12 +211,11 @@ class RunContext:
             self.output,
             files_per_partition=cfg.files_per_partition,
         )
-        self.store: Store = HadoopStore(spark)  # Spark writes here: the output or a local folder
-        self.out_store: Store = (
-            self.store
-            if self.io.output_mode == "hadoop"
-            else FsspecStore(locate(split_parent(self.output)[0]))
+        # Spark writes here (the output or a local folder); a Connect client reaches it itself
+        self.store: Store = (
+            self.io.target.out_store(spark) if is_connect(spark) else HadoopStore(spark)
         )
+        self.out_store: Store = self.io.target.out_store(spark)
         self.staging = staging_uri(self.io.work_output, self.run_id)
         self.local = Path(tempfile.mkdtemp(prefix=f"fruits-{self.run_id}-"))
         self.group = f"fruits-{self.run_id}"  # this run's Spark jobs, for task retries
@@ -238,7 +240,10 @@ class RunContext:
         except BaseException:
             self._cleanup(failed=True)
             raise
-        self.spark.sparkContext.setJobGroup(self.group, f"fruits run {self.run_id}")
+        if is_connect(self.spark):  # Connect has tags where classic sessions have job groups
+            self.spark.addTag(self.group)
+        else:
+            self.spark.sparkContext.setJobGroup(self.group, f"fruits run {self.run_id}")
         return self
 
     def __exit__(
@@ -251,7 +256,10 @@ class RunContext:
             quietly(lambda: self.store.delete(self.staging))
         shutil.rmtree(self.local, ignore_errors=True)
         quietly(self.lease.release)
-        quietly(lambda: self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None))  # type: ignore[arg-type]
+        if is_connect(self.spark):
+            quietly(lambda: self.spark.removeTag(self.group))
+        else:
+            quietly(lambda: self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None))  # type: ignore[arg-type]
         self.io.cleanup()
 
     def uri(self, *parts: str) -> str:

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -66,9 +67,32 @@ def default_conf(
     }
 
 
+def is_connect(spark: Any) -> bool:
+    """A Spark Connect session: no SparkContext and no JVM in this process (Databricks
+    serverless and shared clusters, `fruits run --remote sc://...`). Code that would reach the
+    JVM (`sparkContext`, py4j) takes its Connect path instead."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def remote_session(url: str, defaults: dict[str, str], overrides: dict[str, str]) -> SparkSession:
+    """A Spark Connect session with our settings (see `connect_conf`)."""
+    return connect_conf(SparkSession.builder.remote(url).getOrCreate(), defaults, overrides)
+
+
+def connect_conf(spark: Any, defaults: dict[str, str], overrides: dict[str, str]) -> Any:
+    """Our settings for this session where a client may set them (runtime SQL settings such as
+    the Arrow batch bounds, which bound a Python worker's memory); static ones stay the
+    server's. Connect cannot tell a server default from an administrator's choice, so the
+    pipeline's runtime defaults apply to its own session."""
+    for key, value in {**defaults, **overrides}.items():
+        _try_set(spark, key, value)
+    return spark
+
+
 def get_spark(
     *,
     master: str | None = None,
+    remote: str | None = None,
     app_name: str = "fruits",
     defaults: dict[str, str] | None = None,
     overrides: dict[str, str] | None = None,
@@ -78,11 +102,14 @@ def get_spark(
 
     A master from `--master` wins; else the one spark-submit configured; else `local[*]`.
     `defaults` never replace a value the user or the cluster set explicitly; `overrides` do.
+    With `remote` (`sc://host:port`), a Spark Connect session: no Java needed here.
     """
-    check_java()
-    dumping, options = False, ""
     defaults = defaults or {}
     overrides = overrides or {}
+    if remote:
+        return remote_session(remote, defaults, overrides)
+    check_java()
+    dumping, options = False, ""
     active = SparkSession.getActiveSession()
     if active is not None and master is None:
         spark = active
@@ -114,6 +141,8 @@ def get_spark(
         spark = builder.getOrCreate()
         if dumping:
             _note_jvm_pid(spark, options.split()[0].split("=", 1)[1])
+    if is_connect(spark):  # an active Connect session (a notebook on serverless compute)
+        return connect_conf(spark, defaults, overrides)
     explicit = spark.sparkContext.getConf()
     for key, value in defaults.items():
         if not explicit.contains(key):

@@ -66,6 +66,9 @@ class Target(Protocol):
 
     @property
     def work_output(self) -> str: ...
+    def out_store(self, spark: SparkSession) -> Store:
+        """The store that holds `uri`: the lease, the output rules and the final publish."""
+
     def finish(self, run_id: str) -> None: ...
     def cleanup(self) -> None: ...
 

@@ -274,7 +274,12 @@ def read_images(
     location = location or locate(uri)
     rows = list_files(location, extensions)
     parts = max(1, math.ceil(len(rows) / max(1, files_per_partition)))
-    listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, parts), LISTING_SCHEMA)
+    from fruits.spark import is_connect
+
+    if is_connect(spark):  # no SparkContext: the rows travel in the plan
+        listing = spark.createDataFrame(rows, LISTING_SCHEMA).repartition(parts)
+    else:
+        listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, parts), LISTING_SCHEMA)
     reader = content_udf(location.spec)
     files = image_rows(
         listing, F.col("modification_time"), reader(F.col("_fs_path")), F.col("content_hash")
@@ -348,6 +353,9 @@ class FsspecTarget:
         _check_fsspec_output(uri)
         tmp = tempfile.mkdtemp(prefix="fruits-upload-")
         return cls(uri, os.path.join(tmp, name or "output"), tmp)
+
+    def out_store(self, spark: SparkSession) -> FsspecStore:
+        return FsspecStore(locate(split_parent(self.uri)[0]))  # the lease sits beside the output
 
     def finish(self, run_id: str) -> None:
         """Upload the locally published run to `uri`: staging prefix, `_SUCCESS.json` last,

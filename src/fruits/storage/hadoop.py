@@ -18,6 +18,7 @@ from fruits import azure
 
 if TYPE_CHECKING:
     from fruits.ingest import Ingested
+    from fruits.storage.base import Store
 
 
 class HadoopStore:
@@ -101,9 +102,13 @@ class HadoopStore:
 
 
 def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
-    """Does the driver JVM have a Hadoop FileSystem for this URI's scheme?"""
+    """Does the driver JVM have a Hadoop FileSystem for this URI's scheme? Through Spark
+    Connect there is no JVM to ask: the server is trusted to read what it is given (Databricks
+    reads abfss:// and dbfs:/ natively), and its own error says otherwise."""
+    from fruits.spark import is_connect
+
     scheme = azure.scheme_of(uri)
-    if scheme in ("", "file"):
+    if scheme in ("", "file") or is_connect(spark):
         return True
     jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
     conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
@@ -123,8 +128,10 @@ class HadoopReader:
 
     def check(self, spark: SparkSession) -> None:
         from fruits.ingest import check_input
+        from fruits.spark import is_connect
 
-        check_input(spark, self.uri)
+        if not is_connect(spark):  # through Connect, the server's read says what is missing
+            check_input(spark, self.uri)
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         from fruits.ingest import read_images
@@ -142,6 +149,19 @@ class HadoopTarget:
     @property
     def work_output(self) -> str:
         return self.uri
+
+    def out_store(self, spark: SparkSession) -> Store:
+        """The JVM's FileSystem; a Spark Connect client has no JVM and reaches the output
+        through fsspec (a local folder when the server runs on this machine, else a cloud
+        URI fsspec opens: abfss:// with adlfs)."""
+        from fruits.spark import is_connect
+
+        if is_connect(spark):
+            from fruits.storage.base import split_parent
+            from fruits.storage.fsspec import FsspecStore, locate
+
+            return FsspecStore(locate(split_parent(self.uri)[0]))
+        return HadoopStore(spark)
 
     def finish(self, run_id: str) -> None:
         """Nothing to upload: the publish already put the run at `uri`."""

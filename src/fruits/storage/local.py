@@ -7,6 +7,7 @@ name, while the walk counts every file (see `ingest.walk_local`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,9 +28,12 @@ class LocalReader:
     mode: ClassVar[str] = "local"
 
     def check(self, spark: SparkSession) -> None:
-        from fruits.ingest import check_input
+        """The folder this process walks must exist (checked here, no JVM needed)."""
+        from fruits.ingest import InputError, local_path
 
-        check_input(spark, self.uri)
+        root = local_path(self.uri)
+        if root is None or not os.path.isdir(root):
+            raise InputError(f"input not found: {self.uri}")
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         from fruits.ingest import read_local
