@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 from typer.testing import CliRunner
 
 from fruits.cli import app
@@ -356,11 +357,14 @@ def test_read_paths_opens_exactly_the_named_files_even_with_glob_characters(spar
     for name in ("odd [1] {a}*?.jpg", "odd 1 a.jpg", "other.jpg"):
         (folder / name).write_bytes(b"\xff\xd8 not really a jpeg " + name.encode())
     listed = read_images(spark, str(tmp_path)).files
+    # What ingest.read_sources did to the listing (a label map, the validation split) must hold
+    # for the files read again: only the bytes come from the new read.
+    listed = listed.withColumn("label", F.lit("Kiwi Gold")).withColumn("split", F.lit("val"))
     wanted = [f"file:{folder}/odd [1] {{a}}*?.jpg", f"file:{folder}/odd 1 a.jpg"]
-    got = read_paths(spark, wanted, listed.columns, 10**6)
+    got = read_paths(spark, wanted, listed)
     assert got.columns == listed.columns
     rows = {r["path"]: r for r in got.collect()}
     assert sorted(rows) == sorted(wanted)
-    assert rows[wanted[0]]["label"] == "Kiwi" and rows[wanted[0]]["split"] == "train"
+    assert rows[wanted[0]]["label"] == "Kiwi Gold" and rows[wanted[0]]["split"] == "val"
     assert bytes(rows[wanted[0]]["content"]).endswith(b"odd [1] {a}*?.jpg")
     assert escape_glob("a[1]{b}*?.jpg") == "a\\[1\\]\\{b\\}\\*\\?.jpg"

@@ -50,7 +50,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import PipelineConfig
-from fruits.ingest import Ingested, image_rows, split_by_size
+from fruits.ingest import Ingested
 from fruits.reduce import Reducer, load_reducer
 from fruits.storage import Store, join
 
@@ -102,11 +102,20 @@ class Increment:
         """A full run is an incremental run with an empty past: everything is new."""
         total = listed.count()
         return cls(
-            previous_run_id=None, previous_report={}, todo=listed.files,
-            todo_refused=listed.too_large, kept_features=None, kept_quarantine=None,
-            new=total, changed=0, deleted_paths=[], deleted=0, unchanged=0, refit=False,
+            previous_run_id=None,
+            previous_report={},
+            todo=listed.files,
+            todo_refused=listed.too_large,
+            kept_features=None,
+            kept_quarantine=None,
+            new=total,
+            changed=0,
+            deleted_paths=[],
+            deleted=0,
+            unchanged=0,
+            refit=False,
             incremental=False,
-        )  # fmt: skip
+        )
 
     @property
     def processed(self) -> int:
@@ -153,8 +162,16 @@ class Increment:
 
     def unchanged_report(self, run_id: str, images_total: int) -> dict[str, Any]:
         """The report of a run that found nothing to do: the output is left as it was."""
-        keep = ("images_ok", "images_quarantined", "images_by_split", "classes", "pca_k",
-                "pca_explained_variance", "accuracy", "macro_f1")  # fmt: skip
+        keep = (
+            "images_ok",
+            "images_quarantined",
+            "images_by_split",
+            "classes",
+            "pca_k",
+            "pca_explained_variance",
+            "accuracy",
+            "macro_f1",
+        )
         return {
             "run_id": run_id,
             "published": False,
@@ -218,7 +235,7 @@ def plan_increment(
     refused = _with_meta(ingested.too_large)
     diff = compare(_listing(ingested, refused, verify=cfg.verify_content), known)
     delta = Delta.collect(diff, verify=cfg.verify_content)
-    todo = _todo(spark, ingested, delta.todo, cfg.max_file_bytes)
+    todo = _todo(spark, ingested, delta.todo)
     todo_refused = (
         refused.join(F.broadcast(_paths_df(spark, delta.refused)), "path", "left_semi")
         if delta.refused
@@ -332,9 +349,11 @@ class Delta:
             diff.unpersist()
         log.info(
             "incremental: %d new, %d changed, %d deleted, %d unchanged",
-            delta.count("new"), delta.count("changed"), delta.count("deleted"),
+            delta.count("new"),
+            delta.count("changed"),
+            delta.count("deleted"),
             delta.count("unchanged"),
-        )  # fmt: skip
+        )
         return delta
 
     def add(self, status: str, path: str, *, refused: bool) -> None:
@@ -343,12 +362,12 @@ class Delta:
             (self.refused if refused else self.todo).append(path)
 
 
-def _todo(spark: SparkSession, ingested: Ingested, paths: list[str], max_bytes: int) -> DataFrame:
+def _todo(spark: SparkSession, ingested: Ingested, paths: list[str]) -> DataFrame:
     """The listed files to featurise this run (new or changed), without reading the others."""
     if not paths:
         return ingested.files.limit(0)
     if ingested.may_drop:  # binaryFile: a join would read every file; open only these
-        return read_paths(spark, paths, ingested.files.columns, max_bytes)
+        return read_paths(spark, paths, ingested.files)
     # a driver-made listing: the filter runs before any byte is read
     return ingested.files.join(F.broadcast(_paths_df(spark, paths)), "path", "left_semi")
 
@@ -416,24 +435,23 @@ def load_classifier(path: str) -> Any:
     return PipelineModel.load(path)
 
 
-def read_paths(
-    spark: SparkSession, paths: list[str], columns: list[str], max_file_bytes: int
-) -> DataFrame:
+def read_paths(spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
     """The listed files `paths` only, with ingest's columns: unchanged files are never read.
 
     A semi-join against the full listing would read every file's bytes before joining; an
-    explicit path list makes Spark open only these files (globbing disabled by escaping).
+    explicit path list makes Spark open only these files (globbing disabled by escaping). Every
+    column but the bytes comes from the listing (`listed`, bytes not selected, so not read),
+    where ingest already applied the label map, the negatives' label and the validation split.
     """
     raw = (
         spark.read.format("binaryFile")
         .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
         .load([escape_glob(p) for p in paths])
+        .select("path", "content")
     )
-    no_hash = F.lit(None).cast("string")  # binaryFile knows no content version
-    files = image_rows(raw, F.col("modificationTime"), F.col("content"), no_hash)
-    ok, _ = split_by_size(files, max_file_bytes)  # the listing's too-large files: todo_refused
-    return ok.select(*columns)
+    meta = listed.drop("content").join(F.broadcast(_paths_df(spark, paths)), "path", "left_semi")
+    return meta.join(raw, "path").select(*listed.columns)
 
 
 def escape_glob(path: str) -> str:
