@@ -218,9 +218,11 @@ class Credentials:
         if self.kind == "default":
             host = urlsplit(self.account_url or "").netloc or None
             return AzureBlobFileSystem(
-                account_name=self.account, credential=_default_credential(), account_host=host,
+                account_name=self.account,
+                credential=_default_credential(),
+                account_host=host,
                 **common,
-            )  # fmt: skip
+            )
         return AzureBlobFileSystem(connection_string=self.as_connection_string(), **common)
 
     def as_connection_string(self) -> str:

@@ -90,8 +90,15 @@ def mobilenet_v2_module() -> torch.nn.Module:
     class MobileNetV2Features(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
+            settings = [
+                (1, 16, 1, 1),
+                (6, 24, 2, 2),
+                (6, 32, 3, 2),
+                (6, 64, 4, 2),
+                (6, 96, 3, 1),
+                (6, 160, 3, 2),
+                (6, 320, 1, 1),
+            ]
             feats: list[nn.Module] = [nn.Sequential(*conv_bn(3, 32, 3, 2))]
             inp = 32
             for t, c, n, s in settings:

@@ -189,9 +189,16 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr,
-        disable=not enabled, dynamic_ncols=True, mininterval=0.5,
-    )  # fmt: skip
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 def _run(
@@ -234,9 +241,11 @@ def _run(
                             summary.skipped += 1
                     bar.update(item.size)
                     bar.set_postfix(
-                        done=summary.transferred, skipped=summary.skipped,
-                        failed=len(summary.failures), refresh=False,
-                    )  # fmt: skip
+                        done=summary.transferred,
+                        skipped=summary.skipped,
+                        failed=len(summary.failures),
+                        refresh=False,
+                    )
                 fill()
     finally:
         bar.close()
