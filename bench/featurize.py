@@ -111,8 +111,9 @@ class TreeSampler:
                     role = self.role(p.cmdline())  # again each time: spark-submit execs java
                 except psutil.Error:
                     continue
-                if rss > self.peak.get(p.pid, ("", 0))[1] or role != self.peak[p.pid][0]:
-                    self.peak[p.pid] = (role, max(rss, self.peak.get(p.pid, ("", 0))[1]))
+                seen = self.peak.get(p.pid, ("", 0))
+                if rss > seen[1] or role != seen[0]:
+                    self.peak[p.pid] = (role, max(rss, seen[1]))
             self._stop.wait(self._interval)
 
     def summary(self) -> dict[str, float]:
@@ -349,6 +350,11 @@ def main_bench(args: argparse.Namespace) -> dict:
                 shutil.rmtree(out, ignore_errors=True)
         if args.product_size and args.product_size != args.image_size:
             n = sizes[-1]
+            ceiling = [PY, __file__, "--child", "ceiling", str(data[n]), "--size",
+                       str(args.product_size)]  # fmt: skip
+            record(
+                f"B@{n}/{args.product_size}px", run_sampled(ceiling, log=work / "B-px.log", env=env)
+            )
             out = work / f"C-{n}-px{args.product_size}"
             cmd = product_cmd(data[n], out, args.product_size, args.classify, args.conf)
             r = run_sampled(cmd, log=work / f"C-{n}-px.log", env=env)
@@ -389,6 +395,11 @@ def summarise(res: dict, base_n: int, sizes: list[int]) -> None:
             lo_mb = c_lo["memory_mb"].get(role, 0.0)
             hi_mb = c_hi["memory_mb"].get(role, 0.0)
             checks[f"memory {role} MB lo -> hi"] = f"{lo_mb:.0f} -> {hi_mb:.0f}"
+    px = [k for k in runs if k.startswith("C@") and k.endswith("px")]
+    if px and px[0].replace("C@", "B@") in runs:
+        c_px, b_px = runs[px[0]], runs[px[0].replace("C@", "B@")]
+        checks[f"C/B featurize stage {px[0][2:]}"] = rate(c_px, "featurize_seconds") / rate(b_px)
+        checks[f"C/B end to end {px[0][2:]}"] = rate(c_px) / rate(b_px)
     peak = max(v for r in runs.values() for k, v in r["memory_mb"].items() if k != "python_workers")
     checks["largest process MB"] = peak
     res["checks"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in checks.items()}
