@@ -74,3 +74,36 @@ def test_switched_off(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FRUITS_JVM_ARCHIVE", "0")
     assert class_archive_options(tmp_path) is None
     assert list(tmp_path.iterdir()) == []
+
+
+WORKER_PATH = """
+import json
+from fruits.spark import get_spark
+spark = get_spark()
+
+def where(_):
+    import sys
+    import pyspark
+    yield [pyspark.__file__, [p for p in sys.path if p.endswith(".zip") and "python/lib/" in p]]
+
+print(json.dumps(spark.sparkContext.parallelize([0], 1).mapPartitions(where).collect()))
+"""
+
+
+def test_local_workers_import_the_installed_pyspark_not_sparks_zips(tmp_path: Path) -> None:
+    env = {**os.environ, "FRUITS_JVM_ARCHIVE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER_PATH], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    ((module, zips),) = json.loads(out.stdout.strip().splitlines()[-1])
+    assert zips == [] and ".zip" not in module and module.endswith("__init__.py")
+
+
+def test_bundled_zips_are_kept_where_nothing_else_provides_pyspark() -> None:
+    from fruits.daemon import without_bundled_zips
+
+    lib = os.path.join("/opt", "spark", "python", "lib")
+    zips = [os.path.join(lib, "pyspark.zip"), os.path.join(lib, "py4j-0.10.9.9-src.zip")]
+    assert without_bundled_zips([*zips, *sys.path]) == sys.path  # installed here: dropped
+    assert without_bundled_zips([*zips, "/nonexistent"]) == [*zips, "/nonexistent"]

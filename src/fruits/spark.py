@@ -21,6 +21,9 @@ LOCAL_ONLY = {
     "spark.ui.enabled": "false",
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
+    # Python workers import the installed pyspark, not Spark's zips (fruits/daemon.py: a third
+    # of the workers' CPU went to zipimport). Local only: a cluster's workers are its own.
+    "spark.python.daemon.module": "fruits.daemon",
 }
 
 
