@@ -165,11 +165,11 @@ def class_archive_options(directory: Path | None = None) -> str | None:
 
     Loading and verifying Spark's ~10,000 classes is most of a local session's start: measured
     on an idle 2-core Intel Xeon, session 4.9 s + first job 2.5 s without an archive, 3.1 s +
-    1.4 s with one (`bench/session_start.py`). The first session writes the archive when its JVM
-    exits (about 140 MB, `-XX:ArchiveClassesAtExit`, to a name of its own so concurrent runs
-    never share a half-written file); the next one promotes it and every later one maps it. The
-    file is keyed by the Java runtime and the Spark jars, so an upgrade starts a new one; the JVM
-    ignores an archive that does not match its class path. Off with `FRUITS_JVM_ARCHIVE=0`, or
+    1.4 s with one (fresh processes; `bench/session_start.py` repeats it). The first session
+    writes the archive when its JVM exits (about 140 MB, `-XX:ArchiveClassesAtExit`, to a name
+    of its own so concurrent runs never share a half-written file); the next one promotes it
+    and every later one maps it. The file is keyed by the Java runtime and the Spark jars, so an
+    upgrade starts a new one; the JVM ignores an archive that does not match its class path. Off with `FRUITS_JVM_ARCHIVE=0`, or
     when the user sets `spark.driver.defaultJavaOptions` themselves.
     """
     if os.environ.get("FRUITS_JVM_ARCHIVE", "1") == "0":
