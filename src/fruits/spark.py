@@ -169,8 +169,8 @@ def class_archive_options(directory: Path | None = None) -> str | None:
     writes the archive when its JVM exits (about 140 MB, `-XX:ArchiveClassesAtExit`, to a name
     of its own so concurrent runs never share a half-written file); the next one promotes it
     and every later one maps it. The file is keyed by the Java runtime and the Spark jars, so an
-    upgrade starts a new one; the JVM ignores an archive that does not match its class path. Off with `FRUITS_JVM_ARCHIVE=0`, or
-    when the user sets `spark.driver.defaultJavaOptions` themselves.
+    upgrade starts a new one; the JVM ignores an archive that does not match its class path.
+    Off with `FRUITS_JVM_ARCHIVE=0`, or when the user sets `spark.driver.defaultJavaOptions`.
     """
     if os.environ.get("FRUITS_JVM_ARCHIVE", "1") == "0":
         return None
