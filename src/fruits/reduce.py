@@ -164,7 +164,9 @@ def _spark_scaler_model(
     jmodel.set(jmodel.withMean(), True)
     jmodel.set(jmodel.withStd(), scale_std)
     jmodel.setInputCol(VEC).setOutputCol(SCALED)
-    return StandardScalerModel(jmodel)
+    model = StandardScalerModel(jmodel)
+    model._transfer_params_from_java()  # else Python's getters answer defaults (withMean=False)
+    return model
 
 
 def _spark_pca_model(spark: SparkSession, pc: np.ndarray, explained: np.ndarray) -> PCAModel:
@@ -179,7 +181,9 @@ def _spark_pca_model(spark: SparkSession, pc: np.ndarray, explained: np.ndarray)
     jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(uid, jpc, jev)  # type: ignore[union-attr]
     jmodel.set(jmodel.k(), k)
     jmodel.setInputCol(SCALED).setOutputCol(PCA_VEC)
-    return PCAModel(jmodel)
+    model = PCAModel(jmodel)
+    model._transfer_params_from_java()
+    return model
 
 
 def _saved_models(
