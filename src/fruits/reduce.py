@@ -121,19 +121,14 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
     """
     from pyspark.ml.stat import Summarizer
 
-    first = df.select(features).first()
-    if first is None:
-        return 0, np.zeros(0), np.zeros((0, 0))
-    dim = len(first[0])
-
     def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        n, total, gram = 0, np.zeros(dim), np.zeros((dim, dim))
+        n, total, gram = 0, 0.0, 0.0  # numpy arrays from the first rows on
         for batch in batches:
             if len(batch):
                 x = np.stack(batch[features].to_numpy()).astype(np.float64)
                 n += len(x)
-                total += x.sum(axis=0)
-                gram += x.T @ x
+                total = total + x.sum(axis=0)
+                gram = gram + x.T @ x
         if n:
             rows = [*gram, total, np.array([float(n)])]
             yield pd.DataFrame({"i": np.arange(len(rows)), "v": rows})
@@ -141,8 +136,9 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
     parts = df.select(features).mapInPandas(partial, "i int, v array<double>")
     summed = parts.groupBy("i").agg(Summarizer.sum(array_to_vector("v")).alias("s")).collect()
     if not summed:
-        return 0, np.zeros(dim), np.zeros((dim, dim))
+        return 0, np.zeros(0), np.zeros((0, 0))
     by_row = {r["i"]: r["s"].toArray() for r in summed}
+    dim = len(by_row) - 2  # d Gramian rows, the sum, the count
     n = int(by_row[dim + 1][0])
     mean = by_row[dim] / n
     gram = np.stack([by_row[i] for i in range(dim)])

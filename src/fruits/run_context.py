@@ -211,11 +211,9 @@ class RunContext:
             self.output,
             files_per_partition=cfg.files_per_partition,
         )
-        # Spark writes here (the output or a local folder); a Connect client reaches it itself
-        self.store: Store = (
-            self.io.target.out_store(spark) if is_connect(spark) else HadoopStore(spark)
-        )
         self.out_store: Store = self.io.target.out_store(spark)
+        # Spark writes here (the output or a local folder); a Connect client reaches it itself
+        self.store: Store = self.out_store if is_connect(spark) else HadoopStore(spark)
         self.staging = staging_uri(self.io.work_output, self.run_id)
         self.local = Path(tempfile.mkdtemp(prefix=f"fruits-{self.run_id}-"))
         self.group = f"fruits-{self.run_id}"  # this run's Spark jobs, for task retries

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pyspark.sql import SparkSession
 
 from fruits import azure
+from fruits.spark import is_connect
 
 if TYPE_CHECKING:
     from fruits.ingest import Ingested
@@ -105,8 +106,6 @@ def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
     """Does the driver JVM have a Hadoop FileSystem for this URI's scheme? Through Spark
     Connect there is no JVM to ask: the server is trusted to read what it is given (Databricks
     reads abfss:// and dbfs:/ natively), and its own error says otherwise."""
-    from fruits.spark import is_connect
-
     scheme = azure.scheme_of(uri)
     if scheme in ("", "file") or is_connect(spark):
         return True
@@ -128,7 +127,6 @@ class HadoopReader:
 
     def check(self, spark: SparkSession) -> None:
         from fruits.ingest import check_input
-        from fruits.spark import is_connect
 
         if not is_connect(spark):  # through Connect, the server's read says what is missing
             check_input(spark, self.uri)
@@ -154,8 +152,6 @@ class HadoopTarget:
         """The JVM's FileSystem; a Spark Connect client has no JVM and reaches the output
         through fsspec (a local folder when the server runs on this machine, else a cloud
         URI fsspec opens: abfss:// with adlfs)."""
-        from fruits.spark import is_connect
-
         if is_connect(spark):
             from fruits.storage.base import split_parent
             from fruits.storage.fsspec import FsspecStore, locate
