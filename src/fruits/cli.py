@@ -114,6 +114,13 @@ VerifyContentOpt = Annotated[
         help="With --incremental: read every local file and compare a hash of its bytes too, so a rewrite that kept size and mtime is processed again.",
     ),
 ]
+SingleCsvMaxRowsOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Above this many rows pca.csv / quarantine.csv are written as a folder of CSV part files, in parallel, each with a header; 0 = always one file.",
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
 
 SUMMARY_KEYS = (  # what `fruits run` prints of its report, as one JSON line
@@ -203,6 +210,7 @@ def run(
     incremental: IncrementalOpt = False,
     refit: RefitOpt = False,
     verify_content: VerifyContentOpt = False,
+    single_csv_max_rows: SingleCsvMaxRowsOpt = PipelineConfig.single_csv_max_rows,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
@@ -232,6 +240,7 @@ def run(
         refit=refit,
         verify_content=verify_content,
         storage=storage,  # type: ignore[arg-type]
+        single_csv_max_rows=single_csv_max_rows,
     )
     _print_summary(_guard(lambda: _run(cfg)))
 

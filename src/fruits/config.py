@@ -104,6 +104,9 @@ class PipelineConfig:
     arrow_max_bytes: int = ARROW_MAX_BYTES
     files_per_partition: int = FILES_PER_PARTITION
     output_files: int = 0  # 0: derived from the row count, so outputs never explode into tiny files
+    # pca.csv / quarantine.csv above this many rows: a folder of CSV parts written in parallel,
+    # since one file is coalesce(1), one task writing every row (docs/scaling.md); 0: one file.
+    single_csv_max_rows: int = 1_000_000
     spark_conf: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -1,12 +1,13 @@
-"""Outputs: the reduced image table, the single-file CSV, the saved models and serving files.
+"""Outputs: the reduced image table, the CSV, the saved models and serving files.
 
-Owns `images.parquet` (`OUTPUT_COLUMNS`), `pca.csv`, `models/`.
+Owns `images.parquet` (`OUTPUT_COLUMNS`), `pca.csv` (one file, or a folder of CSV parts above
+`single_csv_max_rows`), `models/`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -14,6 +15,8 @@ from pyspark.sql import functions as F
 from fruits.storage import Store
 
 log = logging.getLogger(__name__)
+
+CsvForm = Literal["file", "folder"]  # how a CSV output was written: one file or a part folder
 
 # length, modification_time and content_hash are the incremental runs' manifest (incremental.py)
 OUTPUT_COLUMNS = (
@@ -49,9 +52,17 @@ def write_images(run: Any, reducer: Any, ok: DataFrame) -> DataFrame:
     return run.spark.read.parquet(run.uri("images.parquet"))
 
 
-def write_pca_csv(run: Any, images: DataFrame, k: int) -> None:
+def write_pca_csv(run: Any, images: DataFrame, k: int, *, rows: int) -> CsvForm:
+    """`pca.csv`: `path, label, split, pc_1 … pc_k`; `rows` (the usable images, already counted
+    by the caller) picks one file or a folder of parts without another Spark job."""
     pcs = [F.element_at("pca", i + 1).alias(f"pc_{i + 1}") for i in range(k)]
-    single_csv(run.store, images.select("path", "label", "split", *pcs), run.uri("pca.csv"))
+    return write_csv(
+        run.store,
+        images.select("path", "label", "split", *pcs),
+        run.uri("pca.csv"),
+        rows=rows,
+        max_rows=run.cfg.single_csv_max_rows,
+    )
 
 
 def save_backbone(run: Any, artifact: Any) -> None:
@@ -110,6 +121,26 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
         evaluation.macro_f1,
     )
     return evaluation
+
+
+def csv_form(rows: int, max_rows: int) -> CsvForm:
+    """`file` up to `max_rows` rows (0: no limit), else `folder`: the one rule `write_csv` and
+    the report both read, so the report says what was written without listing the output."""
+    return "file" if max_rows == 0 or rows <= max_rows else "folder"
+
+
+def write_csv(store: Store, df: DataFrame, uri: str, *, rows: int, max_rows: int) -> CsvForm:
+    """A CSV with a header at `uri`: one plain file while `rows` <= `max_rows` (or `max_rows`
+    is 0), which is what a person opens; above it, Spark's CSV folder, one part per partition
+    written in parallel, each part with its own header, because one file means `coalesce(1)`:
+    one task writing every row (docs/scaling.md). Returns the form written."""
+    form = csv_form(rows, max_rows)
+    if form == "file":
+        single_csv(store, df, uri)
+    else:
+        df.write.option("header", "true").csv(uri)
+    log.info("csv: %s written as a %s (%d rows, limit %d)", uri, form, rows, max_rows)
+    return form
 
 
 def single_csv(store: Store, df: DataFrame, uri: str) -> None:

@@ -81,7 +81,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             reducer = prev.reducer or fit_reducer(train_part(ok, splits), cfg.reduce, work=work)
             images = outputs.write_images(run, reducer, ok)
         with run.stage("write_csv"):
-            outputs.write_pca_csv(run, images, reducer.k)
+            outputs.write_pca_csv(run, images, reducer.k, rows=sum(splits.values()))
         outputs.save_backbone(run, artifact)
 
         evaluation = None

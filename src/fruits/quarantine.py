@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits.features import UNREADABLE, ImageFailure
-from fruits.outputs import single_csv
+from fruits.outputs import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ def write(run: Any, feats: DataFrame, prev: Any, listed: Any) -> int:
         first = bad.first()
         assert first is not None
         raise ImageFailure(f"{first['path']}: {first['reason']}")
-    single_csv(run.store, bad.select("path", "reason"), run.uri("quarantine.csv"))
+    write_csv(  # n_bad is already counted: the one-file-or-folder choice costs no Spark job
+        run.store,
+        bad.select("path", "reason"),
+        run.uri("quarantine.csv"),
+        rows=n_bad,
+        max_rows=run.cfg.single_csv_max_rows,
+    )
     log.info("quarantine: %d file(s)", n_bad)
     return n_bad

@@ -38,7 +38,7 @@ def build(
     """Draw the plots into the run's local folder and return the report dict."""
     from fruits import __version__
     from fruits.azure import redact_conf
-    from fruits.outputs import count_by_split
+    from fruits.outputs import count_by_split, csv_form
 
     cfg = run.cfg
     target = None if cfg.reduce.k else cfg.reduce.variance
@@ -64,6 +64,7 @@ def build(
         "pca_variance_target": target,
         "pca_max_k": None if cfg.reduce.k else cfg.reduce.max_k,
         "pca_fitted_on": "train" if splits.get("train") else "all",
+        "pca_csv": csv_form(images_ok, cfg.single_csv_max_rows),  # "file" or "folder"
         **classification(evaluation),
         "stage_seconds": seconds,
         "images_processed": prev.processed,
