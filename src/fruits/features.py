@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Tuple  # noqa: UP035 - Spark reads the UDF hints: typing.Tuple
@@ -485,14 +485,117 @@ def featurize_udf(
     return featurize
 
 
+def featurize_batches(
+    artifact: Any,
+    artifact_id: str,
+    cfg: FeaturizerConfig,
+    *,
+    threads: int,
+    fail_fast: bool = False,
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The featurize stage's function for `DataFrame.mapInArrow`: Arrow batches of the listing
+    (`KEY_COLUMNS`, `content`, optionally `_local` and `content_hash`) in, the same keys plus
+    `content_hash`, `features` and `reason` out.
+
+    Why not a pandas UDF over a `content` column: the bytes of a local file then cross the JVM
+    twice (read by one Python UDF, hashed by Spark, sent to the featurizing UDF), and features
+    go through pandas objects. Here a local file is read, hashed and featurised in one Python
+    hop, and the features leave as one flat Arrow buffer (measured: the stage's plumbing, 1.8 s
+    per 2,000 images, halved). The per-image maths is still `featurize_contents`.
+    """
+    key = (artifact_id, cfg.precision, cfg.channels_last, threads)
+    size, max_pixels, batch, views = cfg.image_size, cfg.max_pixels, cfg.batch_size, cfg.views
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        fz = get_featurizer(
+            (*key, _gpu_index()),
+            artifact,
+            threads=threads,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+        )
+        step = batch if fz.device == "cpu" else batch * GPU_BATCH_FACTOR
+        for rows in batches:
+            contents = batch_contents(rows)
+            feats, errs = featurize_contents(
+                fz, contents, size=size, max_pixels=max_pixels, batch_size=step, views=views
+            )
+            if fail_fast:
+                for path, err in zip(rows.column("path").to_pylist(), errs, strict=True):
+                    if err is not None:
+                        raise ValueError(f"{IMAGE_FAILURE_TAG} {path}: {err}")
+            yield stage_batch(rows, contents, feats, errs)
+
+    return run
+
+
+def batch_contents(rows: Any) -> list[bytes | None]:
+    """The bytes of each row: the reader's `content`, else the local file `_local` read here
+    (null when the read fails: reported as unreadable, like a storage read error)."""
+    from fruits.ingest import read_file
+
+    contents: list[bytes | None] = rows.column("content").to_pylist()
+    if "_local" in rows.schema.names:
+        for i, name in enumerate(rows.column("_local").to_pylist()):
+            if contents[i] is None and name is not None:
+                contents[i] = read_file(name)
+    return contents
+
+
+def stage_batch(
+    rows: Any, contents: list[bytes | None], feats: list[Any], errs: list[str | None]
+) -> Any:
+    """The output batch: keys passed through as Arrow arrays, the content version (the
+    listing's, e.g. an ETag, else a SHA-1 of the bytes read, the same text as Spark's `sha1`),
+    and the features as one float32 buffer with offsets."""
+    import hashlib
+
+    import pyarrow as pa
+
+    listed = (
+        rows.column("content_hash").to_pylist()
+        if "content_hash" in rows.schema.names
+        else [None] * len(contents)
+    )
+    hashes = [
+        h if h is not None else None if c is None else "sha1:" + hashlib.sha1(c).hexdigest()
+        for h, c in zip(listed, contents, strict=True)
+    ]
+    present = [f for f in feats if f is not None]
+    values = np.concatenate(present).astype(np.float32, copy=False) if present else np.zeros(0)
+    lengths = np.fromiter((0 if f is None else len(f) for f in feats), np.int32, len(feats))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    features = pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.array(values, pa.float32()),
+        mask=pa.array([f is None for f in feats], pa.bool_()),
+    )
+    columns = [rows.column(name) for name in KEY_COLUMNS]
+    columns += [pa.array(hashes, pa.string()), features, pa.array(errs, pa.string())]
+    fields = [rows.schema.field(name) for name in KEY_COLUMNS]
+    fields += [
+        pa.field("content_hash", pa.string()),
+        pa.field("features", pa.list_(pa.float32())),
+        pa.field("reason", pa.string()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+
+STAGE_SCHEMA = (
+    "path string, label string, split string, length bigint, modification_time timestamp,"
+    " content_hash string, features array<float>, reason string"
+)
+
+
 def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, Any]:
     """The featurize stage: (path, label, split, length, modification_time, content) ->
     the same keys + `content_hash` + `features` + `reason` (null when usable), materialised
     once as Parquet in the run's staging folder, because every later stage reads it and the CNN
     is the costly part. With `total` (images to featurize), progress is logged every 10 s.
+    `content_hash` is a SHA-1 of the very bytes the CNN saw, kept for incremental runs
+    (`--verify-content`); a listing's own version of the file (an Azure ETag) wins, so the
+    next listing compares like with like.
     """
-    from pyspark.sql import functions as F
-
     from fruits.progress import Progress
     from fruits.spark import is_connect
 
@@ -503,23 +606,16 @@ def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, A
     artifact = build_artifact(cfg.featurizer)
     threads = cfg.featurizer.threads_per_task or int(spark.conf.get("spark.task.cpus", "1") or 1)
     run.threads_per_task = threads
-    udf = featurize_udf(
+    fn = featurize_batches(
         artifact if connect else spark.sparkContext.broadcast(artifact),
         artifact.fingerprint,
         cfg.featurizer,
         threads=threads,
         fail_fast=cfg.on_error == "fail",
     )
+    extra = [c for c in ("_local", "content_hash") if c in files.columns]
+    featurized = files.select(*KEY_COLUMNS, "content", *extra).mapInArrow(fn, STAGE_SCHEMA)
     work = run.uri("_work", "featurized.parquet")
-    # A hash of the very bytes the CNN sees (Spark evaluates the read once for both), kept
-    # for incremental runs (`--verify-content`); a listing's own version of the file (an
-    # Azure ETag or Content-MD5) wins, so the next listing compares like with like.
-    content_hash = F.concat(F.lit("sha1:"), F.sha1("content"))
-    if "content_hash" in files.columns:
-        content_hash = F.coalesce(F.col("content_hash"), content_hash)
-    featurized = files.select(
-        *KEY_COLUMNS, content_hash.alias("content_hash"), udf("path", "content").alias("r")
-    ).select(*KEY_COLUMNS, "content_hash", "r.features", F.col("r.error").alias("reason"))
     if not connect:
         spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
     try:

@@ -50,7 +50,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import PipelineConfig
-from fruits.ingest import Ingested
+from fruits.ingest import Ingested, file_content
 from fruits.reduce import Reducer, load_reducer
 from fruits.storage import Store, join
 
@@ -408,7 +408,7 @@ def current_hash(files: DataFrame, *, verify: bool) -> Column:
     featurize stage stores (so it reads every file); null (not compared) otherwise."""
     listed = F.col("content_hash") if "content_hash" in files.columns else F.lit(None)
     if verify:
-        return F.coalesce(listed, F.concat(F.lit("sha1:"), F.sha1("content")))
+        return F.coalesce(listed, F.concat(F.lit("sha1:"), F.sha1(file_content(files))))
     return listed.cast("string")
 
 

@@ -160,12 +160,16 @@ def image_rows(
     modification_time: Column,
     content: Column,
     content_hash: Column | None = None,
+    local: Column | None = None,
 ) -> DataFrame:
     """The columns every ingest path yields: path, label, split, length, modification_time,
     content (still lazy: nothing is read until a later stage asks for `content`), and
-    `content_hash` where the listing knows the content's version (an object store's ETag)."""
+    `content_hash` where the listing knows the content's version (an object store's ETag).
+    A local walk's rows carry `_local` (the file's local path) and a null `content`: the
+    featurize stage reads those files itself, everything else through `file_content`."""
     path = F.col("path")
     extra = [] if content_hash is None else [content_hash.alias("content_hash")]
+    extra += [] if local is None else [local.alias("_local")]
     return listing.select(
         path.alias("path"),
         label_col(path).alias("label"),
@@ -287,29 +291,40 @@ def read_local(
     listing = spark.createDataFrame(listed, LISTING_SCHEMA)
     if parts > 1:
         listing = listing.repartition(parts)
-    files = image_rows(listing, F.col("modification_time"), read_local_udf(F.col("_local")))
+    nothing = F.lit(None).cast("binary")  # read where used: `file_content`, featurize stage
+    files = image_rows(listing, F.col("modification_time"), nothing, local=F.col("_local"))
     ok, too_large = split_by_size(files, max_file_bytes)
     if refused:
         too_large = too_large.unionByName(spark.createDataFrame(refused, REFUSED_SCHEMA))
     return Ingested(files=ok, too_large=too_large, may_drop=False, total=len(listed) + len(refused))
 
 
+def read_file(name: str) -> bytes | None:
+    """A local file's bytes, None where the read fails (permissions, deleted mid-run)."""
+    try:
+        with open(name, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def read_local_udf(paths: Column) -> Column:
-    """Bytes of local files, null where the read fails (permissions, deleted mid-run)."""
+    """Bytes of local files (`read_file` in the executors' Python)."""
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("binary")  # type: ignore[call-overload]
     def read(batch: pd.Series) -> pd.Series:
-        out: list[bytes | None] = []
-        for name in batch:
-            try:
-                with open(name, "rb") as fh:
-                    out.append(fh.read())
-            except OSError:
-                out.append(None)
-        return pd.Series(out, dtype=object)
+        return pd.Series([None if n is None else read_file(n) for n in batch], dtype=object)
 
     return read(paths)
+
+
+def file_content(files: DataFrame) -> Column:
+    """The bytes of each listed file, for any reader: its `content`, or for a local walk's
+    rows (`_local`) the file read by the executors' Python."""
+    if "_local" not in files.columns:
+        return F.col("content")
+    return F.coalesce(F.col("content"), read_local_udf(F.col("_local")))
 
 
 def read_sources(run: Any) -> Ingested:
