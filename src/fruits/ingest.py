@@ -100,12 +100,20 @@ class Ingested:
 
     `may_drop`: the source can lose a listed file without a row (Spark's binaryFile with
     `ignoreCorruptFiles`), so the pipeline must compare the listing with what it featurised.
+    `keys`: `files`' (split, label) where a reader can scan them more cheaply than `files`
+    (a local walk: the listing before it is spread over one task per 256 files, 4x faster
+    for 20,000 files).
     """
 
     files: DataFrame
     too_large: DataFrame
     may_drop: bool = True
     total: int | None = None  # files listed (usable + refused), when the listing knows it
+    keys: DataFrame | None = None
+
+    def split_labels(self) -> DataFrame:
+        """(split, label) of every usable listed file, for what-is-present questions."""
+        return (self.keys if self.keys is not None else self.files).select("split", "label")
 
     def union(self, other: Ingested) -> Ingested:
         both = None if self.total is None or other.total is None else self.total + other.total
@@ -114,6 +122,7 @@ class Ingested:
             too_large=self.too_large.unionByName(other.too_large),
             may_drop=self.may_drop or other.may_drop,
             total=both,
+            keys=self.split_labels().unionByName(other.split_labels()),
         )
 
     def count(self) -> int:
@@ -288,15 +297,19 @@ def read_local(
     assert root is not None, uri
     listed, refused = walk_local(root, extensions)
     parts = max(1, -(-len(listed) // max(1, files_per_partition)))
-    listing = spark.createDataFrame(listed, LISTING_SCHEMA)
-    if parts > 1:
-        listing = listing.repartition(parts)
+    # Through pandas and Arrow the listing is a local table in the plan; a list of tuples
+    # would be pickled into an RDD (0.7 s more for the 320 sample files, cold).
+    columns = ["path", "_local", "length", "modification_time"]
+    whole = spark.createDataFrame(pd.DataFrame(listed, columns=columns), LISTING_SCHEMA)
+    listing = whole.repartition(parts) if parts > 1 else whole
     nothing = F.lit(None).cast("binary")  # read where used: `file_content`, featurize stage
     files = image_rows(listing, F.col("modification_time"), nothing, local=F.col("_local"))
     ok, too_large = split_by_size(files, max_file_bytes)
     if refused:
         too_large = too_large.unionByName(spark.createDataFrame(refused, REFUSED_SCHEMA))
-    return Ingested(files=ok, too_large=too_large, may_drop=False, total=len(listed) + len(refused))
+    keys = split_by_size(image_rows(whole, F.col("modification_time"), nothing), max_file_bytes)[0]
+    total = len(listed) + len(refused)
+    return Ingested(files=ok, too_large=too_large, may_drop=False, total=total, keys=keys)
 
 
 def read_file(name: str) -> bytes | None:
@@ -349,7 +362,7 @@ def read_sources(run: Any) -> Ingested:
     # One small job for what every later choice needs: (source, split, label) present.
     keys = None
     for n, uri in enumerate(run.inputs):
-        part = read[uri].files.select(F.lit(n).alias("source"), "split", "label")
+        part = read[uri].split_labels().select(F.lit(n).alias("source"), "split", "label")
         keys = part if keys is None else keys.unionByName(part)
     assert keys is not None
     present = keys.distinct().collect()
