@@ -79,3 +79,31 @@ def test_real_run_projection_matches_sklearn_and_reloads(sample_run, spark):
     )
     overlap = np.linalg.norm(basis.T @ sk_basis) ** 2
     assert overlap == pytest.approx(k, rel=1e-3)
+
+
+def test_numpy_projection_equals_spark_ml_on_the_saved_model(sample_run, spark):
+    """The stored `pca` column comes from `predictor.reduce_features` (numpy, the serving
+    code); the saved Spark ML model, which users reload, must give the same coordinates."""
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.sql import functions as F
+
+    from fruits.reduce import load_reducer
+
+    out = sample_run.output
+    images = spark.read.parquet(f"{out}/images.parquet").select("path", "features", "pca")
+    model = PipelineModel.load(f"{out}/models/scaler_pca")
+    spark_ml = model.transform(images.withColumn("_features_vec", array_to_vector("features")))
+    theirs = spark_ml.select("path", vector_to_array("_pca_vec", "float32").alias("ml"))
+    got = images.join(theirs, "path").toPandas()
+    assert len(got) == sample_run.report["images_ok"]
+    ours, ml = np.stack(got["pca"].to_numpy()), np.stack(got["ml"].to_numpy())
+    np.testing.assert_allclose(ours, ml, atol=1e-4 * np.abs(ml).max())
+    # A row without features gets a null `pca`, and the rows around it keep theirs.
+    reducer = load_reducer(f"{out}/models/scaler_pca")
+    some = images.drop("pca").limit(3)
+    with_null = some.unionByName(
+        some.limit(1).select("path", F.lit(None).cast("array<float>").alias("features"))
+    )
+    rows = reducer.transform(with_null).collect()
+    assert sum(r["pca"] is None for r in rows) == 1
+    assert all(len(r["pca"]) == sample_run.report["pca_k"] for r in rows if r["features"])

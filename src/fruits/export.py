@@ -28,19 +28,14 @@ __all__ = ["arrays_from_spark", "export_saved_run", "export_serving"]
 def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> ServingArrays:
     """Read the fitted stages: reducer = [StandardScalerModel, PCAModel], classifier =
     [StringIndexerModel, LogisticRegressionModel] (see reduce.py and classify.py)."""
-    scaler, pca = reducer.stages[0], reducer.stages[-1]
+    from fruits.reduce import reducer_arrays
+
+    mean, scale, pc = reducer_arrays(reducer)
     lr = classifier.stages[-1]
-    std = scaler.std.toArray()
-    d = len(std)
-    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(d)
-    if scaler.getWithStd():
-        scale = np.divide(1.0, std, out=np.zeros(d), where=std != 0)
-    else:
-        scale = np.ones(d)
     return ServingArrays(
-        mean=np.asarray(mean, dtype=np.float64),
-        scale=np.asarray(scale, dtype=np.float64),
-        pc=np.asarray(pca.pc.toArray(), dtype=np.float64),
+        mean=mean,
+        scale=scale,
+        pc=pc,
         coef=np.asarray(lr.coefficientMatrix.toArray(), dtype=np.float64),
         intercept=np.asarray(lr.interceptVector.toArray(), dtype=np.float64),
     )

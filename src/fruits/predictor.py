@@ -38,6 +38,16 @@ class ServingError(RuntimeError):
     """A run folder that cannot be served (missing or inconsistent files)."""
 
 
+def reduce_features(
+    features: np.ndarray, mean: np.ndarray, scale: np.ndarray, pc: np.ndarray
+) -> np.ndarray:
+    """(N, d) CNN features -> (N, k) float32 PCA coordinates: Spark's StandardScalerModel
+    (`(x - mean) * scale`) then PCAModel (`pc^T x`), in float64. The one code path of this
+    step: the pipeline's Spark stage (`reduce.Reducer.transform`) and serving both call it."""
+    x = np.asarray(features, dtype=np.float32).astype(np.float64)
+    return (((x - mean) * scale) @ pc).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class ServingArrays:
     """Spark's fitted chain as arrays; shapes: d features, k components, R model outputs.
@@ -73,10 +83,8 @@ class ServingArrays:
 
     def reduce(self, features: np.ndarray) -> np.ndarray:
         """(N, d) CNN features -> (N, k) PCA coordinates, rounded to float32 like the stored
-        `pca` column the classifier was trained on."""
-        x = np.asarray(features, dtype=np.float32).astype(np.float64)
-        z = ((x - self.mean) * self.scale) @ self.pc
-        return z.astype(np.float32).astype(np.float64)
+        `pca` column the classifier was trained on (the same function wrote it)."""
+        return reduce_features(features, self.mean, self.scale, self.pc).astype(np.float64)
 
     def probabilities(self, pca: np.ndarray) -> np.ndarray:
         """(N, k) -> (N, R) softmax of the logits, max-shifted as Spark does."""

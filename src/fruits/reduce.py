@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCAModel, StandardScalerModel
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from fruits.config import ReduceConfig
 from fruits.spark import is_connect
@@ -42,12 +41,58 @@ class Reducer:
     def transform(
         self, df: DataFrame, *, features: str = "features", out: str = "pca"
     ) -> DataFrame:
-        """Adds `out` (array<float>, k) next to the original columns."""
-        vec = df.withColumn(VEC, array_to_vector(F.col(features)))
-        projected = self.model.transform(vec)
-        return projected.withColumn(out, vector_to_array(F.col(PCA_VEC), "float32")).drop(
-            VEC, SCALED, PCA_VEC
-        )
+        """Adds `out` (array<float>, k) next to the original columns (null where `features`
+        is): `predictor.reduce_features` on each Arrow batch, the function serving runs, so the
+        stored `pca` column and a served photo's coordinates come from one code path. numpy's
+        BLAS does a batch at once where Spark ML's models multiply row by row in Java.
+        """
+        from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+
+        from fruits.predictor import reduce_features
+
+        mean, scale, pc = reducer_arrays(self.model)
+
+        def project(batches: Iterator[Any]) -> Iterator[Any]:
+            for batch in batches:
+                column = batch.column(features)
+                z = reduce_features(feature_matrix(column, len(mean)), mean, scale, pc)
+                yield batch.append_column(out, list_column(z, column.is_valid()))
+
+        fields = [f for f in df.schema.fields if f.name != out]
+        schema = StructType([*fields, StructField(out, ArrayType(FloatType()))])
+        return df.drop(out).mapInArrow(project, schema)
+
+
+def reducer_arrays(model: PipelineModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fitted scaler + PCA as float64 arrays: mean (zeros without centring), scale (1/std, 0
+    where std is 0, as Spark's StandardScalerModel; ones without scaling) and pc (d, k)."""
+    scaler, pca = model.stages[0], model.stages[-1]
+    std = np.asarray(scaler.std.toArray(), dtype=np.float64)
+    d = len(std)
+    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(d)
+    scale = np.divide(1.0, std, out=np.zeros(d), where=std != 0) if scaler.getWithStd() else None
+    pc = np.asarray(pca.pc.toArray(), dtype=np.float64)
+    return np.asarray(mean, dtype=np.float64), np.ones(d) if scale is None else scale, pc
+
+
+def feature_matrix(column: Any, dim: int) -> np.ndarray:
+    """An Arrow array<float> column's non-null rows as an (n, dim) float32 matrix, straight
+    from its flat values buffer (no per-row objects)."""
+    if column.null_count:
+        column = column.filter(column.is_valid())
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
+
+
+def list_column(rows: np.ndarray, valid: Any) -> Any:
+    """(n, k) float32 rows back into an Arrow array<float> column, null where `valid` is
+    false (`rows` holds the valid rows only, in order)."""
+    import pyarrow as pa
+
+    mask = ~np.asarray(valid, dtype=bool)
+    lengths = np.where(mask, 0, rows.shape[1] if rows.ndim == 2 else 0).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = pa.array(rows.reshape(-1).astype(np.float32, copy=False), pa.float32())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
 
 
 def choose_k(explained: np.ndarray, target: float) -> int:
