@@ -25,6 +25,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument(
+        "--keep-fp32",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also static int8 with the first and last N Conv/Gemm nodes left in fp32, per N",
+    )
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -77,6 +84,23 @@ def main() -> None:
         per_channel=True,
     )
     quantize_dynamic(str(pre), str(dynamic), weight_type=QuantType.QUInt8)
+    variants = [("int8 static (QDQ)", static), ("int8 dynamic", dynamic)]
+    import onnx
+
+    heavy = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Conv", "Gemm")]
+    for keep in args.keep_fp32:
+        mixed = work / f"static-keep{keep}.onnx"
+        quantize_static(
+            str(pre),
+            str(mixed),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=heavy[:keep] + heavy[len(heavy) - keep :],
+        )
+        variants.append((f"int8, {keep}+{keep} fp32", mixed))
 
     def run(path: str) -> tuple[np.ndarray, float]:
         opts = ort.SessionOptions()
@@ -92,7 +116,7 @@ def main() -> None:
     base, base_rate = run(fp32)
     print(f"{'variant':<22} {'images/s':>9} {'x fp32':>7} {'mean cosine':>12} {'min cosine':>11}")
     print(f"{'fp32':<22} {base_rate:>9.1f} {1.0:>7.2f} {1.0:>12.6f} {1.0:>11.6f}")
-    for name, path in (("int8 static (QDQ)", static), ("int8 dynamic", dynamic)):
+    for name, path in variants:
         try:
             feats, rate = run(str(path))
         except Exception as exc:  # an operator ORT cannot run quantised on this CPU
