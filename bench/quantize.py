@@ -73,33 +73,28 @@ def main() -> None:
         def get_next(self):
             return next(self.batches, None)
 
-    static, dynamic = work / "static.onnx", work / "dynamic.onnx"
-    quantize_static(
-        str(pre),
-        str(static),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    def static_int8(path: Path, exclude: list[str]) -> Path:
+        quantize_static(
+            str(pre),
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=exclude,
+        )
+        return path
+
+    static, dynamic = static_int8(work / "static.onnx", []), work / "dynamic.onnx"
     quantize_dynamic(str(pre), str(dynamic), weight_type=QuantType.QUInt8)
     variants = [("int8 static (QDQ)", static), ("int8 dynamic", dynamic)]
     import onnx
 
     heavy = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Conv", "Gemm")]
     for keep in args.keep_fp32:
-        mixed = work / f"static-keep{keep}.onnx"
-        quantize_static(
-            str(pre),
-            str(mixed),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            nodes_to_exclude=heavy[:keep] + heavy[len(heavy) - keep :],
-        )
+        exclude = heavy[:keep] + heavy[len(heavy) - keep :]
+        mixed = static_int8(work / f"static-keep{keep}.onnx", exclude)
         variants.append((f"int8, {keep}+{keep} fp32", mixed))
 
     def run(path: str) -> tuple[np.ndarray, float]:
