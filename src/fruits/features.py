@@ -546,7 +546,7 @@ def stage_batch(
 ) -> Any:
     """The output batch: keys passed through as Arrow arrays, the content version (the
     listing's, e.g. an ETag, else a SHA-1 of the bytes read, the same text as Spark's `sha1`),
-    and the features as one float32 buffer with offsets."""
+    and the features as one float32 buffer with offsets (`list_column`)."""
     import hashlib
 
     import pyarrow as pa
@@ -561,14 +561,8 @@ def stage_batch(
         for h, c in zip(listed, contents, strict=True)
     ]
     present = [f for f in feats if f is not None]
-    values = np.concatenate(present).astype(np.float32, copy=False) if present else np.zeros(0)
-    lengths = np.fromiter((0 if f is None else len(f) for f in feats), np.int32, len(feats))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    features = pa.ListArray.from_arrays(
-        pa.array(offsets),
-        pa.array(values, pa.float32()),
-        mask=pa.array([f is None for f in feats], pa.bool_()),
-    )
+    matrix = np.stack(present) if present else np.zeros((0, 0), np.float32)
+    features = list_column(matrix, [f is not None for f in feats])
     columns = [rows.column(name) for name in KEY_COLUMNS]
     columns += [pa.array(hashes, pa.string()), features, pa.array(errs, pa.string())]
     fields = [rows.schema.field(name) for name in KEY_COLUMNS]
@@ -578,6 +572,26 @@ def stage_batch(
         pa.field("reason", pa.string()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+
+def feature_matrix(column: Any, dim: int) -> np.ndarray:
+    """An Arrow array<float> column's non-null rows as an (n, dim) float32 matrix, straight
+    from its flat values buffer (no per-row objects)."""
+    if column.null_count:
+        column = column.filter(column.is_valid())
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
+
+
+def list_column(rows: np.ndarray, valid: Any) -> Any:
+    """(n, k) float32 rows back into an Arrow array<float> column, null where `valid` is
+    false (`rows` holds the valid rows only, in order)."""
+    import pyarrow as pa
+
+    mask = ~np.asarray(valid, dtype=bool)
+    lengths = np.where(mask, 0, rows.shape[1] if rows.ndim == 2 else 0).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = pa.array(rows.reshape(-1).astype(np.float32, copy=False), pa.float32())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
 
 
 STAGE_SCHEMA = (

@@ -48,6 +48,7 @@ class Reducer:
         """
         from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
+        from fruits.features import feature_matrix, list_column
         from fruits.predictor import reduce_features
 
         mean, scale, pc = reducer_arrays(self.model)
@@ -73,26 +74,6 @@ def reducer_arrays(model: PipelineModel) -> tuple[np.ndarray, np.ndarray, np.nda
     scale = np.divide(1.0, std, out=np.zeros(d), where=std != 0) if scaler.getWithStd() else None
     pc = np.asarray(pca.pc.toArray(), dtype=np.float64)
     return np.asarray(mean, dtype=np.float64), np.ones(d) if scale is None else scale, pc
-
-
-def feature_matrix(column: Any, dim: int) -> np.ndarray:
-    """An Arrow array<float> column's non-null rows as an (n, dim) float32 matrix, straight
-    from its flat values buffer (no per-row objects)."""
-    if column.null_count:
-        column = column.filter(column.is_valid())
-    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, dim)
-
-
-def list_column(rows: np.ndarray, valid: Any) -> Any:
-    """(n, k) float32 rows back into an Arrow array<float> column, null where `valid` is
-    false (`rows` holds the valid rows only, in order)."""
-    import pyarrow as pa
-
-    mask = ~np.asarray(valid, dtype=bool)
-    lengths = np.where(mask, 0, rows.shape[1] if rows.ndim == 2 else 0).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = pa.array(rows.reshape(-1).astype(np.float32, copy=False), pa.float32())
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
 
 
 def choose_k(explained: np.ndarray, target: float) -> int:
