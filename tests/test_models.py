@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from fruits.config import FeaturizerConfig
 from fruits.features import Featurizer, build_artifact
@@ -20,7 +19,10 @@ def test_unknown_backbone_is_a_clear_error():
         get_spec("resnet9000")
 
 
+@pytest.mark.torch
 def test_mobilenet_v2_from_a_torchvision_style_weights_file(tmp_path, sample_dir):
+    import torch
+
     torch.manual_seed(0)
     state = mobilenet_v2_module().state_dict()
     assert "features.18.0.weight" in state and "features.1.conv.0.0.weight" in state
@@ -51,6 +53,7 @@ def _cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.torch
 def test_bundled_graph_is_the_torch_export(sample_dir):
     import json
 
