@@ -127,6 +127,75 @@ def test_bad_params_fail_on_the_driver(spark: SparkSession) -> None:
         ImageFeaturizer(backbone="no-such-net").transform(df)
     with pytest.raises(ValueError, match="onError"):
         ImageFeaturizer(onError="skip").transform(df)
+    with pytest.raises(ValueError, match="handleInvalid"):
+        ImageFeaturizer(handleInvalid="drop").transform(df)
+    with pytest.raises(ValueError, match="disagree"):
+        ImageFeaturizer(onError="fail", handleInvalid="skip").transform(df)
+
+
+def bad_and_good_rows(spark: SparkSession, sample_dir: Path) -> DataFrame:
+    """Three good JPEGs of the sample, an undecodable one and a row with null content."""
+    good = [p.read_bytes() for p in sorted((sample_dir / "Test").rglob("*.jpg"))[:3]]
+    rows = [(f"good{i}.jpg", b) for i, b in enumerate(good)]
+    rows += [("broken.jpg", b"not a jpeg"), ("missing.jpg", None)]
+    return spark.createDataFrame(rows, "path string, content binary")
+
+
+def test_handle_invalid_skip_drops_bad_and_null_rows(spark: SparkSession, sample_dir: Path) -> None:
+    df = bad_and_good_rows(spark, sample_dir)
+    out = ImageFeaturizer(handleInvalid="skip").transform(df).collect()
+    assert sorted(r.path for r in out) == ["good0.jpg", "good1.jpg", "good2.jpg"]
+    assert all(r.error is None and r.features.size == 1280 for r in out)
+
+
+def test_handle_invalid_keep_keeps_every_row_with_a_reason(
+    spark: SparkSession, sample_dir: Path
+) -> None:
+    df = bad_and_good_rows(spark, sample_dir)
+    out = {r.path: r for r in ImageFeaturizer(handleInvalid="keep").transform(df).collect()}
+    assert len(out) == 5
+    for name in ("broken.jpg", "missing.jpg"):
+        assert out[name].features is None and out[name].error, name
+    assert ImageFeaturizer().invalid_policy() == "keep"  # today's behaviour stays the default
+
+
+def test_handle_invalid_error_names_the_bad_row(spark: SparkSession, sample_dir: Path) -> None:
+    df = bad_and_good_rows(spark, sample_dir).where("path != 'missing.jpg'")
+    with pytest.raises(Exception, match=r"broken\.jpg"):
+        ImageFeaturizer(handleInvalid="error").transform(df).collect()
+    null_only = bad_and_good_rows(spark, sample_dir).where("path = 'missing.jpg'")
+    with pytest.raises(Exception, match=r"missing\.jpg"):
+        ImageFeaturizer(handleInvalid="error").transform(null_only).collect()
+
+
+def test_skip_lets_a_scaler_fit_where_keep_fails(spark: SparkSession, sample_dir: Path) -> None:
+    """The README recipe's crash: a null vector fails StandardScaler's fit (a Scala
+    MatchError); with handleInvalid="skip" the same Pipeline fits, and its scaler's mean is
+    numpy's over the good rows' features."""
+    df = bad_and_good_rows(spark, sample_dir)
+    scaler = StandardScaler(inputCol="features", outputCol="scaled", withMean=True)
+    with pytest.raises(Exception, match=r"MatchError|null"):
+        Pipeline(stages=[ImageFeaturizer(handleInvalid="keep"), scaler]).fit(df)
+    model = Pipeline(stages=[ImageFeaturizer(handleInvalid="skip"), scaler]).fit(df)
+    good = df.where("path LIKE 'good%'").orderBy("path").collect()
+    cfg = FeaturizerConfig()
+    direct, errors = featurize_contents(
+        Featurizer(build_artifact(cfg)),
+        [bytes(r.content) for r in good],
+        size=cfg.image_size,
+        max_pixels=cfg.max_pixels,
+    )
+    assert errors == [None] * 3
+    mean = np.stack(direct).astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(model.stages[1].mean.toArray(), mean, rtol=1e-4, atol=1e-5)
+    assert model.transform(df).count() == 3
+
+
+def test_handle_invalid_saves_and_loads(tmp_path: Path) -> None:
+    stage = ImageFeaturizer(handleInvalid="skip")
+    stage.save(str(tmp_path / "stage"))
+    assert ImageFeaturizer.load(str(tmp_path / "stage")).invalid_policy() == "skip"
+    assert ImageFeaturizer(onError="fail").invalid_policy() == "error"  # the older name
 
 
 def test_stage_saves_and_loads_alone(spark: SparkSession, tmp_path: Path) -> None:

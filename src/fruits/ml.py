@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import cached_property
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
@@ -29,6 +29,9 @@ from pyspark.sql import DataFrame
 from fruits.config import FeaturizerConfig, OnError
 
 _DEFAULTS = FeaturizerConfig()  # every default lives once: config.py
+
+# Spark's own stages (StringIndexer, VectorAssembler, Bucketizer) name bad-row policies so.
+HandleInvalid = Literal["error", "skip", "keep"]
 
 
 class InstalledArtifact:
@@ -77,9 +80,12 @@ class ImageFeaturizer(
 ):
     """Encoded image bytes (`binaryFile`'s `content`) -> CNN features as an ml `Vector`.
 
-    A corrupt or oversized image gives a null vector and a reason in `errorCol` (with
-    `onError="quarantine"`, the default) so one bad file never fails a job; filter on
-    `errorCol IS NULL` before fitting. `onError="fail"` stops the job at the first bad image.
+    A corrupt, oversized or null-content image is handled by `handleInvalid`, as in Spark's
+    own stages: `keep` (the default) gives a null vector and a reason in `errorCol`, so one bad
+    file never fails a job and its reason can be read; `skip` drops the row (what a `Pipeline`
+    that fits a `StandardScaler` next wants: a null vector fails its fit); `error` stops the
+    job at the first bad image, naming its path. `onError` (`quarantine` / `fail`) is the
+    older name of `keep` / `error`, kept so saved stages load.
     The network is built once per Python worker and kept for every later task
     (`features.get_featurizer`, an LRU of 3 under a lock).
 
@@ -120,7 +126,15 @@ class ImageFeaturizer(
     onError: Param[str] = Param(
         Params._dummy(),
         "onError",
-        "bad image policy: 'quarantine' (null vector + reason) or 'fail' (stop the job)",
+        "bad image policy: 'quarantine' (null vector + reason) or 'fail' (stop the job); "
+        "kept for saved stages, handleInvalid says the same the way Spark's stages do",
+        typeConverter=TypeConverters.toString,
+    )
+    handleInvalid: Param[str] = Param(
+        Params._dummy(),
+        "handleInvalid",
+        "how to handle an image that cannot be decoded or has null content: 'error' (fail the "
+        "job, naming the row's path), 'skip' (drop the row) or 'keep' (null vector + reason)",
         typeConverter=TypeConverters.toString,
     )
 
@@ -136,6 +150,7 @@ class ImageFeaturizer(
         imageSize: int = _DEFAULTS.image_size,
         batchSize: int = _DEFAULTS.batch_size,
         onError: str = "quarantine",
+        handleInvalid: str = "keep",
     ) -> None:
         super().__init__()
         self._setDefault(
@@ -146,6 +161,7 @@ class ImageFeaturizer(
             imageSize=_DEFAULTS.image_size,
             batchSize=_DEFAULTS.batch_size,
             onError="quarantine",
+            handleInvalid="keep",
         )
         kwargs = self._input_kwargs
         self.setParams(**kwargs)
@@ -162,6 +178,7 @@ class ImageFeaturizer(
         imageSize: int = _DEFAULTS.image_size,
         batchSize: int = _DEFAULTS.batch_size,
         onError: str = "quarantine",
+        handleInvalid: str = "keep",
     ) -> ImageFeaturizer:
         """Sets the given params (only those passed, like Spark's own stages)."""
         kwargs = self._input_kwargs
@@ -184,6 +201,31 @@ class ImageFeaturizer(
     def getOnError(self) -> str:
         return self.getOrDefault(self.onError)
 
+    def getHandleInvalid(self) -> str:
+        return self.getOrDefault(self.handleInvalid)
+
+    def invalid_policy(self) -> HandleInvalid:
+        """The policy the stage applies: `handleInvalid` when set, else the older `onError`
+        (`fail` -> `error`, `quarantine` -> `keep`), so stages saved before handleInvalid
+        existed load and behave as they did. `onError="fail"` with another handleInvalid is
+        refused: a silent winner would hide a user's intent."""
+        on_error = self.getOnError()
+        if on_error not in get_args(OnError):
+            raise ValueError(f"onError must be one of {get_args(OnError)}, not {on_error!r}")
+        implied: HandleInvalid = "error" if on_error == "fail" else "keep"
+        if not self.isSet(self.handleInvalid):
+            return implied
+        policy = self.getHandleInvalid()
+        if policy not in get_args(HandleInvalid):
+            raise ValueError(
+                f"handleInvalid must be one of {get_args(HandleInvalid)}, not {policy!r}"
+            )
+        if on_error == "fail" and policy != "error":
+            raise ValueError(
+                f"onError={on_error!r} and handleInvalid={policy!r} disagree: set only one"
+            )
+        return policy  # type: ignore[return-value]
+
     def featurizer_config(self) -> FeaturizerConfig:
         """The stage's params as the one typed config the rest of the package reads."""
         return replace(
@@ -201,9 +243,7 @@ class ImageFeaturizer(
         from fruits.features import build_artifact, featurize_udf
         from fruits.models import fingerprint, get_spec
 
-        on_error = self.getOnError()
-        if on_error not in get_args(OnError):
-            raise ValueError(f"onError must be one of {get_args(OnError)}, not {on_error!r}")
+        policy = self.invalid_policy()
         cfg = self.featurizer_config()
         artifact: Any
         if cfg.weights is None:
@@ -215,7 +255,7 @@ class ImageFeaturizer(
             artifact = build_artifact(cfg)
             artifact_id = artifact.fingerprint
         udf = featurize_udf(
-            artifact, artifact_id, cfg, threads=_task_cpus(dataset), fail_fast=on_error == "fail"
+            artifact, artifact_id, cfg, threads=_task_cpus(dataset), fail_fast=policy == "error"
         )
         # The file's path names the culprit when onError="fail"; any input may lack one.
         path = F.col("path") if "path" in dataset.columns else F.lit(None).cast("string")
@@ -224,9 +264,14 @@ class ImageFeaturizer(
         # array_to_vector throws on a null array, so a failed image skips it.
         features = F.col(tmp).getField("features")
         vector = F.when(features.isNotNull(), array_to_vector(features))
+        featurized = dataset.withColumn(tmp, udf(path, F.col(self.getInputCol())))
+        if policy == "skip":
+            # The UDF has already given every undecodable or null-content row a reason: drop
+            # those rows here, so a StandardScaler after the stage never sees a null vector
+            # (its fit fails on one with a Scala MatchError).
+            featurized = featurized.where(F.col(tmp).getField("error").isNull())
         return (
-            dataset.withColumn(tmp, udf(path, F.col(self.getInputCol())))
-            .withColumn(self.getOutputCol(), vector)
+            featurized.withColumn(self.getOutputCol(), vector)
             .withColumn(self.getErrorCol(), F.col(tmp).getField("error"))
             .drop(tmp)
         )
