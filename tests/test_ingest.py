@@ -1,7 +1,12 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from imagegen import jpeg_bytes, write
 
-from fruits.ingest import InputError, check_input, glob_for, read_images
+from fruits.ingest import InputError, check_input, glob_for, read_images, read_local, walk_local
 
 
 def test_glob_matches_extensions_in_any_case():
@@ -42,3 +47,122 @@ def test_oversized_files_are_refused_with_a_reason_without_reading_them(spark, t
 def test_missing_input_is_a_one_line_error(spark, tmp_path):
     with pytest.raises(InputError, match="input not found"):
         check_input(spark, str(tmp_path / "nope"))
+
+
+# --- the local walk (ingest.read_local / walk_local): links, unreadable folders, odd names ---
+
+
+def names(rows, column: str = "path") -> set[str]:
+    return {r[column] for r in rows}
+
+
+@pytest.fixture()
+def linked(tmp_path):
+    """Training/{Apple,Banana,Cherry}, 2 images each, each folder holding a link to the next
+    (Apple -> Banana -> Cherry -> Apple): once 2^40 paths, never finishing."""
+    root = tmp_path / "in"
+    jpg = jpeg_bytes()
+    classes = ("Apple", "Banana", "Cherry")
+    for cls in classes:
+        for i in range(2):
+            write(root / "Training" / cls / f"{i}.jpg", jpg)
+    for here, there in zip(classes, classes[1:] + classes[:1], strict=True):
+        (root / "Training" / here / f"to {there}").symlink_to(root / "Training" / there)
+    return root, classes
+
+
+def test_folders_linked_to_each_other_are_listed_once_with_their_real_labels(spark, linked):
+    root, classes = linked
+    got = read_local(spark, str(root))
+    files = got.files.collect()
+    expected = {f"file:{root}/Training/{c}/{i}.jpg" for c in classes for i in range(2)}
+    assert names(files) == expected and len(files) == 6  # no duplicate, no path via a link
+    assert {r["label"] for r in files} == set(classes)  # no class named after a link
+    refused = {r["path"]: r["reason"] for r in got.too_large.collect()}
+    pairs = zip(classes, classes[1:] + classes[:1], strict=True)
+    links = {f"file:{root}/Training/{a}/to {b}": b for a, b in pairs}
+    assert set(refused) == set(links)  # each skipped link counted, with its reason
+    for link, target in links.items():
+        assert refused[link].startswith("folder listed already:")
+        assert refused[link].endswith(
+            f"{root}/Training/{target}, whose images are listed once, there"
+        )
+    assert got.count() == 6 + 3
+
+
+def test_a_link_to_a_folder_outside_is_followed_once(spark, tmp_path):
+    outside, root = tmp_path / "elsewhere" / "kiwis", tmp_path / "in"
+    for i in range(3):
+        write(outside / f"{i}.jpg", jpeg_bytes())
+    (root / "Training").mkdir(parents=True)
+    (root / "Training" / "Kiwi").symlink_to(outside)
+    (root / "Training" / "Kiwi again").symlink_to(outside)
+    got = read_local(spark, str(root))
+    files = got.files.collect()
+    assert names(files) == {f"file:{root}/Training/Kiwi/{i}.jpg" for i in range(3)}
+    assert {(r["label"], r["split"]) for r in files} == {("Kiwi", "train")}
+    (row,) = got.too_large.collect()
+    assert row["path"] == f"file:{root}/Training/Kiwi again"
+    assert row["reason"].startswith("folder listed already:")
+
+
+def test_an_over_long_folder_is_a_quarantine_row_not_a_silent_loss(tmp_path):
+    """Deeper than PATH_MAX (4096 bytes): made through directory descriptors."""
+    write(tmp_path / "in" / "Lemon" / "ok.jpg", jpeg_bytes())
+    part = "d" * 250
+    fd = os.open(tmp_path / "in" / "Lemon", os.O_RDONLY)
+    try:
+        for _ in range(20):
+            os.mkdir(part, dir_fd=fd)
+            inner = os.open(part, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+        os.write(out, jpeg_bytes())
+        os.close(out)
+    finally:
+        os.close(fd)
+    listed, refused = walk_local(str(tmp_path / "in"), ["jpg"])
+    assert [r[0] for r in listed] == [f"file:{tmp_path}/in/Lemon/ok.jpg"]
+    assert len(refused) == 1
+    path, reason, _, _ = refused[0]
+    assert path.startswith(f"file:{tmp_path}/in/Lemon/{part}/") and len(path) > 4096
+    assert reason == "cannot list folder: File name too long"
+
+
+def test_an_unreadable_folder_is_a_quarantine_row(tmp_path):
+    """Permissions apply even for root under setpriv (as in test_bad_inputs)."""
+    from test_bad_inputs import without_root_privileges
+
+    write(tmp_path / "in" / "Lemon" / "ok.jpg", jpeg_bytes())
+    write(tmp_path / "in" / "Locked" / "hidden.jpg", jpeg_bytes())
+    os.chmod(tmp_path / "in" / "Locked", 0)
+    code = (
+        "import json, sys; from fruits.ingest import walk_local;"
+        " l, r = walk_local(sys.argv[1], ['jpg']); print(json.dumps([[x[0] for x in l], r]))"
+    )
+    try:
+        proc = subprocess.run(
+            [*without_root_privileges(), sys.executable, "-c", code, str(tmp_path / "in")],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+    finally:
+        os.chmod(tmp_path / "in" / "Locked", 0o755)
+    listed, refused = json.loads(proc.stdout)
+    assert listed == [f"file:{tmp_path}/in/Lemon/ok.jpg"]
+    assert refused == [
+        [f"file:{tmp_path}/in/Locked", "cannot list folder: Permission denied", None, None]
+    ]
+
+
+def test_a_file_name_that_is_not_utf8_is_a_readable_quarantine_row(spark, tmp_path):
+    root = tmp_path / "in" / "Training" / "Pear"
+    write(root / "fine.jpg", jpeg_bytes())
+    with open(os.path.join(bytes(root), b"poire \xe9t\xe9.jpg"), "wb") as fh:  # Latin-1 name
+        fh.write(jpeg_bytes())
+    got = read_local(spark, str(tmp_path / "in"))  # through Arrow and Spark: no crash
+    assert names(got.files.collect()) == {f"file:{root}/fine.jpg"}
+    (row,) = got.too_large.collect()
+    assert row["path"] == f"file:{root}/poire \\xe9t\\xe9.jpg"
+    assert row["reason"].startswith("file name is not valid UTF-8")
+    assert got.count() == 2
