@@ -118,7 +118,7 @@ def with_validation(files: DataFrame, fraction: float, has_val: bool) -> DataFra
         )
         split = (
             F.when((split == "train") & is_val(0), "val")
-            .when(F.lit(False), GUARD)
+            .when((split == "train") & near, GUARD)
             .otherwise(split)
         )
     return files.withColumn("split", split)
