@@ -108,6 +108,9 @@ class PipelineConfig:
     # since one file is coalesce(1), one task writing every row (docs/scaling.md); 0: one file.
     single_csv_max_rows: int = 1_000_000
     spark_conf: dict[str, str] = field(default_factory=dict)
+    # Spark's own log in a session the run starts: ERROR keeps a run to its own few lines
+    # (start-up, native-hadoop and BLAS warnings are noise to a user); `fruits run -v`: WARN.
+    spark_log_level: str = "ERROR"
 
     @property
     def sources(self) -> list[tuple[str, str]]:

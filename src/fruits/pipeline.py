@@ -18,7 +18,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits import incremental, outputs, quarantine, report, tracking
+from fruits import incremental, outputs, preflight, quarantine, report, tracking
 from fruits.config import PipelineConfig
 from fruits.features import ImageFailure, featurize
 from fruits.ingest import InputError, read_sources
@@ -37,9 +37,14 @@ class RunResult:
     report: dict[str, Any]
 
 
+def remote_url(cfg: PipelineConfig) -> str | None:
+    """The Spark Connect URL of the run: `--remote`, else $SPARK_REMOTE unless `--master`."""
+    return cfg.remote or (None if cfg.master else os.environ.get("SPARK_REMOTE"))
+
+
 def session_for(cfg: PipelineConfig) -> SparkSession:
     """The run's session: `--remote` (or $SPARK_REMOTE) is Spark Connect, else classic."""
-    remote = cfg.remote or (None if cfg.master else os.environ.get("SPARK_REMOTE"))
+    remote = remote_url(cfg)
     if remote and cfg.master:
         raise ValueError("--remote and --master exclude each other: give one")
     return get_spark(
@@ -51,11 +56,14 @@ def session_for(cfg: PipelineConfig) -> SparkSession:
             files_per_partition=cfg.files_per_partition,
         ),
         overrides=cfg.spark_conf,
+        log_level=cfg.spark_log_level,
     )
 
 
 def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunResult:
-    """Run the whole chain; the output folder appears only once everything is written."""
+    """Run the whole chain; the output folder appears only once everything is written.
+    What needs no Spark is checked first (`preflight`): a typo costs no session start."""
+    preflight.check(cfg, remote=None if spark is not None else remote_url(cfg))
     spark = spark or session_for(cfg)
     with RunContext(cfg, spark) as run:
         with run.stage("ingest"):

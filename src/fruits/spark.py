@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -16,7 +18,8 @@ from fruits.azure import SPARK_REDACTION_REGEX
 from fruits.config import ARROW_MAX_BYTES, ARROW_MAX_RECORDS, FILES_PER_PARTITION, cache_dir
 
 # Embedded runs: the UI would listen on every interface and show the configuration; it is off
-# unless asked for (`--conf spark.ui.enabled=true`, then bound to the loopback interface).
+# unless asked for (`--conf spark.ui.enabled=true`); then it listens on the loopback interface
+# only (Spark binds its UI to $SPARK_LOCAL_IP, else 0.0.0.0: `local_ip_env` sets it).
 LOCAL_ONLY = {
     "spark.ui.enabled": "false",
     "spark.driver.host": "127.0.0.1",
@@ -25,6 +28,32 @@ LOCAL_ONLY = {
     # of the workers' CPU went to zipimport). Local only: a cluster's workers are its own.
     "spark.python.daemon.module": "fruits.daemon",
 }
+
+
+# Every session this module builds, unless the user or spark-submit set them: no console bar
+# (it interleaves `[Stage 5:> (0 + 2) / 2]` fragments with our log lines; fruits.progress
+# says the same in images), and no job-kill links in a UI that someone may enable.
+BUILD_DEFAULTS = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.ui.killEnabled": "false",
+}
+
+# Spark's own log: ERROR by default (the CLI's `-v` asks for WARN). A log4j2 file given to the
+# local JVM at launch, so start-up warnings (native-hadoop, hostname, BLAS) are never printed.
+LOG4J2_TEMPLATE = """\
+rootLogger.level = {level}
+rootLogger.appenderRef.console.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+# Same level for pyspark's shell logger, else Spark prints "Setting default log level to ..."
+logger.repl.name = org.apache.spark.repl.Main
+logger.repl.level = {level}
+"""
+
+LOG_LEVELS = ("OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL")
 
 
 class JavaMissingError(RuntimeError):
@@ -100,12 +129,14 @@ def get_spark(
     defaults: dict[str, str] | None = None,
     overrides: dict[str, str] | None = None,
     driver_memory: str = "2g",
+    log_level: str = "ERROR",
 ) -> SparkSession:
     """Reuse an active session (Databricks, notebooks, tests); otherwise build one.
 
     A master from `--master` wins; else the one spark-submit configured; else `local[*]`.
     `defaults` never replace a value the user or the cluster set explicitly; `overrides` do.
     With `remote` (`sc://host:port`), a Spark Connect session: no Java needed here.
+    `log_level` is Spark's own log level in a session built here (a reused one keeps its own).
     """
     defaults = defaults or {}
     overrides = overrides or {}
@@ -130,20 +161,24 @@ def get_spark(
         if (master or "local").startswith("local") and "spark.master" not in submitted:
             # Local workers must run this interpreter (the one with our package installed).
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            local_ip_env()
             if not os.environ.get("PYSPARK_GATEWAY_PORT"):
-                options = class_archive_options()
+                archive = class_archive_options()
+                options = " ".join(o for o in (archive, log4j_options(log_level)) if o)
                 key = "spark.driver.defaultJavaOptions"
                 if options and key not in overrides and key not in defaults:
                     builder = builder.config(key, options)
-                    dumping = options.startswith("-XX:ArchiveClassesAtExit=")
-        for key, value in {"spark.ui.showConsoleProgress": "true", **defaults}.items():
-            if key not in submitted:
+                    dumping = bool(archive) and "ArchiveClassesAtExit" in options.split()[0]
+        for key, value in {**BUILD_DEFAULTS, **defaults}.items():
+            if key not in submitted and key not in overrides:
                 builder = builder.config(key, value)
         for key, value in overrides.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
+        if not is_connect(spark) and log_level.upper() in LOG_LEVELS:
+            spark.sparkContext.setLogLevel(log_level.upper())  # a submitted JVM from now on
         if dumping:
-            _note_jvm_pid(spark, options.split()[0].split("=", 1)[1])
+            _note_jvm_pid(spark, shlex.split(options)[0].split("=", 1)[1])
     if is_connect(spark):  # an active Connect session (a notebook on serverless compute)
         return connect_conf(spark, defaults, overrides)
     explicit = spark.sparkContext.getConf()
@@ -153,6 +188,42 @@ def get_spark(
     for key, value in overrides.items():
         _try_set(spark, key, value)
     return spark
+
+
+def local_ip_env() -> None:
+    """An embedded driver binds to the loopback interface: Spark's UI (when enabled) listens
+    on $SPARK_LOCAL_IP, else on every interface, and a hostname that resolves to 127.0.0.1
+    makes Spark warn and pick another interface. A value the user exported wins."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def java_option(name: str, value: str) -> str:
+    """`name=value` as one JVM option in a Spark `*JavaOptions` string, which Spark splits on
+    whitespace unless quoted: a cache folder with a space (`/home/Jane Doe/.cache`) used to
+    split the option in two and the JVM refused to start (JAVA_GATEWAY_EXITED)."""
+    text = f"{name}={value}"
+    if not re.search(r"[\s\"'\\]", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def log4j_options(level: str) -> str | None:
+    """`-Dlog4j2.configurationFile=<file>` for a local driver at `level` (a file written once
+    into the cache folder), or None for Spark's default (WARN) or an unwritable cache."""
+    level = level.upper()
+    if level not in LOG_LEVELS or level == "WARN":
+        return None
+    text = LOG4J2_TEMPLATE.format(level=level.lower())
+    path = cache_dir() / f"log4j2-{level.lower()}.properties"
+    try:
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    except OSError:
+        return None
+    return java_option("-Dlog4j2.configurationFile", str(path))
 
 
 # JVM unified-logging tags of the class archive: a stale or foreign archive is simply not used,
@@ -193,10 +264,11 @@ def class_archive_options(directory: Path | None = None) -> str | None:
     if not final.exists():
         _promote_finished_dump(folder, final)
     if final.exists():
-        return f"-XX:SharedArchiveFile={final} {_QUIET_CDS}"
+        return f"{java_option('-XX:SharedArchiveFile', str(final))} {_QUIET_CDS}"
     if any(folder.glob(f"spark-{key}.*.jsa")):  # a run is writing one now
         return None
-    return f"-XX:ArchiveClassesAtExit={folder}/spark-{key}.{os.getpid()}.jsa {_QUIET_CDS}"
+    dump = folder / f"spark-{key}.{os.getpid()}.jsa"
+    return f"{java_option('-XX:ArchiveClassesAtExit', str(dump))} {_QUIET_CDS}"
 
 
 def _note_jvm_pid(spark: SparkSession, dump: str) -> None:

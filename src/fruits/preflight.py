@@ -1,0 +1,76 @@
+"""Checks of a run's configuration that need no Spark, made before a session starts.
+
+A local Spark session takes 5-12 s to start; a typo in `--input` used to be reported only after
+it (11.8 s on an idle 2-core machine, `time fruits run --input /nonexistent`). Everything that
+can be judged from the configuration and the local file system is judged here first; the
+stages keep their own checks (remote inputs, an empty folder, the output's lease).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fruits.config import PipelineConfig
+
+
+class PreflightError(ValueError):
+    """A configuration that cannot run: one line for the user, before Spark starts."""
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of `uri` (a plain path or a `file:` URI), else None (a remote scheme)."""
+    if uri.startswith("file:"):
+        return "/" + uri[len("file:") :].lstrip("/")
+    if ":" in uri.split("/", 1)[0]:
+        return None
+    return os.path.abspath(uri)
+
+
+def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
+    """Raise `PreflightError` for the first problem found: option combinations, local inputs
+    that do not exist, an unreadable `--label-map` or `--weights`, an output that would
+    overwrite an input. `remote` is the Spark Connect URL the run will use, if any."""
+    if remote and cfg.master:
+        raise PreflightError("--remote and --master exclude each other: give one")
+    if cfg.refit and not cfg.incremental:
+        raise PreflightError("--refit needs an incremental run (it reuses the stored features)")
+    if cfg.verify_content and not cfg.incremental:
+        raise PreflightError("--verify-content only applies with --incremental or --refit")
+    if not 0.0 < cfg.reduce.variance <= 1.0:
+        raise PreflightError(f"--pca-variance must be in (0, 1], got {cfg.reduce.variance}")
+    if cfg.reduce.k is not None and cfg.reduce.k < 1:
+        raise PreflightError(f"--pca-k must be at least 1, got {cfg.reduce.k}")
+    if cfg.featurizer.image_size < 16:
+        raise PreflightError(f"--image-size must be at least 16, got {cfg.featurizer.image_size}")
+    if cfg.featurizer.batch_size < 1:
+        raise PreflightError(f"--batch-size must be at least 1, got {cfg.featurizer.batch_size}")
+    if not remote:  # a Connect server reads its own files, not this machine's
+        for uri in cfg.inputs:
+            path = local_path(uri)
+            if path is not None and not os.path.exists(path):
+                raise PreflightError(f"input not found: {path}")
+    for option, value in (("--label-map", cfg.label_map), ("--weights", cfg.featurizer.weights)):
+        path = local_path(value) if value else None
+        if path is not None and not os.path.isfile(path):
+            raise PreflightError(f"{option} {value}: file not found")
+    if cfg.label_map and local_path(cfg.label_map) is not None:
+        from fruits.recognition import load_label_map
+
+        load_label_map(local_path(cfg.label_map))  # parses it: one line if it is not a map
+    out = local_path(cfg.output)
+    if out is not None and os.path.isfile(out):
+        raise PreflightError(f"--output {cfg.output} is a file: choose a folder")
+    for uri in cfg.inputs:
+        why = _overlap(cfg.output, uri)
+        if why:
+            raise PreflightError(f"--output {cfg.output} {why}: choose a folder outside {uri}")
+
+
+def _overlap(output: str, source: str) -> str | None:
+    """Why a local `output` may not replace a folder given a local input `source` (remote
+    ones are judged by `run_context.check_output` once the storage is known)."""
+    if local_path(output) is None or local_path(source) is None:
+        return None
+    from fruits.run_context import overlap
+
+    return overlap(output, source)
