@@ -23,6 +23,7 @@ from fruits.images import ImageError
 from fruits.predictor import (
     ARRAYS_FILE,
     META_FILE,
+    BatcherClosed,
     MicroBatcher,
     Predictor,
     ServingArrays,
@@ -231,3 +232,72 @@ def test_concurrent_batched_predictions_match_single_ones(predictor, spark_score
     for a, b in zip(single, batched, strict=True):
         assert a.labels == b.labels
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=PROB_TOL)
+
+
+def test_a_call_racing_close_fails_instead_of_hanging():
+    """B3: a caller that reaches the batcher while `close` is under way used to queue behind the
+    end marker and wait forever; now it fails at once with `BatcherClosed`, and calls queued
+    before the marker are still answered."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def held(rows):
+        entered.set()
+        assert gate.wait(30)
+        return rows + 1
+
+    batcher = MicroBatcher(held, max_batch=8)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher, np.zeros((1, 2)))
+        assert entered.wait(30)  # the worker holds the first call in `fn`
+        queued = pool.submit(batcher, np.ones((1, 2)))
+        _wait_until(lambda: batcher._queue.qsize() == 1)
+        closing = pool.submit(batcher.close)
+        _wait_until(lambda: batcher._queue.qsize() == 2)  # the end marker is in, behind `queued`
+        late = threading.Thread(target=lambda: late_result.append(_outcome(batcher)), daemon=True)
+        late_result: list = []
+        late.start()
+        late.join(30)
+        assert not late.is_alive(), "a call after close() is waiting for a worker that is gone"
+        assert isinstance(late_result[0], BatcherClosed)
+        assert "shutting down" in str(late_result[0])
+        gate.set()
+        np.testing.assert_array_equal(first.result(timeout=30), np.ones((1, 2)))
+        np.testing.assert_array_equal(queued.result(timeout=30), np.full((1, 2), 2.0))
+        closing.result(timeout=30)
+    assert batcher.closed
+    with pytest.raises(BatcherClosed):
+        batcher(np.ones((1, 2)))
+
+
+def test_close_fails_calls_a_stuck_worker_never_took():
+    gate, entered = threading.Event(), threading.Event()
+
+    def stuck(rows):
+        entered.set()
+        gate.wait(60)
+        return rows
+
+    batcher = MicroBatcher(stuck, max_batch=1)
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(batcher, np.zeros((1, 1)))
+        assert entered.wait(30)
+        waiting = pool.submit(batcher, np.zeros((1, 1)))
+        _wait_until(lambda: batcher._queue.qsize() == 1)
+        batcher.close(timeout=0)  # the worker is still inside `fn`
+        with pytest.raises(BatcherClosed, match="shut down"):
+            waiting.result(timeout=30)
+        gate.set()
+
+
+def _outcome(batcher):
+    try:
+        return batcher(np.zeros((1, 2)))
+    except BaseException as exc:
+        return exc
+
+
+def _wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

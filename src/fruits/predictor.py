@@ -284,33 +284,66 @@ class Predictor:
         )
 
 
+class BatcherClosed(RuntimeError):
+    """A call reached a `MicroBatcher` that is closed (the server is shutting down): the API
+    answers 503 instead of waiting for a worker that is gone."""
+
+
 class MicroBatcher:
     """One worker thread owns `fn`; callers queue rows and block on a future. The worker takes
     everything already queued (up to `max_batch` rows) into one call, so under load batches
-    form on their own and a lone request never waits for company."""
+    form on their own and a lone request never waits for company.
+
+    Closing is race-free: `closed` and the queue's end marker change under one lock, so no call
+    can queue behind the marker (where no worker would ever take it and its caller would wait
+    forever); a call after `close` raises `BatcherClosed`, and any call still queued when the
+    worker stops fails with it too."""
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 16) -> None:
         self.fn = fn
         self.max_batch = max(1, max_batch)
         self._queue: queue.Queue[tuple[np.ndarray, Future[np.ndarray]] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="fruits-batcher", daemon=True)
         self._thread.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        if not self._thread.is_alive():
-            raise RuntimeError("the batcher is closed")
         fut: Future[np.ndarray] = Future()
-        self._queue.put((rows, fut))
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the batcher is closed: the server is shutting down")
+            self._queue.put((rows, fut))
         return fut.result()
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    def close(self, *, timeout: float = 30) -> None:
+        """Stop taking calls, let the worker finish those queued, then fail any left over (a
+        worker stuck in `fn` past `timeout`) with `BatcherClosed`."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        self._thread.join(timeout=timeout)
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(BatcherClosed("the server shut down before this request ran"))
 
     def _loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
+                self._fail_pending()  # nothing can be queued after the marker; kept as a guard
                 return
             batch = [item]
             size = len(item[0])
@@ -337,6 +370,7 @@ class MicroBatcher:
 
 
 __all__ = [
+    "BatcherClosed",
     "ImageError",
     "MicroBatcher",
     "Prediction",
