@@ -355,7 +355,7 @@ def test_a_blob_publish_interrupted_mid_copy_never_looks_finished(azure_env, con
     from fruits.storage.fsspec import FsspecStore, locate
 
     blobs = azure_env.service().get_container_client(container)
-    for run, payload in (("out", b"old"), (".out.staging-r2", b"new")):
+    for run, payload in (("out", b"old"), (".out.staging-0123456789ab", b"new")):
         for name in ("a.parquet", "b.parquet", "report.json"):
             blobs.upload_blob(f"runs/{run}/{name}", payload)
         blobs.upload_blob(f"runs/{run}/{MARKER}", b'{"run_id": "x"}')
@@ -374,7 +374,7 @@ def test_a_blob_publish_interrupted_mid_copy_never_looks_finished(azure_env, con
     fs.copy = dying_copy
     try:
         with pytest.raises(KeyboardInterrupt):
-            publish(store, f"{root}/.out.staging-r2", f"{root}/out", "r2")
+            publish(store, f"{root}/.out.staging-0123456789ab", f"{root}/out", "0123456789ab")
     finally:
         fs.copy = real_copy
     names = {b.name for b in blobs.list_blobs(name_starts_with="runs/")}

@@ -13,6 +13,8 @@ import pytest
 from fruits.run_context import Lease, OutputError, check_output, overlap
 from fruits.storage import MARKER, HadoopStore, publish, recover
 
+R2, ZZ, YY = "0123456789ab", "feedfacecafe", "00000000beef"  # run ids as new_run_id makes them
+
 
 @pytest.fixture()
 def store(spark):
@@ -91,8 +93,8 @@ def test_a_second_writer_fails_fast_and_a_dead_writers_lease_is_taken_over(store
 
 def test_publish_replaces_a_previous_output(store, tmp_path):
     out = finished_output(tmp_path / "out")
-    staging = finished_output(tmp_path / ".out.staging-r2", "r2", "new")
-    publish(store, str(staging), str(out), "r2")
+    staging = finished_output(tmp_path / f".out.staging-{R2}", R2, "new")
+    publish(store, str(staging), str(out), R2)
     assert (out / "data.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -113,9 +115,9 @@ class FailingSecondRename(HadoopStore):
 
 def test_a_publish_killed_between_renames_is_restored_by_the_next_writer(spark, store, tmp_path):
     out = finished_output(tmp_path / "out")
-    staging = finished_output(tmp_path / ".out.staging-r2", "r2", "new")
+    staging = finished_output(tmp_path / f".out.staging-{R2}", R2, "new")
     with pytest.raises(KeyboardInterrupt):
-        publish(FailingSecondRename(spark), str(staging), str(out), "r2")
+        publish(FailingSecondRename(spark), str(staging), str(out), R2)
     assert not out.exists()  # the moment a reader would find nothing
     assert recover(store, str(out)) is not None
     assert (out / "data.txt").read_text() == "old" and (out / MARKER).exists()
@@ -124,8 +126,8 @@ def test_a_publish_killed_between_renames_is_restored_by_the_next_writer(spark, 
 
 def test_recover_keeps_a_finished_output_and_removes_leftovers(store, tmp_path):
     out = finished_output(tmp_path / "out")
-    finished_output(tmp_path / ".out.old-zz", "zz", "older")
-    (tmp_path / ".out.staging-yy").mkdir()
+    finished_output(tmp_path / f".out.old-{ZZ}", ZZ, "older")
+    (tmp_path / (".out.staging-" + YY)).mkdir()
     assert recover(store, str(out)) is None
     assert (out / "data.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

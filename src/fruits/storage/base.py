@@ -10,6 +10,7 @@ Hadoop FileSystem, any scheme the cluster has a connector for) and `fsspec.Fsspe
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,6 +35,8 @@ class Store(Protocol):
     def is_file(self, uri: str) -> bool: ...
     def read_text(self, uri: str) -> str: ...
     def create_new(self, uri: str, text: str) -> bool: ...
+    def write_text(self, uri: str, text: str) -> None: ...
+    def modified(self, uri: str) -> float | None: ...
 
 
 class Reader(Protocol):
@@ -96,8 +99,25 @@ def staging_uri(output: str, run_id: str) -> str:
     return join(parent, f".{name}.staging-{run_id}")
 
 
+RUN_ID = re.compile(r"[0-9a-f]{12}")  # what `new_run_id` makes, and nothing else
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def leftover_run(output_name: str, entry_name: str) -> tuple[str, str] | None:
+    """(`staging`|`old`, run id) when `entry_name` is exactly a folder this code makes beside
+    the output `output_name` (`.NAME.staging-RUNID`, `.NAME.old-RUNID`), else None.
+
+    Exact, because `recover` deletes what matches: a prefix test took `.o.v2.old-...` (the
+    neighbour `o.v2`'s saved copy) for `o`'s and a user's own `.o.old-2024` backup for ours.
+    """
+    for kind in ("staging", "old"):
+        head = f".{output_name}.{kind}-"
+        if entry_name.startswith(head) and RUN_ID.fullmatch(entry_name[len(head) :]):
+            return kind, entry_name[len(head) :]
+    return None
 
 
 MARKER = "_SUCCESS.json"  # written last: an output without it is not a finished run
@@ -120,32 +140,34 @@ def publish(store: Store, staging: str, output: str, run_id: str) -> None:
     store.delete(old)
 
 
-def recover(store: Store, output: str) -> str | None:
+def recover(store: Store, output: str, runs: set[str] | None = None) -> str | None:
     """Undo what a killed run left, under the output's lease (no other run writes here).
 
-    If the output has no marker but a `.NAME.old-*` folder from an interrupted publish has one,
-    the previous complete output is put back. Left-over staging and old folders are removed.
-    Returns the restored folder's name, if any.
+    Only folders named exactly as `staging_uri` and `publish` name them are touched
+    (`leftover_run`). `runs` limits that further to the runs known dead: the one whose stale
+    lease was taken over (None: every run, for a lease found free, which no live run holds).
+    If the output has no marker but such an old folder from an interrupted publish has one, the
+    previous complete output is put back; the other leftovers are removed. Returns the restored
+    folder, if any.
     """
     parent, name = split_parent(output)
-    prefix = f".{name}."
-    leftovers = [
-        e.rstrip("/")
-        for e in store.list(parent)
-        if e.rstrip("/").rpartition("/")[2].startswith(prefix)
-        and (".staging-" in e or ".old-" in e)
-    ]
+    leftovers: list[tuple[str, str]] = []
+    for e in store.list(parent):
+        entry = e.rstrip("/")
+        found = leftover_run(name, entry.rpartition("/")[2])
+        if found is not None and (runs is None or found[1] in runs):
+            leftovers.append((found[0], entry))
     restored = None
     if not store.exists(join(output, MARKER)):
-        for entry in leftovers:
-            if ".old-" in entry and store.exists(join(entry, MARKER)):
+        for kind, entry in leftovers:
+            if kind == "old" and store.exists(join(entry, MARKER)):
                 if store.exists(output):
                     store.delete(output)  # a half-copied output without its marker
                 store.rename(entry, output)
                 restored = entry
                 log.warning("restored the previous complete output from %s", entry)
                 break
-    for entry in leftovers:
+    for _, entry in leftovers:
         if entry != restored:
             log.info("removing leftover %s of a killed run", entry)
             store.delete(entry)

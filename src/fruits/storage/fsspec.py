@@ -209,16 +209,55 @@ class FsspecStore:
         return bytes(fs.cat_file(p)).decode("utf-8")
 
     def create_new(self, uri: str, text: str) -> bool:
-        """Create `uri` unless it exists. Blob stores have no exclusive create through fsspec:
-        check then write, so two writers starting within the same second may both pass."""
+        """Create `uri` unless it exists (False then): the lease primitive, truly conditional.
+
+        Azure: adlfs uploads with `overwrite=False`, which the SDK sends as `If-None-Match: *`,
+        so the service admits one of several simultaneous writers (a check-then-write let both
+        of two writers in 20 times out of 20 on Azurite). Local files: `O_EXCL`. Other fsspec
+        file systems: check then write, the best they offer.
+        """
         fs, p = self._loc(uri)
         fs.invalidate_cache()
+        data = text.encode("utf-8")
+        if self.root.spec.credentials is not None:
+            try:
+                fs.pipe_file(p, data, overwrite=False)
+            except FileExistsError:
+                return False
+            finally:
+                fs.invalidate_cache()
+            return True
+        if self.root.spec.protocol in ("file", "local"):
+            os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
         if fs.exists(p):
             return False
-        if self.root.spec.credentials is None:
-            fs.makedirs(fs._parent(p), exist_ok=True)
-        fs.pipe_file(p, text.encode("utf-8"))
+        fs.makedirs(fs._parent(p), exist_ok=True)
+        fs.pipe_file(p, data)
         return True
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Replace `uri` with `text` (the lease's heartbeat)."""
+        fs, p = self._loc(uri)
+        fs.pipe_file(p, text.encode("utf-8"))
+        fs.invalidate_cache()
+
+    def modified(self, uri: str) -> float | None:
+        """Seconds since the epoch of the last write, None when `uri` is missing."""
+        fs, p = self._loc(uri)
+        fs.invalidate_cache()
+        try:
+            info = fs.info(p)
+        except FileNotFoundError:
+            return None
+        when = _mtime(info)
+        return when.timestamp() if when is not None else None
 
 
 # --- ingest ---------------------------------------------------------------------------------------

@@ -52,8 +52,15 @@ class HadoopStore:
             raise OSError(f"could not rename {src} to {dst}")
 
     def put(self, local: str | Path, uri: str) -> None:
+        """Copy a driver-made file or folder to `uri`; a full disk is one plain `OSError`
+        naming the destination (Py4J's own error is a page of Java frames)."""
         fs, p = self._path(uri)
-        fs.copyFromLocalFile(False, True, self._jvm.org.apache.hadoop.fs.Path(str(local)), p)
+        try:
+            fs.copyFromLocalFile(False, True, self._jvm.org.apache.hadoop.fs.Path(str(local)), p)
+        except Exception as exc:
+            if "no space left" in str(exc).lower():
+                raise OSError(f"no space left on the device holding {uri}") from None
+            raise
 
     def get(self, uri: str, local: str | Path) -> None:
         fs, p = self._path(uri)
@@ -84,6 +91,22 @@ class HadoopStore:
             return "\n".join(lines)
         finally:
             stream.close()
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Replace `uri` with `text` (the lease's heartbeat)."""
+        fs, p = self._path(uri)
+        out = fs.create(p, True)
+        try:
+            out.write(bytearray(text.encode("utf-8")))
+        finally:
+            out.close()
+
+    def modified(self, uri: str) -> float | None:
+        """Seconds since the epoch of the last write, None when `uri` is missing."""
+        fs, p = self._path(uri)
+        if not fs.exists(p):
+            return None
+        return float(fs.getFileStatus(p).getModificationTime()) / 1000.0
 
     def create_new(self, uri: str, text: str) -> bool:
         """Create `uri` holding `text` unless it exists (False then): the lease primitive.
