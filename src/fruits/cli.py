@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Annotated, Optional, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_type_hints
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from fruits.config import (
     DEFAULT_OUTPUT,
@@ -30,98 +31,101 @@ Storage = get_type_hints(PipelineConfig)["storage"]
 InputOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        help="Images folder: path or URI (abfss://, s3a://, dbfs:/, /Volumes/...); repeat for several labelled sources. Default: the bundled sample."
+        help="Images folder, path or URI (repeatable). Default: the bundled sample.",
+        metavar="DIR",
     ),
 ]
 NegativesOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        help="Folder of photos that show none of the classes (repeatable): trained as 'not a fruit', so the app can say 'not sure'."
+        help="Folder of photos of none of the classes (repeatable): 'not a fruit'.",
+        metavar="DIR",
     ),
 ]
 LabelMapOpt = Annotated[
     Optional[str],
     typer.Option(
-        help="JSON file mapping folder labels to the classes trained on: {folder: class} or the shared mapping_to_fruits360.json format."
+        help="JSON file mapping folder labels to classes ({folder: class}).", metavar="FILE"
     ),
 ]
-OutputOpt = Annotated[str, typer.Option(help="Output folder: path or URI.")]
+OutputOpt = Annotated[str, typer.Option(help="Output folder: path or URI.", metavar="DIR")]
 RemoteOpt = Annotated[
     Optional[str],
-    typer.Option(
-        help="Spark Connect server (sc://host:port; default: $SPARK_REMOTE): the run goes"
-        " through Spark Connect, as on Databricks serverless compute. Exclusive with --master."
-    ),
+    typer.Option(help="Spark Connect server sc://host:port (default: $SPARK_REMOTE)."),
 ]
 MasterOpt = Annotated[
-    Optional[str], typer.Option(help="Spark master; default: spark-submit's, else local[*].")
+    Optional[str],
+    typer.Option(help="Spark master; default: spark-submit's, else local[*].", metavar="URL"),
 ]
 OnErrorOpt = Annotated[
     OnError,
-    typer.Option(help="quarantine: record bad files and go on; fail: stop at the first."),
+    typer.Option(help="Bad files: quarantine (record, go on) or fail."),
 ]
 BackboneOpt = Annotated[
     str,
     typer.Option(
-        help="CNN: efficientnet_lite0 (bundled weights) or mobilenet_v2 (needs --weights)."
+        help="CNN: efficientnet_lite0 (bundled) or mobilenet_v2 (needs --weights).",
+        metavar="NAME",
     ),
 ]
 WeightsOpt = Annotated[
-    Optional[str], typer.Option(help="Weights file or URI for the backbone (state dict).")
+    Optional[str], typer.Option(help="Backbone weights file or URI.", metavar="PATH")
 ]
-ImageSizeOpt = Annotated[int, typer.Option(help="Model input size in pixels.")]
+ImageSizeOpt = Annotated[int, typer.Option(help="Model input size in pixels.", metavar="PX")]
 EngineOpt = Annotated[Engine, typer.Option(help="auto, onnx or torch.")]
 PrecisionOpt = Annotated[
     Precision,
-    typer.Option(help="fp32 or bf16 (torch engine; falls back to fp32 without CPU support)."),
+    typer.Option(help="fp32 or bf16 (torch engine only)."),
 ]
-BatchSizeOpt = Annotated[int, typer.Option(help="Images per CNN batch.")]
-PcaVarianceOpt = Annotated[float, typer.Option(help="Explained-variance target that picks k.")]
-PcaKOpt = Annotated[Optional[int], typer.Option(help="Fixed k (overrides --pca-variance).")]
-PcaMaxKOpt = Annotated[
-    int, typer.Option(help="Upper bound of the k chosen by --pca-variance (0: none).")
+BatchSizeOpt = Annotated[int, typer.Option(help="Images per CNN batch.", metavar="N")]
+PcaVarianceOpt = Annotated[
+    float, typer.Option(help="Explained variance that picks k.", metavar="FRACTION")
 ]
+PcaKOpt = Annotated[
+    Optional[int], typer.Option(help="Fixed k (overrides --pca-variance).", metavar="K")
+]
+PcaMaxKOpt = Annotated[int, typer.Option(help="Cap on the k chosen by --pca-variance (0: none).")]
 ClassifyOpt = Annotated[
-    bool, typer.Option(help="Train and evaluate the classifier when a test split exists.")
+    bool, typer.Option(help="Train and test the classifier (needs a test split).")
 ]
 ConfOpt = Annotated[
-    list[str], typer.Option("--conf", help="Extra Spark setting key=value (repeatable).")
+    list[str],
+    typer.Option("--conf", help="Spark setting (repeatable).", metavar="KEY=VALUE"),
 ]
 StorageOpt = Annotated[
     Storage,
-    typer.Option(
-        help="auto: Spark's Hadoop connector when it has the scheme, else fsspec (adlfs); or force hadoop / fsspec."
-    ),
+    typer.Option(help="I/O: hadoop, fsspec, or auto (hadoop when it knows the scheme)."),
 ]
 IncrementalOpt = Annotated[
     bool,
     typer.Option(
         "--incremental",
-        help="Process only files new or changed since the output's run (path, size, mtime); project them with its saved scaler + PCA; drop deleted files' rows and list them in report.json.",
+        help="Process only new or changed files, with the output's saved PCA.",
     ),
 ]
 RefitOpt = Annotated[
     bool,
     typer.Option(
         "--refit",
-        help="Like --incremental, then refit scaler, PCA and classifier on every image (stored features are reused).",
+        help="Like --incremental, then refit scaler, PCA and classifier.",
     ),
 ]
 VerifyContentOpt = Annotated[
     bool,
     typer.Option(
         "--verify-content",
-        help="With --incremental: read every local file and compare a hash of its bytes too, so a rewrite that kept size and mtime is processed again.",
+        help="With --incremental: compare content hashes, not only size and mtime.",
     ),
 ]
 SingleCsvMaxRowsOpt = Annotated[
     int,
     typer.Option(
         min=0,
-        help="Above this many rows pca.csv / quarantine.csv are written as a folder of CSV part files, in parallel, each with a header; 0 = always one file.",
+        help="Rows above which CSVs are written as folders of parts (0: one file).",
+        metavar="ROWS",
     ),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log everything, Spark too.")]
 
 SUMMARY_KEYS = (  # what `fruits run` prints of its report, as one JSON line
     "images_total",
@@ -135,20 +139,95 @@ SUMMARY_KEYS = (  # what `fruits run` prints of its report, as one JSON line
     "images_per_second",
 )
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Fruits! image pipeline on Spark.",
+
+# Click's exception classes, whichever click Typer uses (its own vendored copy since 0.2x).
+ClickException, UsageError = (
+    next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+    for name in ("ClickException", "UsageError")
 )
 
 
+class OneLineErrors(TyperGroup):
+    """Usage errors as one line on stderr (`fruits: error: ...`, exit 2), not a 5-line box."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `fruits`: the help
+                exc.show()
+                sys.exit(0)
+            hint = ""
+            ctx = getattr(exc, "ctx", None)
+            if isinstance(exc, UsageError) and ctx is not None:
+                hint = f" (see '{ctx.command_path} --help')"
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"fruits: error: {message}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("fruits: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+# Typer 0.2x shows a value's Python type (`--input <list[str]>`); plain words read better.
+PLAIN_METAVARS = {"str": "TEXT", "list[str]": "TEXT", "int": "N", "float": "NUMBER"}
+
+
+class PlainHelpCommand(TyperCommand):
+    """Option help without Python type names: DIR, FILE, N, TEXT."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            show = getattr(param, "display_type", None)
+            if isinstance(param, TyperArgument) or show is None or getattr(param, "is_flag", 0):
+                continue
+            shown = show(ctx) or ""
+            if param.metavar is None and shown.startswith("<") and "|" not in shown:
+                param.metavar = PLAIN_METAVARS.get(shown.strip("<>").replace(" range", ""), "VALUE")
+        return params
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help that fits 80 columns, plain errors
+    help="Fruits! image pipeline on Spark.",
+)
+
+# Without -v, what a user reads: each stage once when done, the featurize progress, warnings.
+_QUIET_INFO = {"fruits.progress": "", "fruits.run_context": ": done in "}
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+        return True
+    needle = _QUIET_INFO.get(record.name)
+    return needle is not None and needle in record.getMessage()
+
+
 def _setup_logging(verbose: bool) -> None:
+    """-v: every logger at DEBUG with its name; else a short line per stage (`_quiet`)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet)
     for noisy in ("py4j", "azure", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from fruits.azure import install_log_redaction
@@ -186,7 +265,7 @@ def _root(
     """Fruits! image pipeline on Spark."""
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def run(
     input: InputOpt = None,
     negatives: NegativesOpt = None,
@@ -241,6 +320,7 @@ def run(
         verify_content=verify_content,
         storage=storage,  # type: ignore[arg-type]
         single_csv_max_rows=single_csv_max_rows,
+        spark_log_level="WARN" if verbose else PipelineConfig.spark_log_level,
     )
     _print_summary(_guard(lambda: _run(cfg)))
 
@@ -261,7 +341,7 @@ def _run(cfg: PipelineConfig):  # noqa: ANN202
     return run_pipeline(cfg)
 
 
-@app.command(name="refit")
+@app.command(name="refit", cls=PlainHelpCommand)
 def refit_command(
     output: Annotated[
         str, typer.Option(help="Output folder of an earlier `fruits run`.")
@@ -278,7 +358,7 @@ def refit_command(
     run(input=[input] if input else None, output=output, master=master, refit=True, verbose=verbose)
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def evaluate(
     run: Annotated[str, typer.Option(help="Output folder of `fruits run` (local path).")],
     input: Annotated[
@@ -301,17 +381,16 @@ def evaluate(
     _setup_logging(False)
     from fruits.evaluate import evaluate_run
     from fruits.predictor import ServingError
-    from fruits.recognition import LabelMapError
 
     try:
         result = evaluate_run(run, input, label_map=label_map, negatives=negatives, plot=plot)
-    except (ServingError, LabelMapError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (ServingError, ValueError, OSError) as exc:  # ValueError: label map, no photos
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def serve(
     run: Annotated[
         str,
@@ -360,28 +439,71 @@ def serve(
     start(settings, host=host, port=port)
 
 
+# Top-level modules of each extra: a command that needs a missing one says what to install.
+EXTRAS = {
+    "pyspark": "spark",
+    "py4j": "spark",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "azure": "azure",
+    "adlfs": "azure",
+    "tqdm": "azure",
+    "mlflow": "mlflow",
+}
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """`<module> is missing: pip install 'fruits[<extra>]'` when `exc` is a missing extra."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    return f"{top} is missing: pip install 'fruits[{extra}]'" if extra else None
+
+
+def _known_failures() -> tuple[type[BaseException], ...]:
+    """The one-line failures, from modules that may need an extra that is not installed."""
+    known: list[type[BaseException]] = [ValueError, OSError]
+    for module, name in (
+        ("fruits.features", "ImageFailure"),
+        ("fruits.ingest", "InputError"),
+        ("fruits.spark", "JavaMissingError"),
+    ):
+        try:
+            known.append(getattr(__import__(module, fromlist=[name]), name))
+        except ImportError:  # plain wheel, no pyspark: nothing of it can have been raised
+            pass
+    return tuple(known)
+
+
 def _guard(fn):  # noqa: ANN001, ANN202
     """Known failures become one line on stderr and exit code 2, not a stack trace."""
-    from fruits.features import ImageFailure
-    from fruits.ingest import InputError
-    from fruits.spark import JavaMissingError
-
     try:
         return fn()
-    except (InputError, ImageFailure, JavaMissingError, ValueError, OSError) as exc:
+    except ImportError as exc:
+        need = missing_extra(exc)
+        if need is None:
+            _unexpected(exc)
+        typer.echo(f"error: {need}", err=True)
+        raise typer.Exit(2) from None
+    except _known_failures() as exc:
         from fruits.azure import redact
 
         typer.echo(f"error: {_one_line(redact(exc))}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # never a raw (possibly secret-bearing) traceback
-        from fruits.azure import redact, redact_traceback
+        _unexpected(exc)
 
-        logging.getLogger("fruits").debug("%s", redact_traceback(exc))
-        typer.echo(
-            f"error: {type(exc).__name__}: {_one_line(redact(exc))} (-v shows the traceback)",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+
+def _unexpected(exc: BaseException) -> NoReturn:
+    """An unforeseen failure: its type and first line, exit 1; -v logs the traceback."""
+    from fruits.azure import redact, redact_traceback
+
+    logging.getLogger("fruits").debug("%s", redact_traceback(exc))
+    typer.echo(
+        f"error: {type(exc).__name__}: {_one_line(redact(exc))} (-v shows the traceback)",
+        err=True,
+    )
+    raise typer.Exit(1) from None
 
 
 def _one_line(text: str) -> str:
@@ -390,7 +512,7 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else "unknown error"
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def upload(
     source: Annotated[str, typer.Argument(help="Local folder (or file) to copy.")],
     destination: Annotated[
@@ -427,7 +549,7 @@ def upload(
     _finish_transfer(summary)
 
 
-@app.command()
+@app.command(cls=PlainHelpCommand)
 def download(
     source: Annotated[
         str,
