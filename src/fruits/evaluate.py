@@ -47,18 +47,27 @@ def evaluate_run(
     cal = predictor.calibration
     species = dict(cal.species or {})
     mapping = load_label_map(label_map, known=set(classes) | set(species)) if label_map else None
+    for src in [*inputs, *(negatives or [])]:
+        if not os.path.isdir(src):
+            raise EvaluateError(f"input not found: {src}")
     items: list[tuple[Path, bool]] = [(p, False) for src in inputs for p in photos(src)]
     items += [(p, True) for src in negatives or [] for p in photos(src)]
+    if not any(not neg for _, neg in items):
+        where = ", ".join(map(str, inputs))
+        raise EvaluateError(
+            f"no images under {where} (extensions: {', '.join(DEFAULT_EXTENSIONS)})"
+        )
     probs_rows, kept, unreadable = [], [], []
     for start in range(0, len(items), BATCH):
         chunk = items[start : start + BATCH]
-        probs, errors = predictor.predict_proba([p.read_bytes() for p, _ in chunk])
-        for (path, neg), row, err in zip(chunk, probs, errors, strict=True):
+        for (path, neg), row, err in zip(chunk, *_score(predictor, chunk), strict=True):
             if err is None:
                 probs_rows.append(row[: len(classes)])
                 kept.append((path, neg))
             else:
                 unreadable.append({"path": str(path), "reason": err})
+    if not kept:
+        raise EvaluateError(f"none of the {len(items)} photo(s) could be read")
     logits = np.log(np.clip(np.asarray(probs_rows).reshape(-1, len(classes)), 1e-300, None))
     said = answer(softmax(logits, cal.temperature), classes, species, cal.threshold)
     variety_ok, species_ok = [], []
@@ -96,6 +105,47 @@ def evaluate_run(
         plot_species_confusion(result["most_confused"], Path(plot))
         result["plot"] = str(plot)
     return result
+
+
+class EvaluateError(ValueError):
+    """Nothing to evaluate (a missing folder, no photos): one line and exit 2 for the CLI."""
+
+
+def _score(predictor: Predictor, chunk: list[tuple[Path, bool]]) -> tuple[list[Any], list[Any]]:
+    """Probabilities and error reasons of a batch of files. A file that cannot be read, or a
+    batch the predictor raises on, never ends the evaluation: the batch is retried one file at
+    a time and each failing file gets its reason (`unreadable` in the result)."""
+    contents: list[bytes | None] = []
+    reasons: list[str | None] = []
+    for path, _ in chunk:
+        try:
+            contents.append(path.read_bytes())
+            reasons.append(None)
+        except OSError as exc:
+            contents.append(None)
+            reasons.append(f"unreadable: {exc.strerror or type(exc).__name__}")
+    readable = [c for c in contents if c is not None]
+    try:
+        probs, errors = predictor.predict_proba(readable) if readable else ([], [])
+        scored = list(zip(probs, errors, strict=True))
+    except Exception:  # one bad image must not sink its batch: one at a time
+        scored = [_score_one(predictor, c) for c in readable]
+    it = iter(scored)
+    rows: list[Any] = []
+    errs: list[Any] = []
+    for content, reason in zip(contents, reasons, strict=True):
+        row, err = next(it) if content is not None else (None, reason)
+        rows.append(row)
+        errs.append(err)
+    return rows, errs
+
+
+def _score_one(predictor: Predictor, content: bytes) -> tuple[Any, str | None]:
+    try:
+        probs, errors = predictor.predict_proba([content])
+        return probs[0], errors[0]
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def plot_species_confusion(pairs: list[dict[str, Any]], path: Path) -> None:
