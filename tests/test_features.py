@@ -279,3 +279,21 @@ def test_features_match_an_independent_reference_of_the_weights_package(sample_d
     # and the photos are told apart: the match is not that of near-constant vectors
     between = (ref[0] @ ref[1]) / (np.linalg.norm(ref[0]) * np.linalg.norm(ref[1]))
     assert between < 0.95, between
+
+
+def test_an_unexpected_exception_from_one_image_stays_that_images_reason(monkeypatch):
+    """Issue 18: only `ImageError` was caught, so anything else from one file ended the batch
+    (and the Spark task, and the run). Now the other images go on."""
+    real = features.decode_views
+
+    def flaky(data: bytes, **kwargs):
+        if data == b"poison":
+            raise TypeError("unsupported operand type(s) for /: 'NoneType' and 'int'")
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(features, "decode_views", flaky)
+    contents = [png(COLOURS[0]), b"poison", png(COLOURS[1])]
+    feats, errs = featurize_contents(CountingFeaturizer(), contents, size=SIZE, max_pixels=10**6)
+    assert errs[0] is None and errs[2] is None and feats[1] is None
+    assert errs[1] == "corrupt or truncated image: the image data is invalid"
+    np.testing.assert_allclose(np.stack([feats[0], feats[2]]), COLOURS[:2], atol=0.5)

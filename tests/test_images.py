@@ -317,3 +317,121 @@ def test_a_photo_larger_than_the_input_is_seen_as_eight_views_a_small_one_as_one
     one = decode_views(small, size=64, views=8)
     assert one.shape == (1, 64, 64, 3)
     np.testing.assert_array_equal(one[0], decode_image(small, size=64))
+
+
+# -- issue 18: bad images never stop a run -------------------------------------------------------
+
+
+def gray_pair(mode: str, side: int) -> tuple[bytes, bytes]:
+    """(a `mode` PNG, an RGB PNG of the very same 8-bit grey values), both side x side."""
+    yy, xx = np.mgrid[:side, :side]
+    grey = ((xx + yy) * 255 // (2 * side - 2)).astype(np.uint8)  # smooth: resizes agree
+    if mode == "1":
+        grey = np.where(grey > 127, 255, 0).astype(np.uint8)
+        img = Image.fromarray(grey).convert("1", dither=Image.Dither.NONE)
+    elif mode == "I;16":
+        img = Image.fromarray(grey.astype(np.uint16) * 257)  # 0..65535, 8-bit after scaling
+    else:
+        img = Image.fromarray(grey)
+    assert img.mode == mode
+    rgb = Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    return encode(img, "PNG"), encode(rgb, "PNG")
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "I;16"])
+@pytest.mark.parametrize(("side", "views"), [(100, 1), (400, 8)])
+def test_grayscale_images_get_as_many_views_as_the_same_rgb_image(mode, side, views):
+    """B2: a 100 px grayscale image was enlarged before the size check and got 8 views."""
+    from fruits.images import decode_views
+
+    grey, rgb = gray_pair(mode, side)
+    got = decode_views(grey, size=224, views=8)
+    ref = decode_views(rgb, size=224, views=8)
+    assert got.shape == ref.shape == (views, 224, 224, 3)
+    if side == 100:  # one view: the plain Pillow decode of the RGB twin, pixel for pixel
+        np.testing.assert_array_equal(got[0], _plain_pillow(rgb, 224))
+        np.testing.assert_array_equal(got, ref)
+    else:  # shrunk in grey then in RGB (the memory-saving path), the RGB twin in one step
+        diff = np.abs(got.astype(int) - ref.astype(int))  # a 1-bit edge moves by a pixel
+        assert diff.mean() < 1 and (mode == "1" or diff.max() <= 3)
+
+
+def progressive_jpeg_with_zero_sampling() -> bytes:
+    data = bytearray(encode(Image.new("RGB", (16, 16), (200, 40, 40)), "JPEG", progressive=True))
+    sof = data.find(b"\xff\xc2")
+    for c in range(data[sof + 9]):
+        data[sof + 11 + 3 * c] = 0
+    return bytes(data)
+
+
+def test_zero_jpeg_sampling_factors_are_a_reason_not_a_division_by_zero():
+    data = progressive_jpeg_with_zero_sampling()
+    assert len(data) < 1000  # the issue's file was 606 bytes
+    with pytest.raises(ImageError) as err:
+        decode_image(data, size=32)
+    assert err.value.reason == "corrupt image: invalid JPEG sampling factors"
+
+
+@pytest.mark.parametrize("exc", [TypeError, ZeroDivisionError, KeyError, IndexError, RuntimeError])
+def test_any_decoder_exception_becomes_a_short_reason(monkeypatch, exc):
+    """A decoder plugin failing with anything (the TIFF/BLP TypeError of issue 18) is one image's
+    reason, with none of the decoder's words in it."""
+    from PIL import ImageFile
+
+    def broken_load(self):
+        raise exc(f"internal state <object at 0x7f00deadbeef> in /usr/lib/{self.format}")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(ImageError) as err:
+        decode_image(png_bytes(np.zeros((8, 8, 3), np.uint8)), size=8)
+    assert err.value.reason == "corrupt or truncated image: the PNG data is invalid"
+
+
+def test_a_decoder_running_out_of_memory_is_an_image_too_large_reason(monkeypatch):
+    from PIL import ImageFile
+
+    def huge(self):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", huge)
+    with pytest.raises(ImageError, match=r"^image too large to decode in memory$"):
+        decode_image(jpeg_bytes(), size=8)
+
+
+def test_truncated_file_reason_is_short_and_has_no_decoder_internals():
+    with pytest.raises(ImageError) as err:
+        decode_image(truncated_jpeg(), size=32)
+    assert err.value.reason == "corrupt or truncated image: the JPEG data ends early"
+
+
+def postscript() -> bytes:
+    return encode(Image.new("RGB", (16, 16), (1, 2, 3)), "EPS")
+
+
+def test_eps_never_reaches_its_plugin_nor_ghostscript(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the EPS plugin was asked to parse the file")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", refuse)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse)
+    with pytest.raises(ImageError) as err:
+        decode_image(postscript(), size=32)
+    assert err.value.reason.startswith("not an image we decode: looks like EPS (accepted: JPEG")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("ICO", "RGB"), ("BLP", "P"), ("PPM", "RGB"), ("DDS", "RGB")]
+)
+def test_formats_we_do_not_need_are_refused_by_name(fmt, mode):
+    data = encode(Image.new(mode, (16, 16)), fmt)
+    with pytest.raises(ImageError) as err:
+        decode_image(data, size=16)
+    assert err.value.reason.startswith(f"not an image we decode: looks like {fmt} ")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_accepted_formats_decode(fmt):
+    data = encode(Image.new("RGB", (16, 16), (250, 250, 250)), fmt)
+    assert decode_image(data, size=16).min() >= 240

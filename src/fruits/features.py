@@ -22,7 +22,7 @@ import pandas as pd  # module level: Spark resolves the UDF's type hints here
 
 from fruits.cache import LruCache
 from fruits.config import FeaturizerConfig, cache_dir
-from fruits.images import ImageError, decode_views
+from fruits.images import UNDECODABLE, ImageError, decode_views
 from fruits.models import BackboneSpec, build_torch, fingerprint, get_spec, read_weights
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,8 @@ def featurize_contents(
     batch_size: int = 64,
     views: int = 1,
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """Decode and featurize; a bad image gets a reason and no features, the rest go on.
+    """Decode and featurize; a bad image gets a reason and no features, the rest go on: no
+    exception from one image's bytes ever leaves the batch (it used to stop a whole run).
 
     With `views` > 1 a photo larger than the model input is seen as several views
     (`images.decode_views`) whose features are averaged: one vector per image either way.
@@ -428,6 +429,10 @@ def featurize_contents(
                 views_i = decode_views(data, size=size, views=views, max_pixels=max_pixels)
             except ImageError as exc:
                 errors[start + i] = exc.reason
+                continue
+            except Exception as exc:  # decode_views maps decoder failures; one file, one reason
+                log.warning("image failed outside the decoder's checks: %s", type(exc).__name__)
+                errors[start + i] = UNDECODABLE
                 continue
             stacks.append(views_i)
             owners += [i] * len(views_i)

@@ -1,7 +1,8 @@
 """Per-image maths: bytes -> RGB pixels at the model's size. Shared by the Spark UDF and the API.
 
-Every failure becomes an `ImageError` with a reason a person can read, so callers can quarantine
-the file instead of crashing a run.
+Every failure becomes an `ImageError` with a short reason a person can read (no decoder
+internals, memory addresses or paths: the API returns it as is), so callers can quarantine the
+file instead of crashing a run. Only the decoders in `ACCEPTED_FORMATS` ever see the bytes.
 
 What one decode may cost is known from the header before any pixel is decoded: the pixel count
 (`max_pixels`) and the bytes the decoder and our conversions will hold at once (`decode_cost`,
@@ -12,6 +13,7 @@ PNG compresses to a few hundred KB), so the file size says nothing about the mem
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 
 import numpy as np
@@ -20,6 +22,17 @@ from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 # Pillow's own bomb check only warns below 2x its limit; we enforce our limits explicitly.
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+log = logging.getLogger(__name__)
+
+# The decoders a photo of fruit needs: JPEG (MPO, the phones' multi-picture JPEG, opens through
+# it), PNG, WebP, GIF and BMP (what cameras, phones and the web write, all accepted by the API),
+# and TIFF, the only one that carries the 16/32-bit and float grayscale of scanners and lab
+# cameras (`HIGH_BIT_MODES`). Every other Pillow plugin is refused before it parses a byte:
+# EPS/PS would hand the file to a Ghostscript subprocess, and icon, game-texture and scientific
+# formats (ICO, BLP, DDS, FITS, PSD...) only widen what a crafted file can reach.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF"
 
 DEFAULT_MAX_PIXELS = 40_000_000
 # 100 MiB holds a 24 MP RGB PNG (6000 x 4000, 4 bytes a pixel in Pillow), a 6300 x 6300 16-bit
@@ -45,6 +58,8 @@ _UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+UNDECODABLE = "corrupt or truncated image: the image data is invalid"
 
 # Measured peak memory of Pillow's WebP decoder for a 6000 x 4000 photo: 377 MB, about 16 bytes
 # a pixel, i.e. three RGBA frames on top of the image it returns.
@@ -95,6 +110,8 @@ def _jpeg_coefficient_bytes(img: Image.Image, full_size: tuple[int, int]) -> int
     layers = getattr(img, "layer", None) or [(None, 1, 1, None)] * len(img.getbands())
     h_max = max(h for _, h, _, _ in layers)
     v_max = max(v for _, _, v, _ in layers)
+    if min(min(h, v) for _, h, v, _ in layers) <= 0:  # libjpeg refuses them too, on load
+        raise ImageError("corrupt image: invalid JPEG sampling factors")
     samples = sum(h * v for _, h, v, _ in layers) / (h_max * v_max)
     return int(width * height * samples * 2)
 
@@ -131,17 +148,21 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _shrink(img: Image.Image, size: int) -> Image.Image:
-    if img.size == (size, size):
+    """Reduce each side to at most `size`, never enlarge: enlarging is `_square`'s job, after
+    the conversion to RGB, so a small grayscale image keeps its own size (and `decode_views`
+    sees it as small, like the same image in RGB)."""
+    target = (min(img.width, size), min(img.height, size))
+    if img.size == target:
         return img
     if img.mode.startswith("I;16"):  # Pillow's reduce() refuses 16-bit modes: plain bilinear
-        return img.resize((size, size), Image.Resampling.BILINEAR)
-    return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return img.resize(target, Image.Resampling.BILINEAR)
+    return img.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
 def _high_bit_to_rgb(img: Image.Image, size: int) -> Image.Image:
-    """16/32-bit grayscale: shrink in the image's own mode first, then scale the size x size
-    result to 8 bits, so no full-size float copy is ever made (it used to be float64: 8 bytes a
-    pixel plus temporaries, 1 GB for a 6300 x 6300 PNG)."""
+    """16/32-bit grayscale: shrink in the image's own mode first, then scale the (at most
+    size x size) result to 8 bits, so no full-size float copy is ever made (it used to be
+    float64: 8 bytes a pixel plus temporaries, 1 GB for a 6300 x 6300 PNG)."""
     _, high = img.getextrema()
     top = 65535.0 if float(high) > 255 else 255.0
     small = np.asarray(_shrink(img, size), dtype=np.float32)
@@ -152,8 +173,10 @@ def _high_bit_to_rgb(img: Image.Image, size: int) -> Image.Image:
 def _to_rgb(img: Image.Image, size: int) -> Image.Image:
     """Bring every mode (L, LA, P, RGBA, CMYK, I;16, F...) to 8-bit RGB on a white background,
     because Fruits-360 fruits sit on white and alpha should not turn into black. Grayscale modes
-    come back already at (size, size): shrinking before the conversion gives the same pixels for
-    L (one channel or three, bilinear treats each alike) at a quarter of the memory."""
+    come back with no side over `size`: shrinking before the conversion gives the same pixels
+    for L (one channel or three, bilinear treats each alike) at a quarter of the memory. They
+    are never enlarged here: a 100 px grayscale image stays 100 px, as an RGB one does, so
+    `decode_views` gives both one view (enlarged first, it got eight)."""
     if _has_alpha(img):
         rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -238,10 +261,12 @@ def _decode_upright(data: bytes, size: int, max_pixels: int, max_decode_bytes: i
     """The decoded RGB image, upright, reduced (draft, shrink) no smaller than `size`."""
     if not data:
         raise ImageError("empty file (0 bytes)")
+    img_format = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            img_format = img.format
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"invalid dimensions {width}x{height}")
@@ -266,13 +291,44 @@ def _decode_upright(data: bytes, size: int, max_pixels: int, max_decode_bytes: i
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not an image: format not recognised") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
+        raise ImageError(_unidentified_reason(data)) from None
     except MemoryError:
+        # Decoding is bounded beforehand (`max_decode_bytes`), and Linux overcommits, so a
+        # MemoryError here is a decoder asking for an absurd buffer the file describes: the
+        # file's fault, deterministic, so a quarantine reason (and the API's "too large").
         raise ImageError("image too large to decode in memory") from None
+    except Exception as exc:  # any decoder failure is this file's reason, never the batch's
+        raise ImageError(_corrupt_reason(exc, img_format)) from None
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Name a format Pillow knows but we refuse (from its magic bytes only: no plugin parses
+    the file), else say the content is not an image."""
+    prefix = data[:16]
+    try:
+        Image.init()
+        for name in Image.ID:
+            accept = Image.OPEN[name][1]
+            if name in ACCEPTED_FORMATS or accept is None:
+                continue  # no magic-bytes test (TGA, IM...): cannot be told from noise
+            hit = accept(prefix)
+            if hit and not isinstance(hit, str):
+                return f"not an image we decode: looks like {name} (accepted: {_FORMAT_NAMES})"
+    except Exception:  # a plugin's test failing costs the message its format name, nothing else
+        pass
+    return "not an image: format not recognised"
+
+
+def _corrupt_reason(exc: Exception, img_format: str | None) -> str:
+    """A short, fixed reason for a decoder failure: the decoders' own messages name buffers,
+    memory addresses and internal states, which mean nothing to a person and should not leave
+    the service; the exception type goes to the log for whoever debugs."""
+    log.debug("decoder failure: %s", type(exc).__name__)
+    what = f"the {img_format} data" if img_format else "the image data"
+    text = str(exc).lower()
+    if isinstance(exc, EOFError) or "truncat" in text or "premature end" in text:
+        return f"corrupt or truncated image: {what} ends early"
+    return f"corrupt or truncated image: {what} is invalid"
 
 
 def decode_many(
@@ -292,4 +348,6 @@ def decode_many(
             )
         except ImageError as exc:
             errors[i] = exc.reason
+        except Exception:  # decode_image maps every decoder failure; this is the last guard
+            errors[i] = UNDECODABLE
     return pixels, errors
