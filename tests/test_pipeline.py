@@ -42,9 +42,9 @@ def test_outputs_read_back_with_pandas_and_pyarrow(sample_run):
     assert {len(v) for v in images["features"]} == {1280}
     assert {len(v) for v in images["pca"]} == {k}
     assert str(table.schema.field("features").type) == "list<element: float>"
-    assert sorted(images["split"].unique()) == ["test", "train", "val"]
+    assert sorted(images["split"].unique()) == ["guard", "test", "train", "val"]
     by_split = images.groupby("split").size().to_dict()
-    assert by_split["test"] == 80 and by_split["train"] + by_split["val"] == 240
+    assert by_split["test"] == 80 and by_split["train"] + by_split["val"] + by_split["guard"] == 240
 
     csv = pd.read_csv(out / "pca.csv")
     assert list(csv.columns) == ["path", "label", "split"] + [f"pc_{i}" for i in range(1, k + 1)]

@@ -80,7 +80,7 @@ def test_sources_are_mapped_to_the_trained_classes_and_negatives_join_as_one_cla
     assert (phone["split"] == "val").sum() == 9  # the val_ photos
     assert set(phone[phone["path"].str.contains("/val_")]["split"]) == {"val"}
     studio = images[images["path"].str.contains("/studio/")]
-    assert set(studio["split"]) == {"train", "val", "test"}  # grouped val taken from Training
+    assert set(studio["split"]) == {"train", "val", "test", "guard"}  # grouped val from Training
     assert multi_run.report["images_total"] == len(images) == 96 + 36 + 30
 
 
