@@ -6,8 +6,12 @@ so a test can hand in a ready `Predictor`. Every bad input ends as a 4xx with a 
 as the body arrives, decoding failures by the predict route.
 
 What one process may spend is bounded: upload bytes held at once (`UploadGuard`), requests
-decoding or predicting at once and waiting for that (`AdmissionGate`, 503 beyond), memory per
-decode (`images.decode_image`'s budget) and open connections (uvicorn's `limit_concurrency`).
+decoding or predicting at once and waiting for that (`AdmissionGate`, 503 beyond), images that
+decode to many pixels (a gate and a low-priority thread of their own, so a few of them cannot
+starve ordinary photos), memory per decode (`images.decode_image`'s budget), connections with a
+request (`max_connections`) and connections still sending their request head (`HeadGuard`:
+closed after `head_timeout_s`, and not counted against `max_connections`, so slow-header
+clients cannot lock everyone else out).
 
 Privacy: an uploaded photo lives in memory only, for the duration of its request. The multipart
 body is parsed here (`ImagePart`) rather than by Starlette, whose parser spools any file part over
@@ -18,12 +22,18 @@ logged.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 import os
+import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -40,8 +50,8 @@ from starlette.requests import ClientDisconnect
 
 from fruits import __version__
 from fruits.facts import facts_for
-from fruits.images import ImageError
-from fruits.predictor import Prediction, Predictor
+from fruits.images import JPEG_FORMATS, ImageError
+from fruits.predictor import BatcherClosed, Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +89,19 @@ class ServeSettings:
     body_idle_timeout_s: float = 5.0  # a body that stalls this long: 408, connection closed
     body_timeout_s: float = 60.0  # a whole body must arrive within this (slow-drip clients)
     max_buffered_bytes: int = 256 * 1024 * 1024  # upload bytes held by all requests together
-    max_connections: int = 128  # uvicorn `limit_concurrency`: connections beyond get a 503
+    max_connections: int = 128  # connections with a request (or kept alive); beyond: 503
     keep_alive_s: int = 5  # uvicorn `timeout_keep_alive`: idle keep-alive connections
+    # A request line + headers must be complete this long after their first byte (or after the
+    # connection opened); then the connection is closed. Connections still sending their head do
+    # not count against `max_connections`; at most `max_pending_heads` of them are held.
+    head_timeout_s: float = 10.0
+    max_pending_heads: int = 1024
+    # Images decoding to more pixels than this (read from the header; a JPEG after its draft)
+    # take the heavy gate instead: `heavy_decoding` at once, in low-priority threads, and
+    # `heavy_waiting` more in line. A 12 MP phone JPEG drafts to ~0.2 MP: never heavy.
+    heavy_pixels: int = 4_000_000
+    heavy_decoding: int = 1
+    heavy_waiting: int = 4
 
 
 class ApiError(StarletteHTTPException):
@@ -339,10 +360,13 @@ class AdmissionGate:
     memory, and an overloaded server answers quickly instead of piling up work. One per app,
     used from its event loop only."""
 
-    def __init__(self, *, active: int, waiting: int, retry_after_s: int = 1) -> None:
+    def __init__(
+        self, *, active: int, waiting: int, retry_after_s: int = 1, what: str = "requests"
+    ) -> None:
         self.active = max(1, active)
         self.waiting = max(0, waiting)
         self.retry_after_s = retry_after_s
+        self.what = what
         self._slots = asyncio.Semaphore(self.active)
         self._queued = 0
 
@@ -357,7 +381,7 @@ class AdmissionGate:
             raise ApiError(
                 503,
                 "busy",
-                f"the server is busy ({self.active} requests running, {self._queued} waiting); "
+                f"the server is busy ({self.active} {self.what} running, {self._queued} waiting); "
                 f"retry in {self.retry_after_s} s",
                 headers={"Retry-After": str(self.retry_after_s)},
             )
@@ -515,14 +539,51 @@ def _lifespan(
             waiting=settings.max_waiting,
             retry_after_s=settings.retry_after_s,
         )
+        app.state.heavy_gate = AdmissionGate(
+            active=settings.heavy_decoding,
+            waiting=settings.heavy_waiting,
+            retry_after_s=settings.retry_after_s,
+            what="large images",
+        )
+        app.state.heavy_pool = ThreadPoolExecutor(
+            max(1, settings.heavy_decoding), "fruits-heavy", initializer=_lower_priority
+        )
         log.info("serving run %s (%d classes)", loaded.run_id, len(loaded.classes))
         try:
             yield
         finally:
             if batching:
                 loaded.stop_batching()
+            app.state.heavy_pool.shutdown(wait=False, cancel_futures=True)
 
     return lifespan
+
+
+def _lower_priority() -> None:
+    """Heavy-image threads run at nice 10 (Linux: per thread), so ordinary requests get the
+    cores first while a large image decodes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same priority
+        pass
+
+
+def decoded_pixels(data: bytes, size: int) -> int:
+    """Pixels the decoder will produce for `data`, from its header alone (a JPEG after the
+    draft `images.decode_image` does, so a phone photo counts as the few it decodes); 0 when
+    the header cannot be read: decoding then says why."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            if img.format in JPEG_FORMATS:
+                img.draft("RGB", (size, size))
+            width, height = img.size
+    except Exception:  # anything Pillow raises on a bad header: the decode answers it
+        return 0
+    return max(0, width) * max(0, height)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -571,8 +632,20 @@ def _add_predict_route(app: FastAPI, settings: ServeSettings) -> None:
         started = time.perf_counter()
         upload = _checked_upload(await read_image_part(request), settings.max_bytes)
         pred = _get_predictor(request)
-        async with request.app.state.gate.turn():
-            result = await _predict(pred, upload.data, top_k=k, max_pixels=settings.max_pixels)
+        state = request.app.state
+        size = round(pred.image_size / 0.8) if pred.views > 1 else pred.image_size
+        if decoded_pixels(upload.data, size) > settings.heavy_pixels:
+            async with state.heavy_gate.turn():
+                result = await _predict(
+                    pred,
+                    upload.data,
+                    top_k=k,
+                    max_pixels=settings.max_pixels,
+                    pool=state.heavy_pool,
+                )
+        else:
+            async with state.gate.turn():
+                result = await _predict(pred, upload.data, top_k=k, max_pixels=settings.max_pixels)
         return _predict_out(result, pred.run_id, started)
 
 
@@ -591,17 +664,36 @@ def _checked_upload(upload: Upload, max_bytes: int) -> Upload:
     return upload
 
 
-async def _predict(pred: Predictor, data: bytes, *, top_k: int, max_pixels: int) -> Prediction:
-    """`Predictor.predict` in a worker thread; an image it cannot decode is a 422."""
+async def _predict(
+    pred: Predictor,
+    data: bytes,
+    *,
+    top_k: int,
+    max_pixels: int,
+    pool: ThreadPoolExecutor | None = None,
+) -> Prediction:
+    """`Predictor.predict` in a worker thread (of `pool` when given); an image it cannot decode
+    is a 422 whose message is `ImageError.reason` only: the text of any other exception (paths,
+    Pillow internals) never reaches the client. A server shutting down answers 503."""
+    call = partial(pred.predict, data, top_k=top_k, max_pixels=max_pixels)
     try:
-        return await run_in_threadpool(pred.predict, data, top_k=top_k, max_pixels=max_pixels)
+        if pool is None:
+            return await run_in_threadpool(call)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
     except ImageError as exc:
         too_large = exc.reason.startswith("image too large")
         code = "image_too_large" if too_large else "not_an_image"
         raise ApiError(422, code, exc.reason) from None
+    except BatcherClosed:
+        raise ApiError(
+            503,
+            "shutting_down",
+            "the server is shutting down; retry in a moment",
+            headers={"Retry-After": "1", **CLOSE},
+        ) from None
     except Exception as exc:  # a decoder plugin failing in a way images.py does not map
         log.warning("undecodable upload: %s", type(exc).__name__)
-        raise ApiError(422, "not_an_image", f"could not decode the image: {exc}") from None
+        raise ApiError(422, "not_an_image", "could not decode the image") from None
 
 
 def _predict_out(result: Prediction, run_id: str | None, started: float) -> PredictOut:
@@ -662,20 +754,107 @@ def _add_page(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
 
 
-def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Blocking: run uvicorn with one worker (the model is loaded once, in the lifespan).
+def head_guard(settings: ServeSettings) -> type[Any]:
+    """uvicorn's h11 protocol with `HeadGuard` (see there), configured by `settings`."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    uvicorn's h11 server has no timeout while a request line and headers arrive; a connection
-    that never finishes them holds one of `max_connections` slots until the client gives up.
-    Exposed to the internet, put a reverse proxy with header timeouts in front."""
+    class HeadGuard(H11Protocol):  # type: ignore[misc]
+        """uvicorn's h11 server has no timeout while a request line and headers arrive, and
+        its `limit_concurrency` counts every open connection: 130 clients sending a header
+        byte every 2 s held all 128 slots and every other request got 503. Here a head must be
+        complete `head_timeout_s` after its first byte (or after the connection opened): a
+        slower one gets 408 and is closed. Such connections do not count against
+        `max_connections`, which counts connections with a request or kept alive after one;
+        at most `max_pending_heads` of them are held, one more is closed at once."""
+
+        head_timeout = settings.head_timeout_s
+        max_active = settings.max_connections
+        max_pending = settings.max_pending_heads
+        retry_after = settings.retry_after_s
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.limit_concurrency = None  # counted in `_capped`, without pending heads
+            self.awaiting_head = True
+            self._head_timer: asyncio.TimerHandle | None = None
+            self.app = partial(HeadGuard._capped, self, self.app)
+
+        async def _capped(self, app: Any, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                active = sum(1 for c in self.connections if not getattr(c, "awaiting_head", 0))
+                if active > self.max_active or len(self.tasks) > self.max_active:
+                    text = f"too many connections; retry in {self.retry_after} s"
+                    headers = {**CLOSE, "Retry-After": str(self.retry_after)}
+                    await _error(503, "busy", text, headers)(scope, receive, send)
+                    return
+            await app(scope, receive, send)
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            pending = sum(1 for c in self.connections if getattr(c, "awaiting_head", 0))
+            if pending > self.max_pending:
+                transport.abort()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            import h11
+
+            super().data_received(data)
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE:  # a head has begun and is not complete
+                self.awaiting_head = True
+                self._arm()
+            else:
+                self.awaiting_head = False
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self.awaiting_head or self.transport.is_closing():
+                return
+            body = json.dumps(
+                {
+                    "error": "timeout",
+                    "message": f"the request head did not arrive within {self.head_timeout:g} s",
+                }
+            ).encode()
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
+            )
+            self.transport.close()
+
+    return HeadGuard
+
+
+def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Blocking: run uvicorn (h11, with `head_guard`) with one worker (the model is loaded
+    once, in the lifespan). Exposed to the internet, still put a reverse proxy in front: one
+    client may open many connections."""
     import uvicorn
 
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        http=head_guard(settings),
         log_level="info",
-        limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=10,
     )
