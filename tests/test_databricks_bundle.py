@@ -38,6 +38,20 @@ def job(bundle) -> dict:
 
 
 @pytest.fixture(scope="module")
+def jobs(bundle) -> dict:
+    return bundle["resources"]["jobs"]
+
+
+@pytest.fixture(scope="module")
+def serverless(jobs) -> dict:
+    return jobs["fruits_pipeline_serverless"]
+
+
+def job_clusters(jobs: dict) -> list[dict]:
+    return [c["new_cluster"] for j in jobs.values() for c in j.get("job_clusters", [])]
+
+
+@pytest.fixture(scope="module")
 def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -76,13 +90,27 @@ def test_variables_are_defined(bundle):
     assert used <= set(bundle["variables"]), used - set(bundle["variables"])
 
 
-def test_cluster_scales_and_stops(job, bundle):
+def test_cluster_scales_and_stops(job, jobs, bundle):
     cluster = job["job_clusters"][0]["new_cluster"]
     assert cluster["autoscale"]["min_workers"] >= 1
-    assert job["timeout_seconds"] > 0  # a job cluster ends with the run; this bounds a hang
-    interactive = bundle["resources"]["clusters"]["fruits_interactive"]
-    assert 0 < interactive["autotermination_minutes"] <= 60
     assert int(bundle["variables"]["max_workers"]["default"]) >= 1
+    for name, each in jobs.items():
+        # a job cluster ends with the run; this bounds a hang
+        assert each["timeout_seconds"] > 0, name
+
+
+def test_no_all_purpose_cluster_by_default(jobs, bundle):
+    """Nothing idles between runs: no `clusters` resource; every task runs on a job cluster
+    of its own job or in a serverless environment, never on an existing cluster."""
+    assert not bundle["resources"].get("clusters"), "an all-purpose cluster bills while idle"
+    for name, each in jobs.items():
+        clusters = {c["job_cluster_key"] for c in each.get("job_clusters", [])}
+        environments = {e["environment_key"] for e in each.get("environments", [])}
+        for task in each["tasks"]:
+            assert "existing_cluster_id" not in task, name
+            assert task.get("job_cluster_key") in clusters or (
+                task.get("environment_key") in environments
+            ), (name, task["task_key"])
 
 
 def test_runtime_matches_the_spark_the_package_needs(bundle, pyproject):
@@ -93,51 +121,136 @@ def test_runtime_matches_the_spark_the_package_needs(bundle, pyproject):
     assert any(d.startswith("pyspark>=4.0") for d in extras["spark"])
 
 
-def test_wheel_is_built_and_installed(job, bundle):
+def wheel_references(jobs: dict) -> list[str]:
+    """Every place a job names the wheel: task libraries and serverless dependencies."""
+    refs = [lib["whl"] for j in jobs.values() for t in j["tasks"] for lib in t.get("libraries", [])]
+    for each in jobs.values():
+        for env in each.get("environments", []):
+            refs += [d for d in env["spec"]["dependencies"] if d.endswith(".whl")]
+    return refs
+
+
+def test_wheel_is_built_where_the_bundle_looks_for_it(jobs, bundle):
+    """The CLI runs `build` in the artifact's `path` and then takes the files that `files`
+    names, relative to the YAML file that declares the artifact (databricks.yml here); without
+    `files` it looks in <path>/dist, the repo root's dist/, where nothing was built."""
     artifact = bundle["artifacts"]["fruits_wheel"]
     assert (BUNDLE / artifact["path"]).resolve() == ROOT
-    out = re.search(r"-w (\S+)", artifact["build"]).group(1)
-    libs = [lib["whl"] for lib in job["tasks"][0]["libraries"]]
-    jobfile = BUNDLE / "resources"
-    assert any((jobfile / lib).resolve().parent == (ROOT / out).resolve() for lib in libs), libs
+    out = (ROOT / re.search(r"-w (\S+)", artifact["build"]).group(1)).resolve()
+    sources = [BUNDLE / f["source"] for f in artifact["files"]]
+    assert sources and all(src.parent.resolve() == out for src in sources), (sources, out)
+    assert all(src.name.startswith("fruits-") and src.suffix == ".whl" for src in sources)
+    refs = wheel_references(jobs)
+    assert len(refs) >= 3, refs  # classic job, serverless job, notebook job
+    for ref in refs:
+        assert (BUNDLE / "resources" / ref).resolve() == sources[0].resolve(), ref
 
 
-def test_wheel_library_lies_inside_the_sync_root(job, bundle):
+def test_the_build_command_writes_the_wheel_files_names(bundle, tmp_path):
+    """The artifact's build, run as the CLI runs it (in `path`), with the output folder
+    redirected to a temp folder: one wheel, matching the `files` glob."""
+    import fnmatch
+    import shlex
+    import subprocess
+    import sys
+
+    artifact = bundle["artifacts"]["fruits_wheel"]
+    argv = shlex.split(artifact["build"])
+    argv[argv.index("-w") + 1] = str(tmp_path)
+    assert argv[:3] == ["python3", "-m", "pip"]
+    argv[0] = sys.executable  # the venv's python, which has pip
+    done = subprocess.run(argv, cwd=BUNDLE / artifact["path"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    built = [p.name for p in tmp_path.glob("*.whl")]
+    pattern = Path(artifact["files"][0]["source"]).name
+    assert len(built) == 1 and fnmatch.fnmatch(built[0], pattern), built
+
+
+def test_wheel_library_lies_inside_the_sync_root(jobs, bundle):
     """The CLI refuses a library path outside the sync root ("not contained in sync root
     path"); the sync root is the bundle folder unless `sync.paths` widens it."""
     roots = [(BUNDLE / p).resolve() for p in bundle.get("sync", {}).get("paths", ["."])]
-    for lib in job["tasks"][0]["libraries"]:
-        path = (BUNDLE / "resources" / lib["whl"]).resolve()
-        assert any(path.is_relative_to(root) for root in roots), (lib, roots)
+    for ref in wheel_references(jobs):
+        path = (BUNDLE / "resources" / ref).resolve()
+        assert any(path.is_relative_to(root) for root in roots), (ref, roots)
     # built, not committed: git ignores the wheel folder, so `bundle sync` skips it too
     ignore = (BUNDLE / ".gitignore").read_text().split()
     assert "dist/" in ignore
 
 
-def test_no_storage_key_in_the_bundle(job, bundle):
+def test_no_storage_key_in_the_bundle(jobs):
     """Storage access is Unity Catalog grants (volume or external location), not a key."""
     text = "".join(f.read_text() for f in BUNDLE.rglob("*") if f.suffix in (".yml", ".py"))
     assert "fs.azure.account.key" not in text and "{{secrets/" not in text
-    clusters = [job["job_clusters"][0]["new_cluster"], *bundle["resources"]["clusters"].values()]
-    for cluster in clusters:
+    for cluster in job_clusters(jobs):
         assert cluster["data_security_mode"] == "SINGLE_USER"  # a Unity Catalog access mode
         for key in cluster.get("spark_conf", {}):
             assert not re.search(r"key|secret|sas|oauth|fs\.azure", key, re.I), key
 
 
-def test_job_and_cluster_are_valid_bundle_resources(job, bundle):
+def test_every_resource_is_valid_by_the_bundle_models(bundle):
     """Databricks' Python models of bundle resources refuse unknown fields, missing required
-    fields and wrong types: a malformed job fails here, not at `bundle deploy`."""
+    fields and wrong types: a malformed job fails here, not at `bundle deploy`. Every kind of
+    resource the bundle declares has its model here, so none goes unchecked."""
     pytest.importorskip("databricks.bundles", reason="databricks-bundles (dev)")
-    from databricks.bundles.clusters import Cluster
     from databricks.bundles.experiments import MlflowExperiment
     from databricks.bundles.jobs import Job
+    from databricks.bundles.model_serving_endpoints import ModelServingEndpoint
+    from databricks.bundles.registered_models import RegisteredModel
 
-    assert Job.from_dict(job).as_dict() == job
-    for cluster in bundle["resources"]["clusters"].values():
-        assert Cluster.from_dict(cluster).as_dict() == cluster
-    for experiment in bundle["resources"]["experiments"].values():
-        assert MlflowExperiment.from_dict(experiment).as_dict() == experiment
+    models = {
+        "jobs": Job,
+        "experiments": MlflowExperiment,
+        "registered_models": RegisteredModel,
+        "model_serving_endpoints": ModelServingEndpoint,
+    }
+    assert set(bundle["resources"]) <= set(models), set(bundle["resources"]) - set(models)
+    for kind, items in bundle["resources"].items():
+        for name, item in items.items():
+            assert models[kind].from_dict(item).as_dict() == item, (kind, name)
+
+
+def test_serverless_variant_runs_the_same_task(job, serverless, bundle):
+    """Serverless: an environment (version + the wheel as a dependency) instead of a cluster,
+    and the same wheel task and job parameters as the classic job."""
+    (env,) = serverless["environments"]
+    version = env["spec"]["environment_version"]
+    resolved = re.sub(
+        r"\$\{var\.(\w+)\}", lambda m: bundle["variables"][m.group(1)]["default"], version
+    )
+    assert int(resolved) >= 4, "environment 4 brings Spark Connect 4.0, the pyspark we need"
+    assert "job_clusters" not in serverless
+    (task,) = serverless["tasks"]
+    assert task["environment_key"] == env["environment_key"] and "libraries" not in task
+    assert task["python_wheel_task"] == job["tasks"][0]["python_wheel_task"]
+    assert serverless["parameters"] == job["parameters"]
+
+
+def test_model_is_registered_in_unity_catalog_and_served(job, bundle):
+    """Each tracked run registers its model in the bundle's UC registered model, and the
+    serving endpoint serves that model (by reference, so dev mode's prefixed name follows)."""
+    resources = bundle["resources"]
+    (name,) = resources["registered_models"]
+    model = resources["registered_models"][name]
+    assert model["catalog_name"] == "${var.catalog}" and model["schema_name"] == "${var.schema}"
+    full = f"${{var.catalog}}.${{var.schema}}.${{resources.registered_models.{name}.name}}"
+    env = job["job_clusters"][0]["new_cluster"]["spark_env_vars"]
+    from fruits.tracking import MODEL_NAME_ENV
+
+    assert env[MODEL_NAME_ENV] == full and env["MLFLOW_REGISTRY_URI"] == "databricks-uc"
+    (endpoint,) = resources["model_serving_endpoints"].values()
+    (served,) = endpoint["config"]["served_entities"]
+    assert served["entity_name"] == full
+    assert served["entity_version"] == "${var.model_version}"
+    assert served["scale_to_zero_enabled"] is True  # no cost while nobody asks
+
+
+def test_no_user_paths_in_the_bundle_or_notebook():
+    """A deployment names no person: paths come from variables, job parameters and widgets."""
+    for f in [*BUNDLE.rglob("*.yml"), *BUNDLE.rglob("*.py")]:
+        text = f.read_text()
+        assert "/Users/" not in text, f
+        assert not re.search(r"[\w.]+@[\w-]+\.\w+", text), f
 
 
 def test_resource_references_exist_and_the_job_is_tracked(job, bundle):
@@ -209,3 +322,67 @@ def test_databricks_wheel_needs_neither_pyspark_nor_torch(bundle, pyproject):
     extras = pyproject["project"]["optional-dependencies"]
     assert any(r.startswith("pyspark") for r in extras["spark"])
     assert "torch==2.13.0" in extras["export"]
+
+
+@pytest.mark.slow  # a whole `fruits run` on the 320 sample images, in its own JVM
+def test_wheel_task_runs_locally_as_the_bundle_says(job, bundle, pyproject, tmp_path):
+    """The job's wheel task, read from the YAML (entry point, parameters, job parameter and
+    variable defaults), run with the installed console script against a temp folder standing
+    in for the volume, the bundled sample copied in as the input. Checked against a count of
+    the sample's JPEGs and class folders made here by walking the files."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from fruits.config import bundled_sample
+
+    task = job["tasks"][0]["python_wheel_task"]
+    assert task["entry_point"] in pyproject["project"]["scripts"]
+    script = Path(sys.executable).parent / task["entry_point"]
+    assert script.exists(), f"console script {script} is not installed"
+    names = {"catalog": "main"}  # the one variable without a default: given at deploy time
+    variables = {k: v.get("default") for k, v in bundle["variables"].items()}
+
+    def resolve(text: str) -> str:
+        for _ in range(3):  # variables refer to variables (input -> catalog, schema, volume)
+            text = re.sub(
+                r"\$\{var\.(\w+)\}", lambda m: names.get(m.group(1)) or variables[m.group(1)], text
+            )
+        return text
+
+    job_params = {p["name"]: resolve(p["default"]) for p in job["parameters"]}
+    volume = tmp_path / "Volumes"  # /Volumes/... here is tmp_path/Volumes/...
+
+    def local(value: str) -> str:
+        value = re.sub(r"\{\{job\.parameters\.(\w+)\}\}", lambda m: job_params[m.group(1)], value)
+        return (
+            str(volume / value.removeprefix("/Volumes/"))
+            if value.startswith("/Volumes/")
+            else value
+        )
+
+    argv = [local(p) for p in task["parameters"]]
+    input_dir = Path(argv[argv.index("--input") + 1])
+    output_dir = Path(argv[argv.index("--output") + 1])
+    assert input_dir.is_relative_to(volume) and output_dir.is_relative_to(volume)
+    shutil.copytree(bundled_sample(), input_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FRUITS_"))}
+    done = subprocess.run(
+        [str(script), *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    jpegs = sorted(p for p in input_dir.rglob("*.jpg"))
+    classes = {p.parent.name for p in jpegs}
+    images = pd.read_parquet(output_dir / "images.parquet", columns=["path", "label", "split"])
+    assert len(images) == len(jpegs) == 320
+    assert set(images["label"]) == classes
+    assert sorted(Path(p.removeprefix("file:")).name for p in images["path"]) == sorted(
+        p.name for p in jpegs
+    )
+    report = json.loads((output_dir / "report.json").read_text())
+    assert report["images_ok"] == len(jpegs) and report["images_quarantined"] == 0

@@ -6,25 +6,26 @@
 # MAGIC report and plots. Every step is a call into the package; this notebook holds no logic of
 # MAGIC its own, so what it does is exactly what `fruits run` and the bundle's job do.
 # MAGIC
-# MAGIC Attach the bundle's `fruits-interactive` cluster (it stops itself after 20 idle minutes).
+# MAGIC The bundle runs it as the `fruits_notebook` job on a job cluster that ends with the run;
+# MAGIC no all-purpose cluster is left idling.
 # MAGIC Storage access is your Unity Catalog grants on the volume (READ VOLUME, WRITE VOLUME):
 # MAGIC no storage key, no secret; never paste a key into a notebook.
 
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC ## 1. Install the package
-# MAGIC `databricks bundle deploy` uploads the wheel; install it on this notebook's Python.
-# MAGIC Replace the path with the one `databricks bundle deploy` printed (…/artifacts/.internal/).
+# MAGIC ## 1. Parameters
+# MAGIC Run as the bundle's `fruits_notebook` job, the job installs the project's wheel and fills
+# MAGIC these widgets from its parameters (the bundle's `input` and a `runs/notebook` output in
+# MAGIC your volume). On compute you attach yourself, install the wheel that
+# MAGIC `databricks bundle deploy` uploaded first (`%pip install <artifact path>/.internal/fruits-<version>-py3-none-any.whl`,
+# MAGIC the artifact path of your target as `databricks bundle summary` shows it), then fill the
+# MAGIC widgets with your volume's paths.
 
 # COMMAND ----------
 
-# MAGIC %pip install /Workspace/Users/you@example.com/.bundle/fruits/dev/artifacts/.internal/fruits-0.1.0-py3-none-any.whl
-
-# COMMAND ----------
-
-dbutils.widgets.text("input", "/Volumes/<catalog>/fruits/data/fruits-360", "Images")
-dbutils.widgets.text("output", "/Volumes/<catalog>/fruits/data/runs/notebook", "Output")
+dbutils.widgets.text("input", "", "Images (/Volumes/<catalog>/<schema>/<volume>/...)")
+dbutils.widgets.text("output", "", "Output folder (/Volumes/...)")
 dbutils.widgets.dropdown("pca_variance", "0.95", ["0.90", "0.95", "0.99"], "PCA variance")
 
 # COMMAND ----------
