@@ -4,6 +4,8 @@ MLFLOW_TRACKING_URI."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 
 import pytest
 
@@ -74,3 +76,61 @@ def test_logs_params_metrics_report_and_plots(tmp_path, monkeypatch):
     assert top == {"report.json", "plots"}
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/pca_scatter.png"]
     assert client.get_experiment(run.info.experiment_id).name == "fruits-test"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    """Was: MLflow's 7 retries with backoff, 248 s before the warning. Now a TCP probe says so
+    at once; the password in the URI is not printed."""
+    pytest.importorskip("mlflow", reason="the mlflow extra (in dev)")
+    uri = f"http://alice:S3cretPw99@127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.INFO, logger="fruits"):
+        assert tracking.log_run(REPORT, str(_output(tmp_path))) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "does not answer" in warnings[0] and "alice:***@127.0.0.1" in warnings[0]
+    assert "S3cretPw99" not in caplog.text
+    assert not any(name in os.environ for name in tracking.HTTP_DEFAULTS)  # restored
+
+
+def test_http_defaults_only_where_the_user_set_none():
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "600"}
+    with tracking.http_defaults(env):
+        assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "600"
+        assert (
+            env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+            == tracking.HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        )
+    assert env == {"MLFLOW_HTTP_REQUEST_TIMEOUT": "600"}
+
+
+def test_params_and_tags_never_carry_url_secrets(tmp_path, monkeypatch):
+    """Even a report whose config was not redacted (a library caller's) logs no token."""
+    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra (in dev)")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    leaky = {
+        **REPORT,
+        "output": "https://acct.blob.core.windows.net/c/out?token=TokT0k3n777",
+        "config": {
+            **REPORT["config"],
+            "remote": "sc://db.example:443/;token=TokT0k3n777;user_id=u",
+            "featurizer": {"weights": "https://bob:PwPw1234@h/w.pth", "image_size": 100},
+        },
+    }
+    run_id = tracking.log_run(leaky, str(_output(tmp_path)))
+    run = mlflow.tracking.MlflowClient().get_run(run_id)
+    assert run.data.params["remote"] == "sc://db.example:443/;token=***;user_id=u"
+    assert run.data.params["featurizer.weights"] == "https://bob:***@h/w.pth"
+    text = json.dumps([run.data.params, run.data.tags])
+    assert "TokT0k3n777" not in text and "PwPw1234" not in text

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -31,6 +31,14 @@ ACCOUNT_NAME = "AZURE_STORAGE_ACCOUNT_NAME"
 ACCOUNT_KEY = "AZURE_STORAGE_ACCOUNT_KEY"
 SAS_TOKEN = "AZURE_STORAGE_SAS_TOKEN"
 SECRET_ENV = (CONNECTION_STRING, ACCOUNT_KEY, SAS_TOKEN)
+# Secrets of the other services a run talks to: their values are masked wherever they appear.
+OTHER_SECRET_ENV = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "DATABRICKS_TOKEN",
+    "DATABRICKS_CLIENT_SECRET",
+    "AZURE_CLIENT_SECRET",
+)
 
 HADOOP_SCHEMES = ("abfss", "abfs", "wasbs", "wasb")
 DEFAULT_SUFFIX = "core.windows.net"
@@ -408,6 +416,12 @@ SPARK_REDACTION_REGEX = (
 
 # SAS query parameters are short lower-case names (sv, ss, srt, sp, se, st, spr, sr, skoid...).
 _SAS_PARAM = r"[a-z][a-z0-9_-]{0,15}=[^&\s'\"<>;#/?]*"  # no / or ?: stop at a URL's path
+# Names of URL parameters and pairs whose value is a secret (OAuth, API keys, Spark Connect,
+# S3 and GCS signed URLs); `key` alone too: over-masking a harmless value is the cheap mistake.
+_SECRET_PARAM = (
+    r"[\w.-]*(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|access[_-]?key|private[_-]?key"
+    r"|signature|credential|session[_-]?key)|key|sig|code|auth|authorization|x-amz-[\w-]+"
+)
 _PATTERNS = [
     # connection-string fields, whatever their value
     re.compile(r"(?i)(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;\s'\"]+"),
@@ -430,13 +444,21 @@ _PATTERNS = [
     re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]{16,}"),
     # a storage account key: 64 random bytes in base64, whatever surrounds it
     re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{86}=="),
+    # a URL's `user:password@` (`https://bob:pw@host/w.pth`, `MLFLOW_TRACKING_URI`): the password
+    # goes, the user stays. A lone `name@` is not a secret: abfss://container@account...
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"<>]*:)[^/\s@'\"<>]+(?=@)"),
+    # a URL parameter with a secret-looking name, `?token=`, `&api_key=`, and Spark Connect's
+    # `sc://host:443/;token=...;user_id=...` (`;` separates its parameters)
+    re.compile(rf"(?i)([?&;](?:{_SECRET_PARAM})=)[^&;#\s'\"<>]+"),
+    # a JSON / repr / header pair whose name says secret, whatever the value's length
+    re.compile(rf"(?i)((?<![\w.-])(['\"]?)(?:{_SECRET_PARAM})\2\s*[:=]\s*)(['\"])[^'\"]+\3"),
 ]
 
 
 def _env_secrets(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     found: list[str] = []
-    for name in SECRET_ENV:
+    for name in (*SECRET_ENV, *OTHER_SECRET_ENV):
         value = env.get(name, "").strip()
         if not value:
             continue
@@ -464,7 +486,7 @@ def redact(text: object, extra: Iterable[str] = ()) -> str:
     secrets = sorted({s for s in [*_env_secrets(), *extra] if s and len(s) >= 8}, key=len)
     for secret in reversed(secrets):  # longest first, so a connection string goes whole
         out = out.replace(secret, REDACTED)
-    conn, query, sig, sig_encoded, pair, hadoop, bearer, key = _PATTERNS
+    conn, query, sig, sig_encoded, pair, hadoop, bearer, key, userinfo, param, quoted = _PATTERNS
     out = conn.sub(lambda m: f"{m.group(1)}={REDACTED}", out)
     out = query.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
     out = sig.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
@@ -472,7 +494,10 @@ def redact(text: object, extra: Iterable[str] = ()) -> str:
     out = pair.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)
     out = hadoop.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
     out = bearer.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
-    return key.sub(REDACTED, out)
+    out = key.sub(REDACTED, out)
+    out = userinfo.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    out = param.sub(lambda m: f"{m.group(1)}{REDACTED}", out)
+    return quoted.sub(lambda m: f"{m.group(1)}{m.group(3)}{REDACTED}{m.group(3)}", out)
 
 
 def redact_traceback(exc: BaseException) -> str:
@@ -518,12 +543,41 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+_FACTORY_LOCK = threading.Lock()
+
+
+def _redacting_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        _REDACTOR.filter(record)
+        return record
+
+    make.fruits_redacting = True  # type: ignore[attr-defined]
+    return make
+
+
+_REDACTOR = RedactingFilter()
+
+
 def install_log_redaction(logger: logging.Logger | None = None) -> None:
-    """Attach `RedactingFilter` to the handlers of `logger` (default: root), once each."""
+    """Attach `RedactingFilter` to the handlers of `logger` (default: root) and to the `logger`
+    itself, once each, and redact every record as it is made (`logging.setLogRecordFactory`).
+
+    Why the factory too: a handler filter only sees records that reach that handler, and
+    libraries add their own handlers later or stop propagation (MLflow logs through its own
+    `mlflow` handler, uvicorn through its own); a record made anywhere goes through the factory,
+    whichever handler prints it. Only records that pass the level check are made, so a quiet
+    DEBUG costs nothing."""
     target = logger or logging.getLogger()
+    if not any(isinstance(f, RedactingFilter) for f in target.filters):
+        target.addFilter(RedactingFilter())
     for handler in target.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+    with _FACTORY_LOCK:
+        current = logging.getLogRecordFactory()
+        if not getattr(current, "fruits_redacting", False):
+            logging.setLogRecordFactory(_redacting_factory(current))
 
 
 # --- one-line errors ---------------------------------------------------------------------------
