@@ -336,6 +336,10 @@ def _print_summary(result: RunResult) -> None:
 
 
 def _run(cfg: PipelineConfig):  # noqa: ANN202
+    from fruits import preflight
+
+    # before importing pyspark (seconds) and starting a session (more): a typo costs neither
+    preflight.check(cfg, remote=preflight.remote_url(cfg))
     from fruits.pipeline import run_pipeline
 
     return run_pipeline(cfg)
@@ -460,19 +464,16 @@ def missing_extra(exc: ImportError) -> str | None:
     return f"{top} is missing: pip install 'fruits[{extra}]'" if extra else None
 
 
-def _known_failures() -> tuple[type[BaseException], ...]:
-    """The one-line failures, from modules that may need an extra that is not installed."""
-    known: list[type[BaseException]] = [ValueError, OSError]
-    for module, name in (
-        ("fruits.features", "ImageFailure"),
-        ("fruits.ingest", "InputError"),
-        ("fruits.spark", "JavaMissingError"),
-    ):
-        try:
-            known.append(getattr(__import__(module, fromlist=[name]), name))
-        except ImportError:  # plain wheel, no pyspark: nothing of it can have been raised
-            pass
-    return tuple(known)
+# One-line failures (exit 2), by name: importing their modules would import pyspark, seconds
+# on a busy machine, and fail where pyspark is not installed.
+KNOWN_FAILURES = {"ImageFailure", "InputError", "JavaMissingError"}
+
+
+def _known(exc: BaseException) -> bool:
+    return isinstance(exc, (ValueError, OSError)) or any(
+        c.__name__ in KNOWN_FAILURES and c.__module__.startswith("fruits.")
+        for c in type(exc).__mro__
+    )
 
 
 def _guard(fn):  # noqa: ANN001, ANN202
@@ -485,13 +486,13 @@ def _guard(fn):  # noqa: ANN001, ANN202
             _unexpected(exc)
         typer.echo(f"error: {need}", err=True)
         raise typer.Exit(2) from None
-    except _known_failures() as exc:
+    except Exception as exc:  # never a raw (possibly secret-bearing) traceback
+        if not _known(exc):
+            _unexpected(exc)
         from fruits.azure import redact
 
         typer.echo(f"error: {_one_line(redact(exc))}", err=True)
         raise typer.Exit(2) from None
-    except Exception as exc:  # never a raw (possibly secret-bearing) traceback
-        _unexpected(exc)
 
 
 def _unexpected(exc: BaseException) -> NoReturn:

@@ -11,7 +11,6 @@ module, call it here inside `run.stage("name")`.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +36,9 @@ class RunResult:
     report: dict[str, Any]
 
 
-def remote_url(cfg: PipelineConfig) -> str | None:
-    """The Spark Connect URL of the run: `--remote`, else $SPARK_REMOTE unless `--master`."""
-    return cfg.remote or (None if cfg.master else os.environ.get("SPARK_REMOTE"))
-
-
 def session_for(cfg: PipelineConfig) -> SparkSession:
     """The run's session: `--remote` (or $SPARK_REMOTE) is Spark Connect, else classic."""
-    remote = remote_url(cfg)
+    remote = preflight.remote_url(cfg)
     if remote and cfg.master:
         raise ValueError("--remote and --master exclude each other: give one")
     return get_spark(
@@ -63,7 +57,7 @@ def session_for(cfg: PipelineConfig) -> SparkSession:
 def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunResult:
     """Run the whole chain; the output folder appears only once everything is written.
     What needs no Spark is checked first (`preflight`): a typo costs no session start."""
-    preflight.check(cfg, remote=None if spark is not None else remote_url(cfg))
+    preflight.check(cfg, remote=None if spark is not None else preflight.remote_url(cfg))
     spark = spark or session_for(cfg)
     with RunContext(cfg, spark) as run:
         with run.stage("ingest"):
@@ -116,5 +110,11 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
 
 
 def train_part(df: DataFrame, splits: dict[str, int]) -> DataFrame:
-    """The rows fits learn from: the train split where one exists, else everything."""
-    return df.where(F.col("split") == "train") if splits.get("train") else df
+    """The rows fits learn from: the train split where one exists, else every split but test
+    (the test split judges the fits, so it never trains them; a run of Test images only is
+    refused in one line rather than scored on its own training data)."""
+    if splits.get("train"):
+        return df.where(F.col("split") == "train")
+    if not sum(n for s, n in splits.items() if s != "test"):
+        raise InputError("only Test-split images: nothing to fit on but the images it judges")
+    return df.where(F.col("split") != "test")
