@@ -99,3 +99,24 @@ def test_a_test_label_unseen_in_training_is_counted_as_an_error(spark, blobs_mod
     assert ev.accuracy == pytest.approx(28 / 30)
     assert ev.per_class["zebra"]["recall"] == 0.0
     assert "zebra" in ev.labels
+
+
+def test_macro_f1_is_scikit_learns_default_and_the_true_class_mean_is_named_apart():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    rng = np.random.default_rng(11)
+    names = ["apple", "banana", "kiwi", "pear", "plum"]
+    y_true = rng.choice(names[:3], 200)  # pear and plum never true...
+    y_pred = np.where(rng.uniform(size=200) < 0.7, y_true, rng.choice(names[:4], 200))
+    assert "pear" in set(y_pred) and "plum" not in set(y_pred)  # ...pear is predicted
+    cm = confusion_matrix(y_true, y_pred, labels=names)
+    ev = evaluation_from_confusion(names, cm)
+    assert ev.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"), abs=1e-12)
+    true_only = f1_score(y_true, y_pred, average="macro", labels=names[:3])
+    assert ev.macro_f1_true_classes == pytest.approx(true_only, abs=1e-12)
+    assert ev.macro_f1 < ev.macro_f1_true_classes
+    summary = ev.summary()
+    assert summary["macro_f1"] == ev.macro_f1
+    assert summary["macro_f1_true_classes"] == ev.macro_f1_true_classes
+    assert "scikit-learn" in summary["macro_f1_labels"]
+    assert ev.per_class["pear"]["support"] == 0 and "plum" not in ev.per_class

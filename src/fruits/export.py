@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from fruits.config import FeaturizerConfig
 
-__all__ = ["arrays_from_spark", "export_saved_run", "export_serving"]
+__all__ = ["arrays_from_spark", "export_saved_run", "export_serving", "saved_recognition"]
 
 
 def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> ServingArrays:
@@ -83,20 +83,54 @@ def export_serving(
 
 
 def export_saved_run(spark: SparkSession, run: str | Path) -> Path:
-    """Export a finished local run whose models predate serving.npz (needs Spark, once)."""
+    """Export a finished local run whose models predate serving.npz (needs Spark, once).
+
+    The run answers as it did: its own image settings and views (report.json `config`; a run
+    whose config names no `views` predates multi-view features, so 1) and its own calibration
+    (report.json `recognition`: temperature and "not sure" threshold; species from the run's
+    label map where it is still readable). Without these the export said T = 1, threshold 0
+    (never "not sure") and 8 views whatever the run used."""
     from pyspark.ml import PipelineModel
 
+    from fruits.classify import class_labels
     from fruits.config import FeaturizerConfig
 
     root = Path(run)
     report = read_json(root / "report.json")
-    fcfg = (report.get("config") or {}).get("featurizer") or {}
+    config = report.get("config") or {}
+    fcfg = config.get("featurizer") or {}
     cfg = FeaturizerConfig(
         image_size=int(fcfg.get("image_size", FeaturizerConfig.image_size)),
         max_pixels=int(fcfg.get("max_pixels", FeaturizerConfig.max_pixels)),
+        views=int(fcfg.get("views", 1)),
     )
     reducer = PipelineModel.load(str(root / "models" / "scaler_pca"))
     classifier = PipelineModel.load(str(root / "models" / "classifier"))
     return export_serving(
-        reducer, classifier, root / "models", featurizer=cfg, run_id=report.get("run_id")
+        reducer,
+        classifier,
+        root / "models",
+        featurizer=cfg,
+        run_id=report.get("run_id"),
+        recognition=saved_recognition(report, class_labels(classifier)),
     )
+
+
+def saved_recognition(report: dict[str, Any], classes: list[str]) -> dict[str, Any] | None:
+    """serving.json's `recognition` rebuilt from a run's report.json: None (T = 1, never
+    unsure, as the run itself served) when the run kept no calibration."""
+    from fruits.calibration import Calibration
+    from fruits.recognition import LabelMapError, load_label_map, species_table
+
+    kept = report.get("recognition") or (report.get("classification") or {}).get("recognition")
+    if not kept or "temperature" not in kept:
+        return None
+    label_map = None
+    path = (report.get("config") or {}).get("label_map")
+    if path:
+        try:
+            label_map = load_label_map(path)
+        except LabelMapError:  # moved or gone since the run: species from the facts table
+            label_map = None
+    species = species_table(classes, label_map)
+    return Calibration(float(kept["temperature"]), float(kept["threshold"]), species).serving()

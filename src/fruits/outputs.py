@@ -85,8 +85,9 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
 
         model = load_classifier(prev.classifier_path)
     else:
-        train = images.where(F.col("split") == "train") if splits.get("train") else images
-        model = fit_classifier(train)
+        from fruits.pipeline import train_part  # the one rule, shared with the reducer's fit
+
+        model = fit_classifier(train_part(images, splits))
     model.write().overwrite().save(run.uri("models", "classifier"))
     classes = class_labels(model)
     calibration = calibrate(
@@ -95,6 +96,7 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
         images,
         sources=run.inputs,
         label_map=getattr(run, "label_map", None),
+        planned=[uri for _, uri in run.io.inputs],  # the spelling Spark lists paths in
     )
     export_serving(
         reducer.model,

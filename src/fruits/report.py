@@ -63,7 +63,7 @@ def build(
         "pca_explained_variance_per_component": [round(v, 8) for v in reducer.explained_variance],
         "pca_variance_target": target,
         "pca_max_k": None if cfg.reduce.k else cfg.reduce.max_k,
-        "pca_fitted_on": "train" if splits.get("train") else "all",
+        "pca_fitted_on": "train" if splits.get("train") else "all but test",
         "pca_csv": csv_form(images_ok, cfg.single_csv_max_rows),  # "file" or "folder"
         **classification(evaluation),
         "stage_seconds": seconds,
