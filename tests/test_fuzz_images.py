@@ -194,10 +194,6 @@ def test_every_mutant_gives_features_or_a_short_reason(sample_dir):
     assert quarantined >= 100  # most mutants are broken; the rest decode to some pixels
 
 
-def image_kind(path: str) -> str:
-    return path.split("/")[-2] if "/" in path else path
-
-
 @pytest.mark.slow
 def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample_dir, tmp_path):
     """One real pipeline run (real CNN) over ~20 mutants and a few good photos: no exception,
@@ -206,21 +202,19 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
     from fruits.pipeline import run_pipeline
 
     originals, bad = mutants(sample_dir)
-    picked = {
-        n: bad[n]
-        for n in sorted(bad)
-        if n.startswith(("prog zero", "baseline zero", "as ", "cut0/", "headflip0/", "flip0/"))
-    }
-    picked = dict(list(picked.items())[:20])
+    kinds = ["prog zero sampling", "baseline zero sampling", "as EPS", "as BLP", "as ICO"]
+    kinds += ["as TIFF", "as TIFF bad tag types", "as PSD-like", "cut0", "headflip0", "flip0"]
+    picked = {n: bad[n] for n in sorted(bad) if n.split("/")[0] in kinds and n[-5] in "01"}
+    assert 20 <= len(picked) <= 30
     inp = tmp_path / "in"
-    written = []
+    written: dict[str, Path] = {}
     for i, (name, data) in enumerate([*originals.items(), *picked.items()]):
         label = "Good" if name.startswith("original/") else f"Bad {i % 2}"
         folder = inp / "Training" / label
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{i:03d}-{Path(name).name}"
         target.write_bytes(data)
-        written.append(target)
+        written[name] = target
     cfg = PipelineConfig(
         input=str(inp),
         output=str(tmp_path / "out"),
@@ -233,10 +227,15 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
     images = set(pd.read_parquet(out / "images.parquet")["path"])
     quarantine = pd.read_parquet(out / "quarantine.parquet")
     q_paths = set(quarantine["path"])
-    every = {f"file:{p}" for p in written}
+    every = {f"file:{p}" for p in written.values()}
     assert images | q_paths == every
     assert not images & q_paths
     assert quarantine["path"].is_unique
     assert quarantine["reason"].notna().all() and (quarantine["reason"].str.len() > 0).all()
-    assert {f"file:{p}" for p in written[: len(originals)]} <= images
+    assert {f"file:{written[n]}" for n in originals} <= images
     assert len(q_paths) >= 10
+    reason = quarantine.set_index("path")["reason"]
+    assert reason[f"file:{written['prog zero sampling/0.jpg']}"] == (
+        "corrupt image: invalid JPEG sampling factors"
+    )
+    assert "looks like EPS" in reason[f"file:{written['as EPS/0.jpg']}"]
