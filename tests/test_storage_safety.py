@@ -219,6 +219,13 @@ def test_many_simultaneous_starts_on_a_free_local_lease_admit_one(tmp_path):
         assert got == 1, trial
 
 
+def test_many_simultaneous_starts_through_hadoop_on_local_disk_admit_one(spark, tmp_path):
+    """Hadoop's local create(overwrite=false) checks, then opens: the lease uses O_EXCL."""
+    for trial in range(10):
+        got = concurrent_acquire(lambda: HadoopStore(spark), str(tmp_path / f"out{trial}"), 4)
+        assert got == 1, trial
+
+
 def concurrent_acquire(make_store, output: str, writers: int) -> int:
     barrier = threading.Barrier(writers)
     leases = [Lease(make_store(), output, uuid.uuid4().hex[:12]) for _ in range(writers)]

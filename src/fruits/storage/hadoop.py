@@ -8,6 +8,9 @@ and `dbfs:/` behave the same wherever the cluster has the connector.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -92,8 +95,33 @@ class HadoopStore:
         finally:
             stream.close()
 
+    def _local_file(self, uri: str) -> str | None:
+        """The local path of a `file:` URI (None elsewhere): the lease's files are made by the
+        OS there, because Hadoop's local `create(overwrite=false)` checks then opens, which
+        lets two simultaneous creators both succeed."""
+        fs, p = self._path(uri)
+        if str(fs.getUri().getScheme()) != "file":
+            return None
+        return str(fs.makeQualified(p).toUri().getPath())
+
+    @staticmethod
+    def _drop_checksum(path: str) -> None:
+        """Hadoop's `.NAME.crc` beside a file written natively would fail Hadoop's reads."""
+        head, name = os.path.split(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(head, f".{name}.crc"))
+
     def write_text(self, uri: str, text: str) -> None:
-        """Replace `uri` with `text` (the lease's heartbeat)."""
+        """Replace `uri` with `text` (the lease's heartbeat); on local disk by an atomic
+        rename, so a reader never finds the file empty."""
+        local = self._local_file(uri)
+        if local is not None:
+            tmp = f"{local}.{os.getpid()}-{threading.get_ident()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            self._drop_checksum(local)
+            os.replace(tmp, local)
+            return
         fs, p = self._path(uri)
         out = fs.create(p, True)
         try:
@@ -110,7 +138,19 @@ class HadoopStore:
 
     def create_new(self, uri: str, text: str) -> bool:
         """Create `uri` holding `text` unless it exists (False then): the lease primitive.
-        `create(overwrite=false)` is atomic on HDFS and ADLS Gen2 (hierarchical namespace)."""
+        `create(overwrite=false)` is atomic on HDFS and ADLS Gen2 (hierarchical namespace);
+        on local disk `O_EXCL` is."""
+        local = self._local_file(uri)
+        if local is not None:
+            os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+            try:
+                fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            self._drop_checksum(local)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            return True
         fs, p = self._path(uri)
         try:
             out = fs.create(p, False)
