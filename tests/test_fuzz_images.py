@@ -197,8 +197,10 @@ def test_every_mutant_gives_features_or_a_short_reason(sample_dir):
 @pytest.mark.slow
 def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample_dir, tmp_path):
     """One real pipeline run (real CNN) over ~20 mutants and a few good photos: no exception,
-    each file in exactly one of images / quarantine, each quarantine row with a reason."""
+    each file in exactly one of images / quarantine, each quarantine row with a reason; then
+    `fruits evaluate` over the same files (it crashed the same way) gives the same reasons."""
     from fruits.config import FeaturizerConfig, PipelineConfig, ReduceConfig
+    from fruits.evaluate import evaluate_run
     from fruits.pipeline import run_pipeline
 
     originals, bad = mutants(sample_dir)
@@ -209,7 +211,7 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
     inp = tmp_path / "in"
     written: dict[str, Path] = {}
     for i, (name, data) in enumerate([*originals.items(), *picked.items()]):
-        label = "Good" if name.startswith("original/") else f"Bad {i % 2}"
+        label = f"Class {Path(name).name.split('.')[0]}"  # the photo it was made from
         folder = inp / "Training" / label
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{i:03d}-{Path(name).name}"
@@ -218,7 +220,6 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
     cfg = PipelineConfig(
         input=str(inp),
         output=str(tmp_path / "out"),
-        classify=False,
         featurizer=FeaturizerConfig(image_size=100),
         reduce=ReduceConfig(k=2),
     )
@@ -239,3 +240,7 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
         "corrupt image: invalid JPEG sampling factors"
     )
     assert "looks like EPS" in reason[f"file:{written['as EPS/0.jpg']}"]
+
+    scored = evaluate_run(out, [str(inp / "Training")])
+    unreadable = {f"file:{u['path']}": u["reason"] for u in scored["unreadable"]}
+    assert unreadable == reason.to_dict()
