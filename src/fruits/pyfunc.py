@@ -32,7 +32,7 @@ class FruitsModel(PythonModel):
         rows = []
         for data in model_input["content"]:
             try:
-                p = self.predictor.predict(bytes(data))
+                p = self.predictor.predict(_photo_bytes(data))
             except ImageError as exc:
                 rows.append(dict.fromkeys(COLUMNS) | {"error": exc.reason})
                 continue
@@ -47,3 +47,19 @@ class FruitsModel(PythonModel):
                 }
             )
         return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _photo_bytes(data: Any) -> bytes:
+    """A photo as bytes: MLflow hands a `binary` column over as bytes in Python and as base64
+    text from a JSON request (`mlflow models serve`), depending on how the signature is applied."""
+    if data is None or (isinstance(data, float) and data != data):  # a missing value (NaN)
+        return b""  # the photo's error row says "empty file", the batch goes on
+    if isinstance(data, str):
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(data)  # MIME base64 may wrap lines
+        except (binascii.Error, ValueError):
+            return data.encode()
+    return bytes(data)
