@@ -111,6 +111,7 @@ def make_stub_run(folder: str | Path) -> Path:
         "pca_k": 3,
     }
     (models / "serving.json").write_text(json.dumps(meta))
+    (root / "_SUCCESS.json").write_text(json.dumps({"run_id": "stub"}))  # a finished run
     return root
 
 

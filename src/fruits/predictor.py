@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 VARIETY_SURE = 0.5
 ARRAYS_FILE = "serving.npz"
 META_FILE = "serving.json"
+SUCCESS_FILE = "_SUCCESS.json"  # written last by a run: without it, the run did not finish
 
 
 class ServingError(RuntimeError):
@@ -103,14 +104,33 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def check_run(run: str | Path) -> dict[str, Any]:
-    """Read and cross-check a run's serving files without starting the CNN; returns the
-    metadata. Raises `ServingError` with what is missing."""
+    """Read and cross-check a run's serving files before a server starts (`fruits serve`), so
+    a bad folder fails with one line naming the file, not a traceback inside uvicorn's
+    start-up: the run must be finished (`_SUCCESS.json`, written last), its arrays and JSON
+    readable and consistent, its ONNX graph one ONNX Runtime can load. Returns the metadata;
+    raises `ServingError`."""
+    root = Path(run)
+    if root.is_dir() and not (root / SUCCESS_FILE).exists():
+        raise ServingError(
+            f"{root / SUCCESS_FILE} is missing: {root} is not a finished `fruits run` output "
+            "(still running, or it failed)"
+        )
     meta, arrays, artifact = read_run(run)
     if arrays.pc.shape[0] != artifact.spec.feature_dim:
         raise ServingError(
             f"backbone gives {artifact.spec.feature_dim} features but the PCA expects "
             f"{arrays.pc.shape[0]}"
         )
+    if artifact.engine == "onnx":
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(artifact.payload, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime's own errors (InvalidProtobuf, Fail...)
+            raise ServingError(
+                f"{root / 'models' / 'backbone.onnx'} is corrupt: ONNX Runtime cannot load it "
+                f"({type(exc).__name__})"
+            ) from None
     return meta
 
 
@@ -127,18 +147,42 @@ def read_run(run: str | Path) -> tuple[dict[str, Any], ServingArrays, ModelArtif
                 f"{models / needed} is missing: is {root} the output of `fruits run` with a "
                 "Test split (the classifier is only trained when one exists)?"
             )
-    meta = json.loads((models / META_FILE).read_text())
+    meta = _read_object(models / META_FILE)
     if meta.get("format") != FORMAT_VERSION:
         raise ServingError(f"unsupported serving format {meta.get('format')!r}")
-    with np.load(models / ARRAYS_FILE) as npz:
-        arrays = ServingArrays(**{name: npz[name] for name in npz.files})
+    try:
+        with np.load(models / ARRAYS_FILE, allow_pickle=False) as npz:
+            arrays = ServingArrays(**{name: npz[name] for name in npz.files})
+    except Exception as exc:  # not a zip, truncated, a pickle, wrong or missing arrays
+        raise ServingError(
+            f"{models / ARRAYS_FILE} is corrupt or not a serving file ({type(exc).__name__})"
+        ) from None
+    if not isinstance(meta.get("classes"), list):
+        raise ServingError(f"{models / META_FILE} has no list of classes")
     arrays.validate(meta["classes"])
-    artifact = load_artifact(models)
+    _read_object(models / "backbone.json")  # a readable error before load_artifact parses it
+    try:
+        artifact = load_artifact(models)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ServingError(
+            f"{models / 'backbone.json'} is not a backbone description ({type(exc).__name__})"
+        ) from None
     if artifact.engine == "onnx" and not artifact.payload:
         raise ServingError(f"{models / 'backbone.onnx'} is missing")
     if not meta.get("run_id"):
         meta["run_id"] = read_json(root / "report.json").get("run_id")
     return meta, arrays, artifact
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; `ServingError` naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ServingError(f"{path} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise ServingError(f"{path} is not a JSON object")
+    return value
 
 
 @dataclass(frozen=True)
