@@ -107,3 +107,53 @@ def test_bundled_zips_are_kept_where_nothing_else_provides_pyspark() -> None:
     zips = [os.path.join(lib, "pyspark.zip"), os.path.join(lib, "py4j-0.10.9.9-src.zip")]
     assert without_bundled_zips([*zips, *sys.path]) == sys.path  # installed here: dropped
     assert without_bundled_zips([*zips, "/nonexistent"]) == [*zips, "/nonexistent"]
+
+
+SPACE_CHILD = """
+import json
+from fruits.spark import get_spark
+spark = get_spark(overrides={"spark.ui.enabled": "true"})
+jvm = spark.sparkContext._jvm
+args = list(jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+port = int(spark.sparkContext.uiWebUrl.rsplit(":", 1)[1])
+listening = []
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for row in open(table).read().splitlines()[1:]:
+        local, state = row.split()[1], row.split()[3]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            listening.append(local.rsplit(":", 1)[0])
+print(json.dumps({
+    "args": args,
+    "rows": spark.range(10).count(),
+    "listening": listening,
+    "kill": spark.sparkContext.getConf().get("spark.ui.killEnabled"),
+    "console_bar": spark.sparkContext.getConf().get("spark.ui.showConsoleProgress"),
+}))
+"""
+
+
+def test_a_cache_path_with_a_space_starts_a_quiet_session_whose_ui_is_loopback_only(
+    tmp_path: Path,
+) -> None:
+    """B1: `FRUITS_CACHE=/home/Jane Doe/...` split the archive option in two and the JVM never
+    started (JAVA_GATEWAY_EXITED). Also: a UI the user enables listens on 127.0.0.1 only, with
+    no kill links; Spark's start-up warnings and console bar stay out of the terminal."""
+    cache = tmp_path / "Jane Doe cache"
+    env = {**os.environ, "FRUITS_CACHE": str(cache)}
+    for key in ("FRUITS_JVM_ARCHIVE", "SPARK_LOCAL_IP"):
+        env.pop(key, None)
+    out = subprocess.run(
+        [sys.executable, "-c", SPACE_CHILD], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["rows"] == 10
+    archive = [a for a in got["args"] if "Archive" in a]
+    assert archive and archive[0].split("=", 1)[1].startswith(str(cache / "jvm"))
+    assert any(a.startswith("-Dlog4j2.configurationFile=" + str(cache)) for a in got["args"])
+    # 127.0.0.1 in /proc/net/tcp's byte order, or as ::ffff:127.0.0.1 in tcp6; never 0.0.0.0
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
+    assert got["listening"] and set(got["listening"]) <= loopback, got["listening"]
+    assert got["kill"] == "false" and got["console_bar"] == "false"
+    noise = [ln for ln in out.stderr.splitlines() if "incubator modules" not in ln]
+    assert noise == [], out.stderr[-3000:]

@@ -169,7 +169,8 @@ class OneLineErrors(TyperGroup):
             hint = ""
             ctx = getattr(exc, "ctx", None)
             if isinstance(exc, UsageError) and ctx is not None:
-                hint = f" (see '{ctx.command_path} --help')"
+                path = " ".join(["fruits", *ctx.command_path.split()[1:]])  # any prog name
+                hint = f" (see '{path} --help')"
             message = " ".join(exc.format_message().split())
             typer.echo(f"fruits: error: {message}{hint}", err=True)
             sys.exit(exc.exit_code)

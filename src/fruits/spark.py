@@ -40,17 +40,19 @@ BUILD_DEFAULTS = {
 
 # Spark's own log: ERROR by default (the CLI's `-v` asks for WARN). A log4j2 file given to the
 # local JVM at launch, so start-up warnings (native-hadoop, hostname, BLAS) are never printed.
+# The root stays at WARN at least, with the console's threshold at the level asked for: when
+# the root's level differs from WARN, pyspark's start prints "Setting default log level to ..."
+# and how to change it (two lines), whatever the file says of its shell loggers.
 LOG4J2_TEMPLATE = """\
-rootLogger.level = {level}
+rootLogger.level = {root}
 rootLogger.appenderRef.console.ref = console
 appender.console.type = Console
 appender.console.name = console
 appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
-# Same level for pyspark's shell logger, else Spark prints "Setting default log level to ..."
-logger.repl.name = org.apache.spark.repl.Main
-logger.repl.level = {level}
+appender.console.filter.threshold.type = ThresholdFilter
+appender.console.filter.threshold.level = {level}
 """
 
 LOG_LEVELS = ("OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL")
@@ -143,7 +145,7 @@ def get_spark(
     if remote:
         return remote_session(remote, defaults, overrides)
     check_java()
-    dumping, options = False, ""
+    dumping, options, logged = False, "", False
     active = SparkSession.getActiveSession()
     if active is not None and master is None:
         spark = active
@@ -168,6 +170,7 @@ def get_spark(
                 key = "spark.driver.defaultJavaOptions"
                 if options and key not in overrides and key not in defaults:
                     builder = builder.config(key, options)
+                    logged = "log4j2.configurationFile" in options
                     dumping = bool(archive) and "ArchiveClassesAtExit" in options.split()[0]
         for key, value in {**BUILD_DEFAULTS, **defaults}.items():
             if key not in submitted and key not in overrides:
@@ -175,7 +178,7 @@ def get_spark(
         for key, value in overrides.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
-        if not is_connect(spark) and log_level.upper() in LOG_LEVELS:
+        if not is_connect(spark) and log_level.upper() in LOG_LEVELS and not logged:
             spark.sparkContext.setLogLevel(log_level.upper())  # a submitted JVM from now on
         if dumping:
             _note_jvm_pid(spark, shlex.split(options)[0].split("=", 1)[1])
@@ -213,7 +216,8 @@ def log4j_options(level: str) -> str | None:
     level = level.upper()
     if level not in LOG_LEVELS or level == "WARN":
         return None
-    text = LOG4J2_TEMPLATE.format(level=level.lower())
+    root = level if LOG_LEVELS.index(level) > LOG_LEVELS.index("WARN") else "WARN"
+    text = LOG4J2_TEMPLATE.format(root=root.lower(), level=level.lower())
     path = cache_dir() / f"log4j2-{level.lower()}.properties"
     try:
         if not path.exists() or path.read_text() != text:
