@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 
 from fruits.storage import Store
 
@@ -137,18 +138,49 @@ def write_csv(store: Store, df: DataFrame, uri: str, *, rows: int, max_rows: int
     written in parallel, each part with its own header, because one file means `coalesce(1)`:
     one task writing every row (docs/scaling.md). Returns the form written."""
     form = csv_form(rows, max_rows)
+    df = neutralise_formulas(df)
     if form == "file":
         single_csv(store, df, uri)
     else:
-        df.write.option("header", "true").csv(uri)
+        csv_writer(df).csv(uri)
     log.info("csv: %s written as a %s (%d rows, limit %d)", uri, form, rows, max_rows)
     return form
+
+
+# Cells a spreadsheet would run as a formula (OWASP "CSV injection"): `=`, `+`, `-`, `@`, and a
+# leading tab or carriage return that some programs strip before looking.
+FORMULA_START = "^[=+\\-@\t\r]"
+
+
+def neutralise_formulas(df: DataFrame) -> DataFrame:
+    """Text cells starting like a formula get a leading `'`, so a spreadsheet shows the text
+    instead of running it (a folder named `=HYPERLINK(...)` becomes a label). CSV only: the
+    Parquet outputs keep the raw values, which is what programs read."""
+    cols = []
+    for field in df.schema.fields:
+        col = F.col(field.name)
+        if isinstance(field.dataType, StringType):
+            col = F.when(col.rlike(FORMULA_START), F.concat(F.lit("'"), col)).otherwise(col)
+        cols.append(col.alias(field.name))
+    return df.select(*cols)
+
+
+def csv_writer(df: DataFrame) -> Any:
+    """Spark's CSV writer set for RFC 4180: a header, fields quoted with `"` and a `"` inside
+    one doubled (Spark's default escapes it with a backslash, which Python's `csv`, pandas and
+    spreadsheets read as two broken fields)."""
+    return (
+        df.write.option("header", "true")
+        .option("quote", '"')
+        .option("escape", '"')
+        .option("encoding", "UTF-8")
+    )
 
 
 def single_csv(store: Store, df: DataFrame, uri: str) -> None:
     """One plain CSV file with a header (a Spark CSV folder, renamed to a file)."""
     tmp = uri + ".parts"
-    df.coalesce(1).write.option("header", "true").csv(tmp)
+    csv_writer(df.coalesce(1)).csv(tmp)
     parts = [p for p in store.list(tmp) if p.rstrip("/").rpartition("/")[2].startswith("part-")]
     if len(parts) != 1:
         raise RuntimeError(f"expected one CSV part in {tmp}, found {len(parts)}")
