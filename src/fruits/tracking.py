@@ -106,7 +106,10 @@ def log_run(report: dict[str, Any], output_dir: str) -> str | None:
 
     `output_dir` is a local folder holding the run's `report.json` (written from `report` when
     absent) and `plots/`. The pipeline's outputs are already published when this is called, so a
-    tracking failure is logged as a warning and does not fail the run.
+    tracking failure is logged as one warning and does not fail the run: an http(s) server is
+    probed first (`PROBE_SECONDS`) and MLflow's retries are bounded (`HTTP_DEFAULTS`). Whether
+    the model was logged is recorded in `report["mlflow_model"]` (and MLflow's copy of
+    report.json, and the `fruits.model_logged` tag); the published report.json predates it.
     """
     if not enabled():
         return None
