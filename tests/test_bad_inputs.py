@@ -104,8 +104,14 @@ def make_corpus(root: Path, sample_dir: Path) -> tuple[dict[str, Path], dict[str
         "exif.jpg", encode(fruit(), "JPEG", exif=b"Exif\x00\x00")
     )
 
+    usable["tiff named .png"] = put("really-a-tiff.png", encode(fruit(), "TIFF"))
+
     bad = bytearray(jpeg)
     bad[0:40] = b"\x00" * 40
+    zero_sampling = bytearray(progressive)  # issue 18: ZeroDivisionError stopped the whole run
+    sof = zero_sampling.find(b"\xff\xc2")
+    for c in range(zero_sampling[sof + 9]):
+        zero_sampling[sof + 11 + 3 * c] = 0
     unusable = {
         "corrupt header": (put("corrupt-header.jpg", bytes(bad)), "not an image"),
         "truncated jpeg": (put("truncated.jpg", jpeg[: len(jpeg) // 2]), "truncated"),
@@ -113,6 +119,12 @@ def make_corpus(root: Path, sample_dir: Path) -> tuple[dict[str, Path], dict[str
         "text renamed .jpg": (put("notes.jpg", b"some text, not pixels\n" * 20), "not an image"),
         "decompression bomb": (put("bomb.png", bomb_png()), "image too large: 30000x30000"),
         "unreadable": (put("locked.jpg", jpeg), "unreadable"),
+        "zero jpeg sampling factors": (
+            put("zero-sampling.jpg", bytes(zero_sampling)),
+            "corrupt image: invalid JPEG sampling factors",
+        ),
+        "eps named .jpg": (put("postscript.jpg", encode(fruit(), "EPS")), "looks like EPS"),
+        "blp named .png": (put("texture.png", encode(fruit().convert("P"), "BLP")), "like BLP"),
     }
     os.chmod(unusable["unreadable"][0], 0)
     (odd / "loop-a.jpg").symlink_to(odd / "loop-b.jpg")
