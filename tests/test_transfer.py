@@ -340,3 +340,28 @@ def test_no_credential_is_one_line(direction, tree, tmp_path):
     assert lines[0].startswith("error: no usable credential for account 'fruitsnocredential'")
     assert "EnvironmentCredential" in lines[0] and "ManagedIdentityCredential" in lines[0]
     assert "AZURE_STORAGE_SAS_TOKEN" in lines[0]
+
+
+def test_download_from_a_missing_container_suggests_no_upload_flag(azurite, tmp_path):
+    result = invoke(["download", "az://nope/x", str(tmp_path / "d")], azurite.env())
+    text = output_of(result)
+    assert result.exit_code == 2 and "container 'nope' not found" in text
+    assert "--create-container" not in text and "nothing to download" in text
+
+
+def test_upload_follows_a_folder_link_once_and_says_so(azurite, container, tree, tmp_path):
+    """A linked folder outside is copied under the link's name; a link to a folder already
+    copied is one line, not a second copy (nor a loop)."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "k.jpg").write_bytes(b"kiwi")
+    (tree / "Training" / "Kiwi").symlink_to(outside, target_is_directory=True)
+    (tree / "Test" / "again").symlink_to(tree / "Training", target_is_directory=True)
+    result = invoke(["upload", str(tree), f"az://{container}/l"], azurite.env())
+    text = output_of(result)
+    assert result.exit_code == 0, text
+    names = sorted(b.name for b in azurite.service().get_container_client(container).list_blobs())
+    assert "l/Training/Kiwi/k.jpg" in names and len(names) == 6  # 5 + the linked one
+    assert not any("/again/" in n for n in names)
+    (line,) = [x for x in text.splitlines() if "not copied twice" in x]
+    assert f"{tree}/Test/again -> {tree}/Training" in line

@@ -66,6 +66,7 @@ class TransferSummary:
     bytes_transferred: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # folders not copied, and why
 
     @property
     def ok(self) -> bool:
@@ -81,6 +82,7 @@ class TransferSummary:
             f"failed {len(self.failures)}, in {self.seconds:.1f}s ({_human(rate)}/s)",
         ]
         out += [f"FAILED {printable(rel)}: {reason}" for rel, reason in self.failures]
+        out += [printable(note) for note in self.notes]
         return out
 
 
@@ -100,22 +102,63 @@ def md5_file(path: str | Path) -> bytes:
     return digest.digest()
 
 
-def local_files(root: Path, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, int]:
-    """Relative posix path -> size, for a file or every file below a folder."""
+def local_files(
+    root: Path,
+    exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    notes: list[str] | None = None,
+    failed: list[tuple[str, str]] | None = None,
+) -> dict[str, int]:
+    """Relative posix path -> size, for a file or every file below a folder.
+
+    Folder links are followed once: the real tree first, then each link whose target was not
+    copied yet (by `(st_dev, st_ino)`), so a linked folder is neither skipped silently nor
+    copied twice, and links between folders cannot loop. A link to a folder already copied is
+    one line in `notes`; a folder that cannot be listed is a failure in `failed`."""
     suffixes = tuple(exclude)
     if root.is_file():
         return {root.name: root.stat().st_size}
+    notes = [] if notes is None else notes
+    failed = [] if failed is None else failed
     out: dict[str, int] = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            if suffixes and name.endswith(suffixes):
+    seen: dict[tuple[int, int], str] = {}
+    links: list[Path] = []
+
+    def cannot_list(exc: OSError) -> None:
+        failed.append((str(exc.filename), f"folder not copied: cannot list it: {exc.strerror}"))
+
+    def walk(top: Path) -> None:
+        for dirpath, dirs, names in os.walk(top, onerror=cannot_list):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
                 continue
-            full = Path(dirpath) / name
-            try:
-                size = full.stat().st_size
-            except OSError:  # e.g. a broken link: listed, then reported as a failed file
-                size = 0
-            out[full.relative_to(root).as_posix()] = size
+            seen[(st.st_dev, st.st_ino)] = dirpath
+            links.extend(
+                Path(dirpath) / d for d in sorted(dirs) if os.path.islink(Path(dirpath) / d)
+            )
+            for name in names:
+                if suffixes and name.endswith(suffixes):
+                    continue
+                full = Path(dirpath) / name
+                try:
+                    size = full.stat().st_size
+                except OSError:  # e.g. a broken link: listed, then reported as a failed file
+                    size = 0
+                out[full.relative_to(root).as_posix()] = size
+
+    walk(root)
+    while links:
+        link = links.pop(0)
+        try:
+            st = link.stat()
+        except OSError as exc:
+            notes.append(f"not copied: folder link {link}: {exc.strerror}")
+            continue
+        first = seen.get((st.st_dev, st.st_ino))
+        if first is not None:
+            notes.append(f"not copied twice: folder link {link} -> {first}, copied there")
+        else:
+            walk(link)
     return dict(sorted(out.items()))
 
 
@@ -159,6 +202,7 @@ def _open(
     *,
     create: bool = False,
     dry_run: bool = False,
+    upload: bool = True,
 ) -> tuple[Any, dict[str, tuple[int, bytes | None]]]:
     """The container client and the listing below `location` (see `remote_files`).
 
@@ -175,7 +219,10 @@ def _open(
         if not _container_missing(exc):
             raise AzureError(reason) from None
         if not create:
-            raise AzureError(f"{reason} (create it first, or pass --create-container)") from None
+            hint = (
+                "create it first, or pass --create-container" if upload else "nothing to download"
+            )
+            raise AzureError(f"{reason} ({hint})") from None
     if not dry_run:
         try:
             container.create_container()
@@ -277,9 +324,12 @@ def upload(
     creds = credentials or _resolve(location, env)
     log.debug("upload: %s", creds.describe())
     container, remote = _open(location, creds, create=create_container, dry_run=dry_run)
-    files = local_files(src, exclude)  # a single file goes into the destination folder
+    notes: list[str] = []
+    failed: list[tuple[str, str]] = []
+    files = local_files(src, exclude, notes, failed)  # a file goes into the destination folder
     remote.pop("", None)
     summary = TransferSummary("upload", str(src), destination, dry_run, len(files))
+    summary.notes, summary.failures = notes, failed
     summary.bytes_total = sum(files.values())
     items = [
         Item(rel, size, *(remote.get(rel) or (None, None)))
@@ -402,7 +452,7 @@ def download(
     location = parse_uri(source)
     creds = credentials or _resolve(location, env)
     log.debug("download: %s", creds.describe())
-    container, remote = _open(location, creds)
+    container, remote = _open(location, creds, upload=False)  # --create-container: upload's
     if not remote:
         raise AzureError(f"nothing to download: no blob under {redact(source)}")
     # Real paths from here on: DEST may itself be a link, and a folder inside it may be one.
