@@ -305,17 +305,17 @@ def _unidentified_reason(data: bytes) -> str:
     """Name a format Pillow knows but we refuse (from its magic bytes only: no plugin parses
     the file), else say the content is not an image."""
     prefix = data[:16]
-    try:
-        Image.init()
-        for name in Image.ID:
-            accept = Image.OPEN[name][1]
-            if name in ACCEPTED_FORMATS or accept is None:
-                continue  # no magic-bytes test (TGA, IM...): cannot be told from noise
+    Image.init()
+    for name in list(Image.ID):
+        accept = Image.OPEN.get(name, (None, None))[1]
+        if name in ACCEPTED_FORMATS or accept is None:
+            continue  # no magic-bytes test (TGA, IM...): cannot be told from noise
+        try:
             hit = accept(prefix)
-            if hit and not isinstance(hit, str):
-                return f"not an image we decode: looks like {name} (accepted: {_FORMAT_NAMES})"
-    except Exception:  # a plugin's test failing costs the message its format name, nothing else
-        pass
+        except Exception:  # a plugin's test failing on a short prefix: not that format
+            continue
+        if hit and not isinstance(hit, str):
+            return f"not an image we decode: looks like {name} (accepted: {_FORMAT_NAMES})"
     return "not an image: format not recognised"
 
 
