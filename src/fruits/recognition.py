@@ -78,24 +78,32 @@ def load_label_map(path: str | Path | None, known: set[str] | None = None) -> La
         raise LabelMapError(f"--label-map {path}: file not found") from None
     except (OSError, ValueError) as exc:
         raise LabelMapError(f"--label-map {path}: not readable JSON ({exc})") from None
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than Python's parser goes
+        raise LabelMapError(f"--label-map {path}: JSON nested too deeply to be a map") from None
     if not isinstance(raw, dict) or not raw:
         raise LabelMapError(f"--label-map {path}: expected a JSON object folder -> class")
     target, strict, lenient, coarse = {}, {}, {}, {}
     for folder, entry in raw.items():
+        where = f"--label-map {path}: entry {folder[:80]!r}"
+        if not folder.strip():
+            raise LabelMapError(f"{where}: an empty folder name")
         if isinstance(entry, str):
+            if not entry.strip():
+                raise LabelMapError(f"{where}: an empty class name")
             target[folder] = entry
             strict[folder] = lenient[folder] = (entry,)
             continue
         if not isinstance(entry, dict):
-            raise LabelMapError(f"--label-map {path}: entry {folder!r} is neither a name nor {{}}")
+            raise LabelMapError(f"{where} is neither a name nor {{}}")
+        _check_entry(where, entry)
         s = tuple(entry.get("strict") or ())
         le = tuple(entry.get("lenient") or ()) or s
-        if not le or not all(isinstance(x, str) for x in (*s, *le)):
-            raise LabelMapError(f"--label-map {path}: entry {folder!r} names no class")
+        if not le:
+            raise LabelMapError(f"{where} names no class")
         target[folder] = (s or le)[0]
         strict[folder], lenient[folder] = s, le
         if entry.get("coarse_class"):
-            coarse[folder] = str(entry["coarse_class"])
+            coarse[folder] = entry["coarse_class"]
     mapping = LabelMap(target, strict, lenient, coarse)
     if known is not None:
         unknown = sorted(mapping.names() - known)
@@ -107,6 +115,33 @@ def load_label_map(path: str | Path | None, known: set[str] | None = None) -> La
                 " (not a class of the training data nor of the facts table)"
             )
     return mapping
+
+
+def _check_entry(where: str, entry: dict[str, Any]) -> None:
+    """The shape of a `{coarse_class, strict, lenient}` entry, in plain Python before any Spark:
+    a string where a list belongs would be read letter by letter as class names. Other keys
+    (the shared maps' `n_images`) are left alone."""
+    for key in ("strict", "lenient"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(x, str) and x.strip() for x in value):
+            raise LabelMapError(
+                f"{where}: {key!r} must be a list of class names, got {_shape(value)}"
+            )
+    coarse = entry.get("coarse_class")
+    if coarse is not None and not isinstance(coarse, str):
+        raise LabelMapError(f"{where}: 'coarse_class' must be a name, got {_shape(coarse)}")
+
+
+def _shape(value: Any) -> str:
+    """What a value is, in a few words and without `repr` (a deeply nested list would recurse)."""
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    if isinstance(value, list):
+        kinds = sorted({type(x).__name__ for x in value})
+        return f"a list of {', '.join(kinds) or 'nothing'}"
+    return f"a {type(value).__name__}"
 
 
 def species_table(classes: Sequence[str], label_map: LabelMap | None = None) -> dict[str, str]:
