@@ -368,3 +368,44 @@ def test_read_paths_opens_exactly_the_named_files_even_with_glob_characters(spar
     assert rows[wanted[0]]["label"] == "Kiwi Gold" and rows[wanted[0]]["split"] == "val"
     assert bytes(rows[wanted[0]]["content"]).endswith(b"odd [1] {a}*?.jpg")
     assert escape_glob("a[1]{b}*?.jpg") == "a\\[1\\]\\{b\\}\\*\\?.jpg"
+
+
+@pytest.mark.slow
+def test_a_new_label_map_relabels_the_kept_rows_and_the_report_agrees(spark, state, tmp_path):
+    """No file changed, only the label map: every stored row must carry the mapped label (the
+    kept rows too), and the report's classes are the output's."""
+    mapping = {CLASSES[1]: CLASSES[0]}  # Kiwi folder now trains Banana
+    (tmp_path / "map.json").write_text(json.dumps(mapping))
+    cfg = PipelineConfig(
+        input=str(state["in"]), output=str(state["out"]), incremental=True,
+        label_map=str(tmp_path / "map.json"),
+    )  # fmt: skip
+    report = run_pipeline(cfg, spark=spark).report
+    inc = report["incremental"]
+    assert (report["images_processed"], inc["unchanged"]) == (0, 25)
+    assert "gone: ['Kiwi 1']" in inc["classifier"]
+    after = images(state["out"])
+    folder = {p: Path(p[len("file:") :]).parent.name for p in after.index}
+    expected = {p: mapping.get(f, f) for p, f in folder.items()}  # a plain dict lookup
+    assert after["label"].to_dict() == expected
+    assert report["classes"] == after["label"].nunique() == 2
+    assert serving_classes(state["out"]) == sorted({CLASSES[0], CLASSES[2]})
+
+
+@pytest.mark.slow
+def test_a_same_size_rewrite_with_a_new_mtime_is_processed_again(spark, state):
+    """Size alone cannot see this change; the modification time must (no --verify-content)."""
+    out, inp = state["out"], state["in"]
+    folder = inp / "Training" / CLASSES[1]
+    target = folder / sorted(os.listdir(folder))[0]
+    before = images(out)
+    same_size_rewrite(target, inp / "Training" / CLASSES[2])
+    later = target.stat().st_mtime_ns + 7_000_000_000
+    os.utime(target, ns=(later, later))  # same name and size, later mtime
+    report = run_pipeline(state["cfg"], spark=spark).report
+    inc = report["incremental"]
+    assert (report["images_processed"], inc["changed"], inc["unchanged"]) == (1, 1, 24)
+    after = images(out)
+    key = f"file:{target}"
+    assert not np.allclose(after.loc[key, "features"], before.loc[key, "features"])
+    assert after.loc[key, "modification_time"] != before.loc[key, "modification_time"]

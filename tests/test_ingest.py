@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from imagegen import jpeg_bytes, write
@@ -166,3 +167,32 @@ def test_a_file_name_that_is_not_utf8_is_a_readable_quarantine_row(spark, tmp_pa
     assert row["path"] == f"file:{root}/poire \\xe9t\\xe9.jpg"
     assert row["reason"].startswith("file name is not valid UTF-8")
     assert got.count() == 2
+
+
+def test_a_100k_entry_label_map_labels_the_sample_through_a_join(spark, sample_dir, tmp_path):
+    """2.8 MB of label map once meant a 200,000-literal Spark expression (minutes of planning);
+    the labels must equal a plain dictionary lookup of each file's folder."""
+    from fruits.config import PipelineConfig
+    from fruits.ingest import read_sources
+
+    folders = sorted(p.name for p in (sample_dir / "Training").iterdir())
+    mapping = {f: folders[(i + 1) % len(folders)] for i, f in enumerate(folders)}  # rotated
+    for i in range(100_000 - len(mapping)):
+        mapping[f"unused folder {i:06d} with a long name"] = folders[i % len(folders)]
+    (tmp_path / "map.json").write_text(json.dumps(mapping))
+    assert len(mapping) == 100_000 and (tmp_path / "map.json").stat().st_size > 2_800_000
+
+    cfg = PipelineConfig(
+        input=str(sample_dir), output=str(tmp_path / "out"), label_map=str(tmp_path / "map.json")
+    )
+    run = SimpleNamespace(
+        cfg=cfg,
+        spark=spark,
+        inputs=[str(sample_dir)],
+        io=SimpleNamespace(read_images=lambda s, uri, **kw: read_local(s, uri, **kw)),
+    )
+    got = read_sources(run).files.select("path", "label").collect()
+    on_disk = sorted(p for p in sample_dir.rglob("*.jpg"))
+    assert len(got) == len(on_disk) == 320
+    expected = {f"file:{p}": mapping[p.parent.name] for p in on_disk}
+    assert {r["path"]: r["label"] for r in got} == expected

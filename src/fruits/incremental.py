@@ -244,6 +244,7 @@ def plan_increment(
     kept_features, kept_quarantine = _kept(
         spark, images.select(*FEATURE_COLUMNS), quarantine, delta.changed + delta.deleted
     )
+    kept_features = relabel(kept_features, ingested.files)
     classifier_path, classifier_refit = _classifier_choice(store, output, cfg, ingested.files)
     deleted = sorted(delta.deleted)
     return Increment(
@@ -383,6 +384,23 @@ def _kept(
         features.join(gone_df, "path", "left_anti"),
         quarantine.join(gone_df, "path", "left_anti"),
     )
+
+
+def relabel(kept: DataFrame, listing: DataFrame) -> DataFrame:
+    """Kept rows with today's `label` and `split`, from the listing (where ingest applied the
+    folder names, `--label-map` and the validation split of this run): a file whose bytes did
+    not change keeps its features and projection, but a new label map or a renamed class must
+    reach every row, or the output keeps labels the report (and the refitted classifier) says
+    are gone. A kept path the listing lacks keeps its stored values."""
+    now = listing.select(
+        F.col("path").alias("_path"), F.col("label").alias("_label"), F.col("split").alias("_split")
+    )
+    joined = kept.join(now, F.col("path") == F.col("_path"), "left")
+    fresh = {
+        "label": F.coalesce(F.col("_label"), F.col("label")).alias("label"),
+        "split": F.coalesce(F.col("_split"), F.col("split")).alias("split"),
+    }
+    return joined.select(*[fresh.get(c, F.col(c)) for c in kept.columns])
 
 
 def _classifier_choice(
