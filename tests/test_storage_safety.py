@@ -367,3 +367,64 @@ def test_an_azure_lease_of_a_dead_run_is_taken_over_once(azure_container):
     assert not store.create_new(f"{root}/.out.lock", "{}")
     got = concurrent_acquire(lambda: FsspecStore(locate(root)), f"{root}/out", 3)
     assert got == 1
+
+
+# --- odd file names: every file ends as a row ------------------------------------------------
+
+ODD_NAMES = ("a.jpg", "_x.jpg", ".x.jpg", "_batch/b.jpg", ".hidden/c.jpg", "a:b.jpg", "x[1].jpg")
+
+
+def odd_tree(root: Path) -> dict[str, bytes]:
+    """Real JPEGs under Training/Kiwi named as Spark's listing and fsspec's globs mishandle."""
+    from PIL import Image
+
+    wrote = {}
+    for n, name in enumerate(ODD_NAMES):
+        path = root / "Training" / "Kiwi" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (n * 30, 100, 200)).save(path, format="JPEG")
+        wrote[name] = path.read_bytes()
+    return wrote
+
+
+def contents(ingested) -> dict[str, bytes | None]:
+    """name below Training/Kiwi -> bytes; each row labelled by its own folder, as a walk does."""
+    rows = ingested.files.select("path", "label", "content").collect()
+    got = {}
+    for r in rows:
+        name = r["path"].split("/Training/Kiwi/", 1)[1]
+        assert r["label"] == (name.rpartition("/")[0] or "Kiwi"), r
+        got[name] = r["content"]
+    return got
+
+
+def test_the_hadoop_reader_keeps_hidden_and_colon_names_with_their_bytes(spark, tmp_path):
+    from fruits.storage.hadoop import HadoopReader
+    from fruits.storage.local import LocalReader
+
+    wrote = odd_tree(tmp_path / "in")
+    got = HadoopReader(str(tmp_path / "in")).read(spark)
+    assert contents(got) == wrote
+    assert got.too_large.count() == 0
+    walked = LocalReader(str(tmp_path / "in")).read(spark)  # the local walk's rule: all
+    assert set(contents(walked)) == set(wrote)
+
+
+def test_the_fsspec_reader_reads_names_that_look_like_globs(spark, tmp_path):
+    from fruits.storage.fsspec import FsspecReader
+
+    wrote = odd_tree(tmp_path / "in")
+    (tmp_path / "in" / "Training" / "Kiwi" / "x1.jpg").write_bytes(b"not the file asked for")
+    wrote["x1.jpg"] = b"not the file asked for"
+    assert contents(FsspecReader(str(tmp_path / "in")).read(spark)) == wrote
+
+
+@pytest.mark.azure
+def test_an_azure_name_that_looks_like_a_glob_is_read(spark, azurite, azure_container):
+    from fruits.storage.fsspec import FsspecReader
+
+    blobs = azurite.service().get_container_client(azure_container)
+    blobs.upload_blob("in/Training/Kiwi/x[1].jpg", b"bracketed")
+    blobs.upload_blob("in/Training/Kiwi/x1.jpg", b"plain")
+    got = contents(FsspecReader(f"az://{azure_container}/in").read(spark))
+    assert got == {"x[1].jpg": b"bracketed", "x1.jpg": b"plain"}
