@@ -8,6 +8,10 @@
     .venv/bin/python bench/load.py --run fruits-output --concurrency 16 --duration 20 \\
         --stalled 50 --heavy 6
 
+    # issue 18's mix: 16 normal clients beside 50 stalled uploads, 130 slow-header clients (a
+    # header byte every 2 s) and 6 clients looping the 16-bit PNG; p50/p95 of the normal clients
+    .venv/bin/python bench/load.py --run fruits-output --mix
+
     # the HTTP plumbing alone: a stub run whose "CNN" is the mean colour (no `fruits run` needed)
     .venv/bin/python bench/load.py --stub --concurrency 16 --duration 20 --stalled 50 --heavy 6
 
@@ -260,15 +264,54 @@ def stalled_client(port: int, hold_s: float, out: list[dict[str, Any]]) -> None:
     out.append(result)
 
 
-def heavy_client(url: str, data: bytes, out: list[dict[str, Any]]) -> None:
+def slow_header_client(
+    port: int, hold_s: float, out: list[dict[str, Any]], *, every_s: float = 2.0
+) -> None:
+    """Slow-loris: open a connection, start a request head and send one more header byte every
+    `every_s` seconds, never finishing it; record the status the server answered (408 from
+    `fruits serve`'s head deadline), whether and when it closed the connection."""
+    result: dict[str, Any] = {"status": None, "closed": False, "after_s": None}
     started = time.monotonic()
     try:
-        with httpx.Client(base_url=url, timeout=120) as c:
-            r = c.post("/v1/predict", files={"image": ("heavy.png", data, "image/png")})
-        status: int | str = r.status_code
-    except Exception as exc:
-        status = type(exc).__name__
-    out.append({"status": status, "after_s": round(time.monotonic() - started, 2)})
+        with socket.create_connection(("127.0.0.1", port), timeout=every_s) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            while time.monotonic() - started < hold_s:
+                try:
+                    reply = s.recv(65536)
+                except TimeoutError:  # nothing from the server in `every_s`: one more byte
+                    s.sendall(b"x")
+                    continue
+                result["closed"] = True
+                if reply.startswith(b"HTTP/1.1 "):
+                    result["status"] = int(reply[9:12])
+                break
+    except OSError as exc:  # reset by the server counts as closed
+        result["closed"] = True
+        result["error"] = type(exc).__name__
+    result["after_s"] = round(time.monotonic() - started, 2)
+    out.append(result)
+
+
+def heavy_client(
+    url: str, data: bytes, out: list[dict[str, Any]], stop: threading.Event | None = None
+) -> None:
+    """Upload the heavy PNG once, or (with `stop`) again and again until it is set, waiting
+    `Retry-After` seconds after a 503 as a polite client would."""
+    with httpx.Client(base_url=url, timeout=120) as c:
+        while True:
+            started = time.monotonic()
+            retry = 0.0
+            try:
+                r = c.post("/v1/predict", files={"image": ("heavy.png", data, "image/png")})
+                status: int | str = r.status_code
+                if r.status_code == 503:
+                    retry = float(r.headers.get("retry-after", "1"))
+            except Exception as exc:
+                status = type(exc).__name__
+                retry = 1.0
+            out.append({"status": status, "after_s": round(time.monotonic() - started, 2)})
+            if stop is None or stop.wait(retry):
+                return
 
 
 def phone_jpeg(width: int = 4000, height: int = 3000) -> bytes:
@@ -368,10 +411,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--stalled", type=int, default=0, help="clients that stall mid-upload")
     ap.add_argument("--heavy", type=int, default=0, help="6300x6300 16-bit PNG uploads")
+    ap.add_argument(
+        "--heavy-loop", action="store_true", help="heavy clients upload again until the end"
+    )
+    ap.add_argument(
+        "--slow-header", type=int, default=0, help="clients sending a header byte every 2 s"
+    )
+    ap.add_argument(
+        "--mix",
+        action="store_true",
+        help="issue 18's mix: --concurrency 16 --duration 30 --stalled 50 --slow-header 130 "
+        "--heavy 6 --heavy-loop (explicit options win)",
+    )
     ap.add_argument("--settings", default=None, help="ServeSettings as JSON (not via the CLI)")
     ap.add_argument("--url", default=None, help="use a running server instead of starting one")
     ap.add_argument("--decode", action="store_true", help="only time decode_image (no server)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.mix:
+        given = set(argv if argv is not None else sys.argv[1:])
+        for option, value in (
+            ("--concurrency", 16),
+            ("--duration", 30.0),
+            ("--stalled", 50),
+            ("--slow-header", 130),
+            ("--heavy", 6),
+        ):
+            if not any(a == option or a.startswith(option + "=") for a in given):
+                setattr(args, option[2:].replace("-", "_"), value)
+        args.heavy_loop = True
+    return args
 
 
 class Load:
@@ -384,6 +452,7 @@ class Load:
         self.statuses: Counter[str] = Counter()
         self.stalled: list[dict[str, Any]] = []
         self.heavy: list[dict[str, Any]] = []
+        self.slow_header: list[dict[str, Any]] = []
         self.wall = 0.0
         self.server_cpu = 0.0
         self.peak_rss: int | None = None
@@ -490,13 +559,21 @@ def run_load(
                         load.errors.append(why)
 
     hold = 120.0
+    stop = threading.Event()  # set when the normal clients are done: loopers stop
     abusers = [
         threading.Thread(target=stalled_client, args=(port, hold, load.stalled))
         for _ in range(args.stalled)
     ]
     abusers += [
-        threading.Thread(target=heavy_client, args=(url, heavy_data, load.heavy))
+        threading.Thread(
+            target=heavy_client,
+            args=(url, heavy_data, load.heavy, stop if args.heavy_loop else None),
+        )
         for _ in range(args.heavy)
+    ]
+    abusers += [
+        threading.Thread(target=slow_header_client, args=(port, hold, load.slow_header))
+        for _ in range(args.slow_header)
     ]
     server_cpu = _cpu_seconds(proc)
     started = time.perf_counter()
@@ -505,6 +582,7 @@ def run_load(
         w.start()
     for w in workers:
         w.join()
+    stop.set()
     load.wall = time.perf_counter() - started
     load.server_cpu = _cpu_seconds(proc) - server_cpu
     for w in abusers:
@@ -556,10 +634,18 @@ def summarize(
         }
     if args.heavy:
         result["heavy"] = {
-            "clients": len(measured.heavy),
+            "clients": args.heavy,
+            "requests": len(measured.heavy),
             "upload_bytes": heavy_bytes,
             "statuses": dict(Counter(str(h["status"]) for h in measured.heavy)),
             "max_s": max(h["after_s"] for h in measured.heavy),
+        }
+    if args.slow_header:
+        result["slow_header"] = {
+            "clients": len(measured.slow_header),
+            "statuses": dict(Counter(str(s["status"]) for s in measured.slow_header)),
+            "closed_by_server": sum(s["closed"] for s in measured.slow_header),
+            "max_s": max(s["after_s"] for s in measured.slow_header),
         }
     return result
 
@@ -577,7 +663,8 @@ def print_result(result: dict[str, Any], concurrency: int) -> None:
         f"latency ms: p50 {result['p50_ms']}  p95 {result['p95_ms']}  p99 {result['p99_ms']}  "
         f"max {result['max_ms']}"
     )
-    for kind in ("stalled", "heavy"):
+    print(f"normal clients: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms")
+    for kind in ("stalled", "slow_header", "heavy"):
         if kind in result:
             print(f"{kind}: {result[kind]}")
     print(json.dumps(result))
