@@ -25,7 +25,7 @@ from fruits.run_context import (
     check_output_name,
     overlap,
 )
-from fruits.storage import MARKER, HadoopStore, recover
+from fruits.storage import MARKER, HadoopStore, publish, recover
 
 DEAD, OTHER, MINE = "dead0000dead", "0123456789ab", "cafe00000001"  # new_run_id's format
 
@@ -93,6 +93,44 @@ def test_recover_after_a_take_over_removes_only_the_dead_runs_leftovers(store, t
     (tmp_path / f".out.staging-{OTHER}").mkdir()  # not the run whose lease was taken over
     recover(store, str(tmp_path / "out"), {DEAD})
     assert names(tmp_path) == [f".out.staging-{OTHER}", "out"]
+
+
+class Observing(HadoopStore):
+    """Looks for the output's marker, as a reader would, around every step of a publish."""
+
+    def __init__(self, spark, output: Path) -> None:
+        super().__init__(spark)
+        self.output, self.seen = output, []
+
+    def _look(self) -> None:
+        self.seen.append((self.output / MARKER).exists())
+
+    def rename(self, src, dst):
+        self._look()
+        super().rename(src, dst)
+        self._look()
+
+    def exchange(self, a, b):
+        self._look()
+        done = super().exchange(a, b)
+        self._look()
+        return done
+
+    def delete(self, uri):
+        self._look()
+        super().delete(uri)
+        self._look()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2 is Linux's")
+def test_a_local_publish_never_leaves_a_moment_without_an_output(spark, tmp_path):
+    out = finished(tmp_path / "out", OTHER, "old")
+    staging = finished(tmp_path / f".out.staging-{MINE}", MINE, "new")
+    store = Observing(spark, out)
+    publish(store, str(staging), str(out), MINE)
+    assert store.seen and all(store.seen), store.seen
+    assert (out / "data.txt").read_text() == "new"
+    assert names(tmp_path) == ["out"]
 
 
 # --- the lease -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +57,15 @@ class HadoopStore:
             fs.mkdirs(parent)
         if not fs.rename(s, d):
             raise OSError(f"could not rename {src} to {dst}")
+
+    def exchange(self, a: str, b: str) -> bool:
+        """Swap two local folders in one step (Linux `renameat2(RENAME_EXCHANGE)`), so the
+        publish never leaves a moment without an output; False where that is not available
+        (another file system, another OS, an old kernel), and the caller renames twice."""
+        one, two = self._local_file(a), self._local_file(b)
+        if one is None or two is None:
+            return False
+        return exchange_local(one, two)
 
     def put(self, local: str | Path, uri: str) -> None:
         """Copy a driver-made file or folder to `uri`; a full disk is one plain `OSError`
@@ -166,6 +176,26 @@ class HadoopStore:
         finally:
             out.close()
         return True
+
+
+def exchange_local(a: str, b: str) -> bool:
+    """`renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE)`: True once swapped."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = getattr(libc, "renameat2", None)
+    if call is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = call(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if done == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (38, 22, 95):  # ENOSYS, EINVAL (file system without it), EOPNOTSUPP
+        return False
+    raise OSError(errno, f"could not swap {a} and {b}: {os.strerror(errno)}")
 
 
 def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
