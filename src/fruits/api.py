@@ -50,7 +50,7 @@ from starlette.requests import ClientDisconnect
 
 from fruits import __version__
 from fruits.facts import facts_for
-from fruits.images import JPEG_FORMATS, ImageError
+from fruits.images import CROP_SIDE, JPEG_FORMATS, ImageError
 from fruits.predictor import BatcherClosed, Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "Empty upload or broken multipart body.",
-        408: "The upload stalled or took too long; the connection is closed.",
+        408: "The request head or the upload stalled or took too long; the connection is closed.",
         413: "Upload over the size limit.",
         415: "Not multipart/form-data, or the part is not an image type.",
         422: "Not an image, corrupt, too large to decode, missing field or bad parameter.",
-        503: "Busy: too many requests at once. Retry after the `Retry-After` header's seconds.",
+        503: "Busy (too many requests, large images or connections at once) or shutting down. "
+        "Retry after the `Retry-After` header's seconds.",
     }.items()
 }
 
@@ -633,7 +634,8 @@ def _add_predict_route(app: FastAPI, settings: ServeSettings) -> None:
         upload = _checked_upload(await read_image_part(request), settings.max_bytes)
         pred = _get_predictor(request)
         state = request.app.state
-        size = round(pred.image_size / 0.8) if pred.views > 1 else pred.image_size
+        # what `decode_views` decodes to: larger than the input when it cuts crops
+        size = round(pred.image_size / CROP_SIDE) if pred.views > 1 else pred.image_size
         if decoded_pixels(upload.data, size) > settings.heavy_pixels:
             async with state.heavy_gate.turn():
                 result = await _predict(
@@ -756,6 +758,7 @@ def _add_page(app: FastAPI) -> None:
 
 def head_guard(settings: ServeSettings) -> type[Any]:
     """uvicorn's h11 protocol with `HeadGuard` (see there), configured by `settings`."""
+    import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeadGuard(H11Protocol):  # type: ignore[misc]
@@ -798,8 +801,6 @@ def head_guard(settings: ServeSettings) -> type[Any]:
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            import h11
-
             super().data_received(data)
             if self.transport.is_closing():
                 return
