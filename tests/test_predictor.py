@@ -54,8 +54,11 @@ def spark_scored(spark, run_dir) -> pd.DataFrame:
     """Spark's own predictions for the test split, from the run's saved classifier."""
     images = spark.read.parquet(str(run_dir / "images.parquet")).where(F.col("split") == "test")
     model = PipelineModel.load(str(run_dir / "models" / "classifier"))
-    rows = predict(model, images).select("path", "label", "features", "pca", "predicted_label",
-                                         "probability").collect()  # fmt: skip
+    rows = (
+        predict(model, images)
+        .select("path", "label", "features", "pca", "predicted_label", "probability")
+        .collect()
+    )
     return pd.DataFrame([r.asDict() for r in rows]).sort_values("path", ignore_index=True)
 
 
@@ -82,6 +85,149 @@ def test_arrays_reproduce_spark_from_the_stored_features(predictor, spark_scored
     )
     probs = predictor.arrays.probabilities(np.stack(spark_scored["pca"].map(np.asarray)))
     np.testing.assert_allclose(probs, np.stack(spark_scored["probability"]), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def parquet_rows(run_dir) -> pd.DataFrame:
+    """The run's stored rows (pandas + pyarrow, no Spark): path, split, label, features."""
+    df = pd.read_parquet(run_dir / "images.parquet", columns=["path", "split", "label", "features"])
+    return df[df["features"].notna()].sort_values("path", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def sklearn_reference(run_dir, parquet_rows):
+    """An INDEPENDENT reduction: scikit-learn's StandardScaler + PCA fitted on the run's train
+    features, with as many components as the run kept. Spark's scaler divides by the sample
+    std (n - 1), scikit-learn's by the population std (n): every coordinate differs by the
+    constant sqrt((n - 1) / n), applied here. Component signs are arbitrary in both: each
+    reference component is flipped to agree with serving's on the train rows."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    train = np.stack(parquet_rows.loc[parquet_rows["split"] == "train", "features"])
+    train = train.astype(np.float32).astype(np.float64)
+    n = len(train)
+    with np.load(run_dir / "models" / ARRAYS_FILE) as npz:
+        k = npz["pc"].shape[1]
+    scaler = StandardScaler().fit(train)
+    pca = PCA(n_components=k, svd_solver="full").fit(scaler.transform(train))
+    factor = np.sqrt((n - 1) / n)
+
+    def project(features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float32).astype(np.float64)
+        return pca.transform(scaler.transform(x)) * factor
+
+    return project, train
+
+
+def _align_signs(reference: np.ndarray, served: np.ndarray) -> np.ndarray:
+    signs = np.sign(np.sum(reference * served, axis=0))
+    signs[signs == 0] = 1
+    return reference * signs
+
+
+def test_serving_projection_matches_an_independent_sklearn_fit(
+    predictor, sklearn_reference, parquet_rows
+):
+    """Catches a scaler without its mean, a wrong scale and components in the wrong order:
+    the stored `pca` column comes from the same function as serving, so only an outside fit
+    can."""
+    project, train = sklearn_reference
+    test = np.stack(parquet_rows.loc[parquet_rows["split"] == "test", "features"])
+    assert len(train) >= 100 and len(test) == 80
+    served_train = predictor.arrays.reduce(train)
+    signs = np.sign(np.sum(project(train) * served_train, axis=0))
+    signs[signs == 0] = 1
+    for rows in (train, test):
+        served = predictor.arrays.reduce(rows)
+        reference = project(rows) * signs
+        scale = np.abs(reference).max()
+        np.testing.assert_allclose(served, reference, rtol=0, atol=1e-4 * scale)
+    # the leading components carry the most variance, in order
+    variances = served_train.var(axis=0)
+    assert np.all(np.diff(variances) <= 1e-6 * variances[0])
+
+
+def _reference_answers(
+    arrays_file: Path,
+    pca: np.ndarray,
+    classes: list[str],
+    species_of: dict[str, str],
+    temperature: float,
+    threshold: float,
+) -> list[dict]:
+    """By hand: logits of the run's logistic regression, the known classes' logits divided by
+    T, softmax, summed per species; "known" when the best species' probability reaches the
+    threshold, "unsure" below it."""
+    with np.load(arrays_file) as npz:
+        coef, intercept = npz["coef"], npz["intercept"]
+    out = []
+    for row in pca:
+        logits = coef @ row + intercept
+        z = logits[: len(classes)] / temperature
+        e = np.exp(z - z.max())
+        p = e / e.sum()
+        species: dict[str, float] = {}
+        for label, prob in zip(classes, p, strict=True):
+            species[species_of[label]] = species.get(species_of[label], 0.0) + prob
+        best = max(species, key=species.__getitem__)
+        out.append(
+            {
+                "probs": p,
+                "species": best,
+                "species_probability": species[best],
+                "verdict": "known" if species[best] >= threshold else "unsure",
+            }
+        )
+    return out
+
+
+def test_served_answers_match_a_hand_written_calibrated_softmax(
+    run_dir, predictor, sklearn_reference, parquet_rows
+):
+    """Image bytes through `Predictor.predict` with a temperature of 2.5 and a threshold that
+    splits the test photos into "known" and "unsure", against the reference above fed with
+    the independent projection of the stored features (the bytes -> features step is checked
+    against Spark by the parity test)."""
+    from fruits.calibration import Calibration
+
+    project, _ = sklearn_reference
+    test = parquet_rows[parquet_rows["split"] == "test"]
+    served_train = predictor.arrays.reduce(np.stack(parquet_rows["features"]))
+    reference_pca = _align_signs(project(np.stack(parquet_rows["features"])), served_train)
+    reference_pca = reference_pca[test.index.to_numpy()]
+    classes = predictor.classes
+    species_of = dict(predictor.calibration.species or {})
+    temperature = 2.5
+    answers = _reference_answers(
+        run_dir / "models" / ARRAYS_FILE, reference_pca, classes, species_of, temperature, 0.0
+    )
+    # a threshold in the widest gap near the median: about half the photos each side
+    sp = np.sort([a["species_probability"] for a in answers])
+    middle = range(len(sp) // 4, 3 * len(sp) // 4)
+    i = max(middle, key=lambda j: sp[j + 1] - sp[j])
+    threshold = float((sp[i] + sp[i + 1]) / 2)
+    assert sp[i + 1] - sp[i] > 1e-3
+    for a in answers:
+        a["verdict"] = "known" if a["species_probability"] >= threshold else "unsure"
+    assert {a["verdict"] for a in answers} == {"known", "unsure"}
+
+    calibrated = Predictor(
+        predictor.featurizer,
+        predictor.arrays,
+        classes,
+        image_size=predictor.image_size,
+        max_pixels=predictor.max_pixels,
+        calibration=Calibration(temperature, threshold, species_of),
+        views=predictor.views,
+    )
+    for path, want in zip(test["path"], answers, strict=True):
+        got = calibrated.predict(local_path(path).read_bytes(), top_k=len(classes))
+        order = np.argsort(-want["probs"], kind="stable")
+        np.testing.assert_allclose(got.probabilities, want["probs"][order], atol=1e-4)
+        assert got.species == want["species"], path
+        assert got.species_probability == pytest.approx(want["species_probability"], abs=1e-4)
+        assert got.verdict == want["verdict"], path
 
 
 def test_served_predictions_equal_spark_from_the_image_bytes(predictor, spark_scored):
