@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -65,8 +66,8 @@ def test_missing_java_is_one_line_and_exit_2(tmp_path, monkeypatch):
 def test_bad_option_value_is_rejected(tmp_path):
     res = runner.invoke(app, ["run", "--on-error", "ignore", "--output", str(tmp_path / "o")])
     assert res.exit_code == 2
-    text = " ".join(res.output.split())  # the error box wraps lines
-    assert "Invalid value for '--on-error'" in text and "'quarantine', 'fail'" in text
+    (line,) = res.stderr.strip().splitlines()  # one line, no box
+    assert "Invalid value for '--on-error'" in line and "'quarantine', 'fail'" in line
 
 
 def test_a_sas_token_in_a_weights_url_is_never_printed(spark, tiny_input, tmp_path):
@@ -91,3 +92,40 @@ def test_evaluate_prints_the_recognition_metrics(sample_run, sample_dir):
     result = json.loads(res.stdout)
     assert result["photos"] == 80 and result["species_top1"] >= 0.95
     assert result["refused_negatives"] is None  # no negatives given
+
+
+def test_evaluate_on_an_empty_folder_is_one_line_and_exit_2(tmp_path):
+    """It printed all-null metrics and exited 0, while `fruits run` refused the same folder."""
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(
+        app, ["evaluate", "--run", str(tmp_path / "run"), "--input", str(tmp_path / "empty")]
+    )
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (
+        f"error: no images under {tmp_path / 'empty'} (extensions: jpg, jpeg, png)"
+    )
+    res = runner.invoke(
+        app, ["evaluate", "--run", str(tmp_path / "run"), "--input", str(tmp_path / "missing")]
+    )
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"error: input not found: {tmp_path / 'missing'}"
+
+
+def test_evaluate_gives_reasons_for_files_it_cannot_read(sample_run, sample_dir, tmp_path):
+    """A dangling link and a corrupt JPEG among good photos: metrics for the good ones, a
+    reason for each bad one, exit 0."""
+    root = tmp_path / "held-out"
+    good = sorted((sample_dir / "Test" / "Kiwi 1").iterdir())[:3]
+    (root / "Kiwi 1").mkdir(parents=True)
+    for f in good:
+        shutil.copy(f, root / "Kiwi 1" / f.name)
+    (root / "Kiwi 1" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "Kiwi 1" / "corrupt.jpg").write_bytes(good[0].read_bytes()[:200])
+    res = runner.invoke(app, ["evaluate", "--run", sample_run.output, "--input", str(root)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["photos"] == 3 and result["species_top1"] == 1.0
+    reasons = {Path(u["path"]).name: u["reason"] for u in result["unreadable"]}
+    assert set(reasons) == {"gone.jpg", "corrupt.jpg"}
+    assert reasons["gone.jpg"].startswith("unreadable: No such file")
+    assert all(reasons.values())

@@ -42,11 +42,6 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Metrics of `recognition.metrics` over every photo of `inputs` (labelled by their folder,
     mapped by `label_map`) and `negatives` (none of the classes), plus unreadable files."""
-    predictor = Predictor.load(run, threads=threads)
-    classes = predictor.classes
-    cal = predictor.calibration
-    species = dict(cal.species or {})
-    mapping = load_label_map(label_map, known=set(classes) | set(species)) if label_map else None
     for src in [*inputs, *(negatives or [])]:
         if not os.path.isdir(src):
             raise EvaluateError(f"input not found: {src}")
@@ -57,6 +52,11 @@ def evaluate_run(
         raise EvaluateError(
             f"no images under {where} (extensions: {', '.join(DEFAULT_EXTENSIONS)})"
         )
+    predictor = Predictor.load(run, threads=threads)
+    classes = predictor.classes
+    cal = predictor.calibration
+    species = dict(cal.species or {})
+    mapping = load_label_map(label_map, known=set(classes) | set(species)) if label_map else None
     probs_rows, kept, unreadable = [], [], []
     for start in range(0, len(items), BATCH):
         chunk = items[start : start + BATCH]
@@ -66,8 +66,6 @@ def evaluate_run(
                 kept.append((path, neg))
             else:
                 unreadable.append({"path": str(path), "reason": err})
-    if not kept:
-        raise EvaluateError(f"none of the {len(items)} photo(s) could be read")
     logits = np.log(np.clip(np.asarray(probs_rows).reshape(-1, len(classes)), 1e-300, None))
     said = answer(softmax(logits, cal.temperature), classes, species, cal.threshold)
     variety_ok, species_ok = [], []
