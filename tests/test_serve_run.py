@@ -58,6 +58,18 @@ def test_a_run_without_its_success_marker_is_refused(run_copy):
     assert "_SUCCESS.json is missing" in line and "not a finished" in line
 
 
+def test_an_mlflow_models_copy_of_a_run_needs_no_marker(stub_run, tmp_path):
+    """`fruits serve --run models:/...` serves `<model>/artifacts/run`, which holds only the
+    run's models/ folder (chain.log_model): logged from a finished run, it has no marker."""
+    model = tmp_path / "model"
+    shutil.copytree(stub_run / "models", model / "artifacts" / "run" / "models")
+    (model / "MLmodel").write_text("flavors: {}\n")
+    assert check_run(model / "artifacts" / "run")["run_id"] == "stub"
+    (model / "MLmodel").unlink()
+    with pytest.raises(ServingError, match=r"_SUCCESS\.json is missing"):
+        check_run(model / "artifacts" / "run")
+
+
 @pytest.mark.parametrize(
     "damage",
     [

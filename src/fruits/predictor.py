@@ -110,7 +110,10 @@ def check_run(run: str | Path) -> dict[str, Any]:
     readable and consistent, its ONNX graph one ONNX Runtime can load. Returns the metadata;
     raises `ServingError`."""
     root = Path(run)
-    if root.is_dir() and not (root / SUCCESS_FILE).exists():
+    # an MLflow model's copy of a run (`<model>/artifacts/run`, see `chain.run_folder`) holds only
+    # its models/ folder: it was logged from a finished run, and has no marker of its own
+    logged = (root.parent.parent / "MLmodel").is_file() and root.parent.name == "artifacts"
+    if root.is_dir() and not logged and not (root / SUCCESS_FILE).exists():
         raise ServingError(
             f"{root / SUCCESS_FILE} is missing: {root} is not a finished `fruits run` output "
             "(still running, or it failed)"
