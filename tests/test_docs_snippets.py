@@ -61,12 +61,16 @@ def test_the_fence_finder_finds_blocks_and_their_marks() -> None:
     assert needs_spark("df = spark.read.parquet('x')") and not needs_spark("spark = make()\n")
 
 
-ALL = snippets()
+# A snippet that starts Spark runs the CNN in a JVM of its own: minutes on two shared cores.
+ALL = [
+    pytest.param(
+        doc, index, code, id=f"{doc}[{index}]", marks=[pytest.mark.slow] if "spark" in code else []
+    )
+    for doc, index, code in snippets()
+]
 
 
-@pytest.mark.parametrize(
-    ("doc", "index", "code"), ALL, ids=[f"{doc}[{index}]" for doc, index, _ in ALL]
-)
+@pytest.mark.parametrize(("doc", "index", "code"), ALL)
 def test_snippet_runs(doc: str, index: int, code: str, tmp_path: Path) -> None:
     mark = NOT_RUN.match(code)
     if mark:
@@ -81,6 +85,10 @@ def test_snippet_runs(doc: str, index: int, code: str, tmp_path: Path) -> None:
         timeout=900,
     )
     first = code.strip().splitlines()[0] if code.strip() else ""
+    # The error's headlines (Python's, and the JVM's under a Py4JJavaError), not its stack.
+    found = re.findall(r"^(?::\s)?([\w.$]*(?:Error|Exception)\b:.*)$", done.stderr, re.M)
+    headlines = " | ".join(dict.fromkeys(h[:200] for h in found[-3:]))
     assert done.returncode == 0, (
-        f"{doc} python block {index} (first line {first!r}) failed:\n{done.stderr[-3000:]}"
+        f"{doc} python block {index} (first line {first!r}) failed: {headlines}\n"
+        f"{done.stderr[-2000:]}"
     )
