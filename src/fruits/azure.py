@@ -549,14 +549,20 @@ _FACTORY_LOCK = threading.Lock()
 def _redacting_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = base(*args, **kwargs)
-        _REDACTOR.filter(record)
+        try:
+            message = record.getMessage()
+        except Exception:
+            return record
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Formatters print the cached exc_text; exc_info stays for handlers that want it
+            record.exc_text = redact_traceback(record.exc_info[1])
         return record
 
     make.fruits_redacting = True  # type: ignore[attr-defined]
     return make
-
-
-_REDACTOR = RedactingFilter()
 
 
 def install_log_redaction(logger: logging.Logger | None = None) -> None:
