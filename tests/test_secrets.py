@@ -215,25 +215,3 @@ def test_cli_run_keeps_url_secrets_out_of_output_report_and_mlflow(tmp_path, sma
     (run,) = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
     assert run.data.params["spark_conf.spark.fruits.source"].startswith("https://bob:***@")
     assert json.loads(report)["run_id"] == run.info.run_name
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="spark-submit's Ivy (Java) prints `<url> added as a remote repository` to stderr "
-    "before Python logging exists: needs spark.py to keep credentials out of that setting",
-)
-def test_a_maven_repository_password_is_not_printed_by_spark(tmp_path, small_input):
-    url = f"https://bob:{PASSWORD}@repo.example/maven"
-    conf = f"spark.jars.repositories={url}"
-    args = ["--input", str(small_input), "--image-size", "64", "--output", str(tmp_path / "out")]
-    args += ["--conf", conf]
-    result = subprocess.run(
-        [_fruits(), "run", *args],
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        timeout=900,
-        cwd=tmp_path,
-    )
-    assert PASSWORD not in result.stdout + result.stderr
