@@ -317,6 +317,9 @@ def test_unservable_folders_fail_with_a_reason(tmp_path):
     with pytest.raises(ServingError, match="not a folder"):
         Predictor.load(tmp_path / "nope")
     (tmp_path / "models").mkdir()
+    with pytest.raises(ServingError, match=r"_SUCCESS\.json is missing"):
+        check_run(tmp_path)  # not a finished run: refused before its files are read
+    (tmp_path / "_SUCCESS.json").write_text("{}")
     with pytest.raises(ServingError, match=r"serving\.npz is missing"):
         check_run(tmp_path)
 
