@@ -90,5 +90,9 @@ azurite: node_modules/.bin/azurite-blob  ## start Azurite (Azure Storage emulato
 azurite-stop:  ## stop the Azurite started by `make azurite`
 	scripts/azurite.sh stop
 
+mutate: $(VENV)/.dev  ## mutation testing (mutmut; [tool.mutmut] in pyproject.toml): survivors listed at the end
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results
+
 clean:  ## remove outputs and caches (keeps .venv)
-	rm -rf $(OUT) .pytest_cache .ruff_cache build dist src/*.egg-info spark-warehouse
+	rm -rf $(OUT) .pytest_cache .ruff_cache build dist src/*.egg-info spark-warehouse mutants
