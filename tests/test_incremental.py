@@ -94,6 +94,10 @@ def test_first_incremental_run_without_output_processes_everything(state):
     assert report["incremental"] is None  # nothing to build on: a full run
     assert report["images_processed"] == 25
     assert report["images_ok"] == 24 and report["images_quarantined"] == 1
+    # the rate counts featurised images only, not the quarantined empty file
+    assert report["images_featurized"] == 24
+    rate = 24 / report["total_seconds"]  # rounded to 2 decimals in the report
+    assert report["images_per_second"] == pytest.approx(rate, rel=0.01, abs=0.005)
     stored = images(state["out"])
     assert stored["content_hash"].str.match(r"^sha1:[0-9a-f]{40}$").all()
     target = next(iter(stored.index))
@@ -117,6 +121,7 @@ def test_adding_10_images_processes_10_and_leaves_existing_rows_untouched(spark,
         0,
     )
     assert inc["unchanged"] == 25 and inc["refit"] is False
+    assert report["images_featurized"] == 10  # not the 24 rows kept from the first run
     assert inc["classifier"] == "reused (no refit)"
     after = images(out)
     assert len(after) == 34 and after.index.is_unique
@@ -405,6 +410,7 @@ def test_a_same_size_rewrite_with_a_new_mtime_is_processed_again(spark, state):
     report = run_pipeline(state["cfg"], spark=spark).report
     inc = report["incremental"]
     assert (report["images_processed"], inc["changed"], inc["unchanged"]) == (1, 1, 24)
+    assert report["images_featurized"] == 1
     after = images(out)
     key = f"file:{target}"
     assert not np.allclose(after.loc[key, "features"], before.loc[key, "features"])

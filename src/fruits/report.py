@@ -45,6 +45,7 @@ def build(
     splits = count_by_split(labels)
     images_ok = sum(splits.values())
     draw_plots(run.local / "plots", reducer, images, images_ok, target)
+    featurized = featurized_count(images_ok, prev)
     total = time.perf_counter() - run.t0
     seconds = run.timer.seconds
     return {
@@ -71,7 +72,10 @@ def build(
         "incremental": prev.describe(),
         "task_retries": task_retries(run.spark, run.group),
         "total_seconds": round(total, 3),
-        "images_per_second": round(images_total / total, 2),
+        # featurised this run only: quarantined files and rows kept from the previous output
+        # took no CNN pass, so counting them (as `images_total` did) flattered the rate
+        "images_featurized": featurized,
+        "images_per_second": round(featurized / total, 2),
         "featurize_images_per_second": round(
             prev.processed / max(seconds.get("featurize", 0.0), 1e-9), 2
         ),
@@ -82,6 +86,13 @@ def build(
         "started_at": run.started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
     }
+
+
+def featurized_count(images_ok: int, prev: Any) -> int:
+    """Usable images this run featurised: the output's rows minus those an incremental run
+    kept from the previous output (one count of them; a full run keeps none)."""
+    kept = getattr(prev, "kept_features", None)
+    return images_ok if kept is None else max(0, images_ok - kept.count())
 
 
 def draw_plots(
