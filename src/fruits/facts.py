@@ -82,3 +82,114 @@ def facts_for(class_name: str) -> FruitFacts | None:
         if first_word in (known_facts.name.casefold(), known_facts.fruit.casefold()):
             return replace(known_facts, class_name=class_name, variety=None)
     return None
+
+
+NEGATIVE = "not a fruit"  # recognition.NEGATIVE, repeated to keep this module import-light
+_SEPARATORS = re.compile(r"[-_\s]+")
+
+
+@dataclass(frozen=True)
+class HumanName:
+    """What a person reads for one answer: the species and variety in everyday words, and the
+    facts of that species (never of another: a heading "Orange" over a mandarin's description
+    is a contradiction), or None where the table has no such fruit."""
+
+    species: str
+    variety: str | None
+    facts: FruitFacts | None
+
+
+@lru_cache(maxsize=1)
+def _fruit_table() -> tuple[dict[str, dict[str, object]], dict[str, str]]:
+    """The `fruits` entries by key, and every spelling that names one fruit alone (its name,
+    its key, the index-less name of each class without a variety: "Maracuja", "Kaki", "Cocos")
+    -> its key."""
+    text = (
+        resources.files("fruits").joinpath("data").joinpath(_DATA_FILE).read_text(encoding="utf-8")
+    )
+    raw = json.loads(text)
+    fruits: dict[str, dict[str, object]] = raw["fruits"]
+    spelling: dict[str, str] = {}
+    for key, fruit in fruits.items():
+        spelling[_plain(key)] = key
+        spelling[_plain(str(fruit["name"]))] = key
+    for class_name, entry in raw["classes"].items():
+        if entry.get("variety") is None:
+            spelling.setdefault(_plain(class_name), entry["fruit"])
+    return fruits, spelling
+
+
+def _plain(text: str) -> str:
+    """ "Passion-Fruit", "passion_fruit", "Passion Fruit 1" -> "passion fruit"."""
+    return _TRAILING_NUMBER.sub("", _SEPARATORS.sub(" ", text).strip()).casefold()
+
+
+def _sentence(text: str) -> str:
+    """Everyday capitals: "PASSION FRUIT" or "Passion Fruit" -> "Passion fruit"."""
+    text = text.strip()
+    return text[:1].upper() + text[1:].lower() if text else text
+
+
+def _species_of(raw: str) -> tuple[str | None, str | None]:
+    """A species as a data set or label map spells it -> (fruit key, the variety its name
+    carries): "Banana" -> banana; "Red-Grapefruit" -> grapefruit, "Red"; "Grapefruit Pink 1"
+    -> grapefruit, "Pink"; (None, None) when no fruit of the table is named."""
+    facts = load_facts()
+    base = _plain(raw)
+    _, spelling = _fruit_table()
+    if base in spelling:
+        return spelling[base], None
+    for known in facts.values():  # a class spelled as a species: "Grapefruit Pink"
+        if _plain(known.class_name) == base:
+            return known.fruit, known.variety
+    words = base.split()
+    for width in range(len(words) - 1, 0, -1):  # the longest run of words naming one fruit
+        for start in range(len(words) - width + 1):
+            key = spelling.get(" ".join(words[start : start + width]))
+            if key is not None:
+                rest = words[:start] + words[start + width :]
+                return key, _sentence(" ".join(rest)) or None
+    return None, None
+
+
+def human_name(species: str, label: str | None = None) -> HumanName:
+    """The answer `species` (as the run's species table spells it) in everyday words, with the
+    variety of `label` (its Fruits-360 class, when the variety is named) where the table knows
+    one: "Banana 1" has none (its name is only the species with an index), "Banana Lady Finger
+    1" is "Lady Finger". The negatives' class keeps its name and has no facts."""
+    if species == NEGATIVE:
+        return HumanName(NEGATIVE, None, None)
+    key, variety = _species_of(species)
+    fruits, _ = _fruit_table()
+    if key is None:
+        name = _sentence(_SEPARATORS.sub(" ", _TRAILING_NUMBER.sub("", species.strip())))
+        return HumanName(name or species, _label_variety(label, name), None)
+    fruit = fruits[key]
+    name = str(fruit["name"])
+    if label is not None:
+        known = load_facts().get(label)
+        if known is not None:
+            variety = (known.variety if known.fruit == key else None) or variety
+        else:
+            variety = _label_variety(label, name) or variety
+    facts = FruitFacts(
+        class_name=label or species,
+        fruit=key,
+        name=name,
+        variety=variety,
+        family=str(fruit["family"]),
+        season=str(fruit["season"]),
+        description=str(fruit["description"]),
+        energy_kcal_per_100g=int(str(fruit["energy_kcal_per_100g"])),
+    )
+    return HumanName(name, variety, facts)
+
+
+def _label_variety(label: str | None, species: str) -> str | None:
+    """A class the table does not know ("Kiwi Gold 1"): its words beyond the species' ("Gold");
+    None when nothing is left ("Banana 7" is the species with an index)."""
+    if not label:
+        return None
+    taken = set(_plain(species).split())
+    rest = [w for w in _plain(label).split() if w not in taken]
+    return _sentence(" ".join(rest)) or None
