@@ -61,7 +61,8 @@ class Progress:
             self._tracker = None
 
     def _newest_stage(self) -> Any:
-        """Status of the newest stage of this group's jobs started since entering, or None."""
+        """Status of the newest running or finished stage of this group's jobs started since
+        entering, or None."""
         if self._tracker is None:
             return None
         newest = None
@@ -69,8 +70,9 @@ class Progress:
             info = self._tracker.getJobInfo(job)
             for stage in info.stageIds if info is not None else []:
                 st = self._tracker.getStageInfo(stage)
-                if st is not None and (newest is None or st.stageId > newest.stageId):
-                    newest = st
+                started = st is not None and st.numActiveTasks + st.numCompletedTasks > 0
+                if started and (newest is None or st.stageId > newest.stageId):
+                    newest = st  # a stage planned but not started yet (AQE) is not followed
         if newest is not None and newest.stageId != self._stage:
             self._stage, self._stage_t0 = newest.stageId, time.perf_counter()
         return newest
