@@ -110,9 +110,13 @@ def test_banana_photo_is_a_banana_with_its_facts(client, banana):
     assert facts["energy_kcal_per_100g"] == 89
     assert facts["description"] and facts["season"]
     assert len(body["top_k"]) == 3 and body["top_k"][0] == {k: top[k] for k in body["top_k"][0]}
-    assert (body["verdict"], top["species"], top["variety"]) == ("known", "Banana", "Banana 1")
+    # everyday words: "Banana 1" is the species with an index, so no variety is named
+    assert (body["verdict"], top["species"], top["variety"]) == ("known", "Banana", None)
     assert top["species_probability"] >= top["probability"]
-    assert body["message"].startswith("Banana (")
+    assert body["confidence"] in ("sure", "probably", "perhaps")
+    assert body["headline"].endswith("a banana") and body["hint"] is None
+    assert body["message"] == f"{body['headline']} ({top['species_probability']:.0%} likely)."
+    assert all(o["species"] not in ("Banana", "not a fruit") for o in body["others"])
     probs = [g["probability"] for g in body["top_k"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
     assert body["run_id"] == client.app.state.predictor.run_id
@@ -162,7 +166,11 @@ def test_classes_health_page_and_docs(client):
         assert client.get(asset).status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/classes", "/health"} <= set(schema["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # the package's own page: no CDN
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert "cdn" not in docs.text.lower() and "http" not in docs.text.replace("http-equiv", "")
+    assert client.get("/redoc").status_code == 404
+    assert health["max_upload_bytes"] == ServeSettings().max_bytes
 
 
 # -- bad input -----------------------------------------------------------------------------------

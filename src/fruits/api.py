@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fruits import __version__
-from fruits.facts import facts_for
+from fruits.facts import NEGATIVE, FruitFacts, facts_for, human_name
 from fruits.images import CROP_SIDE, JPEG_FORMATS, ImageError
 from fruits.predictor import BatcherClosed, Prediction, Predictor
 
@@ -59,6 +59,11 @@ PREDICT_PATH = "/v1/predict"
 IMAGE_FIELD = "image"
 MULTIPART_SLACK = 64 * 1024  # multipart boundaries and part headers around the file
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
+# Confidence in words: the page's heading and bar say the same thing. Known answers at or over
+# SURE read "Sure: a mango", over PROBABLY "Probably a mango", under it "Perhaps a mango";
+# below the run's threshold, or "not a fruit", "Not sure what this is" with no percentage.
+SURE = 0.9
+PROBABLY = 0.6
 # Sent with every refusal made before the body was read to its end: the rest of that body is
 # still on its way, so the connection cannot carry another request (h11 then closes it).
 CLOSE = {"Connection": "close"}
@@ -138,12 +143,20 @@ class Guess(BaseModel):
 
 class Answer(Guess):
     species: str = Field(
-        description="The species answered, e.g. `Apple`: its varieties' probabilities summed."
+        description="The species answered in everyday words, e.g. `Apple`, `Passion fruit`: "
+        "its varieties' probabilities summed. `name` is the same."
     )
     species_probability: float = Field(description="Calibrated probability of `species`.")
     variety: str | None = Field(
-        description="Best Fruits-360 class within `species` (its variety), e.g. `Apple Red 1`."
+        description="The variety in everyday words, e.g. `Lady Finger` (class `Banana Lady "
+        "Finger 1`), named when the model is sure enough of its class (then `label`); null "
+        "when unnamed or when the class is only the species with an index (`Banana 1`)."
     )
+
+
+class SpeciesGuess(BaseModel):
+    species: str = Field(description="Another species, in everyday words.")
+    probability: float = Field(description="Its calibrated probability (its classes summed).")
 
 
 class PredictOut(BaseModel):
@@ -151,9 +164,26 @@ class PredictOut(BaseModel):
         description="`known`: the species is answered with confidence; `unsure`: below the "
         "run's calibrated threshold, or not a fruit the model knows."
     )
-    message: str = Field(description="The answer in words, as the web page shows it.")
-    prediction: Answer = Field(description="The best guess: `label` is the best class overall.")
-    top_k: list[Guess] = Field(description="Best guesses first.")
+    confidence: Literal["sure", "probably", "perhaps", "not_sure"] = Field(
+        description=f"`verdict` and `species_probability` in words: `sure` (>= {SURE}), "
+        f"`probably` (>= {PROBABLY}), `perhaps` (known, lower), `not_sure` (verdict `unsure`)."
+    )
+    headline: str = Field(
+        description="The answer as the web page's heading says it, the name once: "
+        "`Sure: a banana`, `Probably a mango`, `Not sure what this is`."
+    )
+    hint: str | None = Field(
+        description="For `not_sure` only: what it might be, without a percentage."
+    )
+    message: str = Field(description="The whole answer in one sentence, for a person.")
+    prediction: Answer = Field(
+        description="The answer: `species`, `variety` and `facts` (of that species); `label` "
+        "and `probability` are the best class overall."
+    )
+    others: list[SpeciesGuess] = Field(
+        description="Other species with at least 1%, best first (never `not a fruit`)."
+    )
+    top_k: list[Guess] = Field(description="Best classes first.")
     run_id: str | None
     elapsed_ms: float
 
@@ -175,6 +205,9 @@ class HealthOut(BaseModel):
     classes: int
     backbone: str | None
     version: str
+    max_upload_bytes: int = Field(
+        description="The largest photo accepted; the page checks it before sending."
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -212,8 +245,7 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-def _facts(label: str) -> FactsOut | None:
-    f = facts_for(label)
+def _facts_out(f: FruitFacts | None) -> FactsOut | None:
     if f is None:
         return None
     return FactsOut(
@@ -226,20 +258,50 @@ def _facts(label: str) -> FactsOut | None:
     )
 
 
+def _facts(label: str) -> FactsOut | None:
+    return _facts_out(facts_for(label))
+
+
 def _name(label: str) -> str:
-    f = facts_for(label)
-    return f.name if f is not None else label
+    """A class's species in everyday words: "Maracuja 1" -> "Passion fruit"."""
+    return human_name(label).species
 
 
-def _message(verdict: str, species: str, probability: float) -> str:
-    """What a person reads: an honest "not sure" rather than a confident wrong name."""
-    from fruits.recognition import NEGATIVE
+def _a(name: str) -> str:
+    """ "a banana", "an apple": the name mid-sentence."""
+    lower = name[:1].lower() + name[1:]
+    return ("an " if lower[:1] in "aeiou" else "a ") + lower
 
-    if verdict == "known":
-        return f"{species} ({probability:.0%} sure)"
-    if species == NEGATIVE:
-        return "Not sure: this does not look like a fruit or vegetable I know."
-    return f"Not sure: perhaps {species} ({probability:.0%}), but I cannot tell from this photo."
+
+def confidence_of(verdict: str, probability: float) -> str:
+    """The confidence word for an answer: the heading and the bar must mean the same."""
+    if verdict != "known":
+        return "not_sure"
+    if probability >= SURE:
+        return "sure"
+    return "probably" if probability >= PROBABLY else "perhaps"
+
+
+def _words(confidence: str, species: str, probability: float) -> tuple[str, str | None, str]:
+    """(headline, hint, message): an honest "not sure" rather than a confident wrong name, and
+    no percentage beside it."""
+    if confidence == "not_sure":
+        headline = "Not sure what this is"
+        if species == NEGATIVE:
+            hint = "It does not look like a fruit or vegetable I know."
+        else:
+            hint = f"It might be {_a(species)}, but I cannot tell from this photo."
+        return headline, hint, f"{headline}. {hint}"
+    start = {"sure": "Sure: ", "probably": "Probably ", "perhaps": "Perhaps "}[confidence]
+    headline = start + _a(species)
+    return headline, None, f"{headline} ({probability:.0%} likely)."
+
+
+def over_limit_text(max_bytes: int) -> str:
+    """The 413 message, one text whether the body or the part is over: the web page refuses a
+    photo over the limit before sending it, with these words (app.js `overLimitText`)."""
+    mb = f" ({max_bytes / 2**20:g} MB)" if max_bytes >= 2**20 else ""
+    return f"upload is over the limit of {max_bytes} bytes{mb}"
 
 
 def _error(
@@ -346,9 +408,7 @@ class UploadGuard:
         return f"the upload stalled: no data for {self.idle_timeout:g} s"
 
     def _limit_text(self) -> str:
-        limit = self.max_body - MULTIPART_SLACK
-        mb = f" ({limit / 2**20:g} MB)" if limit >= 2**20 else ""
-        return f"upload is over the limit of {limit} bytes{mb}"
+        return over_limit_text(self.max_body - MULTIPART_SLACK)
 
     async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
         await _error(413, "too_large", self._limit_text(), CLOSE)(scope, receive, send)
@@ -502,7 +562,12 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         description="Photograph a fruit, learn what it is. Model: CNN features -> PCA -> "
         "logistic regression, trained by the `fruits run` Spark pipeline.",
         lifespan=_lifespan(settings, predictor),
+        # FastAPI's /docs and /redoc load Swagger UI / ReDoc from a CDN: blank offline. The
+        # package serves its own /docs page (web/docs.html) that reads /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.state.max_bytes = settings.max_bytes
     app.add_middleware(
         UploadGuard,
         max_body=settings.max_bytes + MULTIPART_SLACK,
@@ -634,6 +699,7 @@ def _add_predict_route(app: FastAPI, settings: ServeSettings) -> None:
         upload = _checked_upload(await read_image_part(request), settings.max_bytes)
         pred = _get_predictor(request)
         state = request.app.state
+        every = len(pred.classes)  # every class: other species are summed over all of them
         # what `decode_views` decodes to: larger than the input when it cuts crops
         size = round(pred.image_size / CROP_SIDE) if pred.views > 1 else pred.image_size
         if decoded_pixels(upload.data, size) > settings.heavy_pixels:
@@ -641,14 +707,16 @@ def _add_predict_route(app: FastAPI, settings: ServeSettings) -> None:
                 result = await _predict(
                     pred,
                     upload.data,
-                    top_k=k,
+                    top_k=every,
                     max_pixels=settings.max_pixels,
                     pool=state.heavy_pool,
                 )
         else:
             async with state.gate.turn():
-                result = await _predict(pred, upload.data, top_k=k, max_pixels=settings.max_pixels)
-        return _predict_out(result, pred.run_id, started)
+                result = await _predict(
+                    pred, upload.data, top_k=every, max_pixels=settings.max_pixels
+                )
+        return _predict_out(result, pred, k, started)
 
 
 def _checked_upload(upload: Upload, max_bytes: int) -> Upload:
@@ -660,7 +728,7 @@ def _checked_upload(upload: Upload, max_bytes: int) -> Upload:
             415, "unsupported_media_type", f"the `image` part must be an image, got {part_type}"
         )
     if len(upload.data) > max_bytes:
-        raise ApiError(413, "too_large", f"image is over the limit of {max_bytes} bytes")
+        raise ApiError(413, "too_large", over_limit_text(max_bytes))
     if not upload.data:
         raise ApiError(400, "empty", "the uploaded file is empty (0 bytes)")
     return upload
@@ -698,28 +766,56 @@ async def _predict(
         raise ApiError(422, "not_an_image", "could not decode the image") from None
 
 
-def _predict_out(result: Prediction, run_id: str | None, started: float) -> PredictOut:
-    """The response body: every guess with its facts, and the answer for a person."""
+def _predict_out(result: Prediction, pred: Predictor, k: int, started: float) -> PredictOut:
+    """The response body: the answer for a person (species and variety in everyday words, the
+    facts of that species, confidence in words), other species, and the best `k` classes."""
     guesses = [
         Guess(label=lab, name=_name(lab), probability=p, facts=_facts(lab))
         for lab, p in zip(result.labels, result.probabilities, strict=True)
     ]
     best = guesses[0]
-    species = result.species or best.name
+    raw = result.species or best.name
+    said = human_name(raw, result.variety)
+    probability = result.species_probability or best.probability
+    confidence = confidence_of(result.verdict, probability)
+    headline, hint, message = _words(confidence, said.species, probability)
     answer = Answer(
-        **best.model_dump(),
-        species=species,
-        species_probability=result.species_probability or best.probability,
-        variety=result.variety,
+        label=best.label,
+        name=said.species,
+        probability=best.probability,
+        facts=_facts_out(said.facts),
+        species=said.species,
+        species_probability=probability,
+        variety=said.variety,
     )
     return PredictOut(
         verdict=result.verdict,  # type: ignore[arg-type]
-        message=_message(result.verdict, species, answer.species_probability),
+        confidence=confidence,  # type: ignore[arg-type]
+        headline=headline,
+        hint=hint,
+        message=message,
         prediction=answer,
-        top_k=guesses,
-        run_id=run_id,
+        others=_others(result, pred, said.species),
+        top_k=guesses[:k],
+        run_id=pred.run_id,
         elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+
+
+def _others(result: Prediction, pred: Predictor, answered: str) -> list[SpeciesGuess]:
+    """Species other than the answer, their classes' probabilities summed (names as a person
+    says them, so two spellings of one fruit are one guess); "not a fruit" is no guess."""
+    table = pred.calibration.species or {}
+    summed: dict[str, float] = {}
+    for label, p in zip(result.labels, result.probabilities, strict=True):
+        raw = table.get(label, label)
+        if raw == NEGATIVE or label == NEGATIVE:
+            continue
+        name = human_name(raw).species
+        summed[name] = summed.get(name, 0.0) + p
+    summed.pop(answered, None)
+    ranked = sorted(summed.items(), key=lambda kv: -kv[1])
+    return [SpeciesGuess(species=n, probability=p) for n, p in ranked if p >= 0.01][:5]
 
 
 def _add_model_routes(app: FastAPI) -> None:
@@ -742,17 +838,27 @@ def _add_model_routes(app: FastAPI) -> None:
             classes=len(pred.classes),
             backbone=(pred.backbone.get("backbone") or {}).get("name"),
             version=__version__,
+            max_upload_bytes=request.app.state.max_bytes,
         )
 
 
 def _add_page(app: FastAPI) -> None:
-    """The web page at / and its static files."""
+    """The web page at /, its static files, the API docs page, the PWA manifest and favicon:
+    all from the package, nothing from another site, so the page works with no internet."""
     web = resources.files("fruits") / "web"
 
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(str(web / "index.html"), media_type="text/html")
+    def page(name: str, media_type: str) -> Callable[[], FileResponse]:
+        def serve_file() -> FileResponse:
+            return FileResponse(str(web / name), media_type=media_type)
 
+        return serve_file
+
+    app.get("/", include_in_schema=False)(page("index.html", "text/html"))
+    app.get("/docs", include_in_schema=False)(page("docs.html", "text/html"))
+    app.get("/manifest.webmanifest", include_in_schema=False)(
+        page("manifest.webmanifest", "application/manifest+json")
+    )
+    app.get("/favicon.ico", include_in_schema=False)(page("icon-32.png", "image/png"))
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
 
 

@@ -1,88 +1,96 @@
-// Fruits! page: send the chosen photo to /v1/predict, show the best guess and its facts.
+// Fruits! page: send the chosen photo to /v1/predict as it is, show the API's answer.
+//
+// The photo is never re-encoded or shrunk here: the page and the API must see the same pixels
+// (a canvas re-encode once turned "Apple 47%" into "Pear 49%" and a truncated JPEG, which the
+// API refuses, into an answer). A photo over the server's limit is refused here with the API's
+// own words, since a body cut off mid-upload reaches the browser as a network error.
 "use strict";
 
 (function () {
-  const MAX_SIDE = 1024; // phone photos are shrunk before upload: the model sees 224 px anyway
-  const SHRINK_OVER_BYTES = 1.5 * 1024 * 1024;
-
   const $ = (id) => document.getElementById(id);
   const input = $("photo");
   const statusEl = $("status");
+  let limit = null; // the server's max_upload_bytes, read from /health once
 
   function setStatus(text, isError) {
     statusEl.textContent = text;
     statusEl.classList.toggle("error", Boolean(isError));
   }
 
-  function loadImage(url) {
-    return new Promise((resolve, reject) => {
-      const img = new Image();
-      img.onload = () => resolve(img);
-      img.onerror = () => reject(new Error("this file is not an image the browser can show"));
-      img.src = url;
-    });
+  async function uploadLimit() {
+    if (limit === null) {
+      try {
+        const res = await fetch("/health");
+        limit = (await res.json()).max_upload_bytes || 0;
+      } catch (err) {
+        return 0; // unknown: the server decides
+      }
+    }
+    return limit;
   }
 
-  // Large photos are re-encoded as a smaller JPEG; small ones are sent untouched.
-  async function prepare(file, img) {
-    const side = Math.max(img.naturalWidth, img.naturalHeight);
-    if (file.size <= SHRINK_OVER_BYTES && side <= MAX_SIDE) return file;
-    const scale = Math.min(1, MAX_SIDE / side);
-    const canvas = document.createElement("canvas");
-    canvas.width = Math.max(1, Math.round(img.naturalWidth * scale));
-    canvas.height = Math.max(1, Math.round(img.naturalHeight * scale));
-    const ctx = canvas.getContext("2d");
-    ctx.fillStyle = "#fff";
-    ctx.fillRect(0, 0, canvas.width, canvas.height);
-    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
-    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
-    return blob || file;
+  // The API's 413 message (api.over_limit_text), word for word.
+  function overLimitText(bytes) {
+    const mb = bytes / 1048576;
+    const shown = bytes >= 1048576 ? ` (${parseFloat(mb.toPrecision(6))} MB)` : "";
+    return `upload is over the limit of ${bytes} bytes${shown}`;
+  }
+
+  function percent(p) {
+    return Math.round(100 * p) + "%";
   }
 
   function showResult(body) {
     const top = body.prediction;
-    const sure = body.verdict === "known";
-    $("result").classList.toggle("unsure", !sure);
-    // Species first (what a shopper names); the variety only when the model is sure.
-    $("result-name").textContent = sure ? top.species : "Not sure";
-    $("result-message").textContent = body.message;
-    const variety = sure && top.variety ? top.variety : "";
-    $("result-label").textContent = variety;
+    const level = body.confidence; // sure | probably | perhaps | not_sure
+    const known = level !== "not_sure";
+    const box = $("result");
+    box.className = "conf-" + level;
+    box.dataset.verdict = body.verdict;
+    box.dataset.confidence = level;
+    $("result-name").textContent = body.headline; // the name, said once
+    // Variety and facts only when the answer is worth learning about.
+    const detailed = level === "sure" || level === "probably";
+    const variety = detailed && top.variety ? top.variety : "";
+    $("result-variety").textContent = variety ? "Variety: " + variety : "";
     $("result-variety").hidden = !variety;
-    const pct = (100 * top.species_probability).toFixed(0) + "%";
-    $("result-confidence").textContent = pct;
-    $("result-meter").style.width = pct;
-    const f = sure ? top.facts : null;
-    $("result-description").textContent = f ? f.description : "";
+    // "Not sure" has no percentage and no bar: a number beside it would contradict it.
+    $("result-confidence").hidden = !known;
+    $("result-meter").style.width = known ? percent(top.species_probability) : "0";
+    $("result-percent").textContent = known ? percent(top.species_probability) + " likely" : "";
+    $("result-hint").textContent = body.hint || "";
+    $("result-hint").hidden = !body.hint;
+    const f = detailed ? top.facts : null;
     $("result-facts").hidden = !f;
+    $("result-description").textContent = f ? f.description : "";
     $("fact-family").textContent = f ? f.family : "";
     $("fact-season").textContent = f ? f.season : "";
     $("fact-energy").textContent = f ? f.energy_kcal_per_100g + " kcal per 100 g" : "";
     const others = $("result-others");
     others.replaceChildren();
-    for (const g of body.top_k.slice(sure ? 1 : 0)) {
+    for (const g of body.others) {
       const li = document.createElement("li");
-      li.textContent = `${g.name} (${g.label}): ${(100 * g.probability).toFixed(1)}%`;
+      li.textContent = known ? `${g.species}: ${percent(g.probability)}` : g.species;
       others.appendChild(li);
     }
-    $("result").hidden = false;
+    $("result-others-box").hidden = body.others.length === 0;
+    box.hidden = false;
   }
 
   async function recognise(file) {
     $("result").hidden = true;
-    setStatus("Looking at your photo…");
     const url = URL.createObjectURL(file);
-    let upload = file;
-    try {
-      const img = await loadImage(url);
-      $("preview-img").src = url;
-      $("preview").hidden = false;
-      upload = await prepare(file, img);
-    } catch (err) {
-      $("preview").hidden = true; // the server still gets the file and explains what is wrong
+    $("preview-img").onerror = () => { $("preview").hidden = true; };
+    $("preview-img").src = url; // shown if the browser can; the server explains any problem
+    $("preview").hidden = false;
+    const max = await uploadLimit();
+    if (max && file.size > max) {
+      setStatus(overLimitText(max), true);
+      return;
     }
+    setStatus("Looking at your photo…");
     const form = new FormData();
-    form.append("image", upload, file.name || "photo.jpg");
+    form.append("image", file, file.name || "photo.jpg");
     try {
       const res = await fetch("/v1/predict", { method: "POST", body: form });
       const body = await res.json().catch(() => ({}));
