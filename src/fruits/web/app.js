@@ -73,12 +73,14 @@
       li.textContent = known ? `${g.species}: ${percent(g.probability)}` : g.species;
       others.appendChild(li);
     }
+    $("result-others-title").textContent = known ? "Other guesses" : "What else it might be";
     $("result-others-box").hidden = body.others.length === 0;
     box.hidden = false;
   }
 
   async function recognise(file) {
     $("result").hidden = true;
+    setStatus("Looking at your photo…"); // at once: no earlier answer or error stays on screen
     const url = URL.createObjectURL(file);
     $("preview-img").onerror = () => { $("preview").hidden = true; };
     $("preview-img").src = url; // shown if the browser can; the server explains any problem
@@ -88,7 +90,6 @@
       setStatus(overLimitText(max), true);
       return;
     }
-    setStatus("Looking at your photo…");
     const form = new FormData();
     form.append("image", file, file.name || "photo.jpg");
     try {
