@@ -5,7 +5,10 @@ replaces the ONNX network, which these rules do not depend on."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +23,9 @@ from fruits.predictor import (
     ServingArrays,
     ServingError,
     _read_object,
+    check_run,
     read_json,
+    read_run,
     reduce_features,
 )
 from fruits.recognition import NEGATIVE
@@ -227,3 +232,111 @@ def test_json_helpers_name_the_file(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe")
     with pytest.raises(ServingError, match=r"bin.json is not valid JSON \(UnicodeDecodeError\)$"):
         _read_object(tmp_path / "bin.json")
+
+
+# --- a run folder (the stub run of bench/load.py: an ONNX graph of channel means) -------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stub_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = importlib.util.spec_from_file_location("fruits_bench_load", ROOT / "bench" / "load.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_stub_run(tmp_path_factory.mktemp("stub") / "run")
+
+
+@pytest.fixture
+def run(stub_run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(stub_run, copy)
+    return copy
+
+
+def rewrite(run: Path, name: str, **changes: object) -> None:
+    path = run / "models" / name
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+def save_arrays(run: Path, d: int, k: int, r: int = 5, dtype: object = float) -> None:
+    np.savez(
+        run / "models" / "serving.npz",
+        mean=np.zeros(d, dtype=dtype),
+        scale=np.ones(d, dtype=dtype),
+        pc=np.ones((d, k), dtype=dtype),
+        coef=np.ones((r, k), dtype=dtype),
+        intercept=np.zeros(r, dtype=dtype),
+    )
+
+
+def test_a_pickled_serving_npz_is_never_unpickled(run):
+    save_arrays(run, 3, 3, dtype=object)  # object arrays are stored as pickles
+    with pytest.raises(ServingError) as err:
+        read_run(run)
+    assert str(err.value) == (
+        f"{run / 'models' / 'serving.npz'} is corrupt or not a serving file (ValueError)"
+    )
+
+
+def test_the_pca_must_take_the_backbones_features(run):
+    save_arrays(run, 3, 2)  # 3 features -> 2 components: fine
+    assert check_run(run)["classes"]
+    save_arrays(run, 2, 2)
+    with pytest.raises(ServingError) as err:
+        check_run(run)
+    assert str(err.value) == "backbone gives 3 features but the PCA expects 2"
+
+
+@pytest.mark.parametrize("name", ["serving.npz", "serving.json", "backbone.json"])
+def test_a_missing_serving_file_is_named(run, name):
+    (run / "models" / name).unlink()
+    with pytest.raises(ServingError) as err:
+        read_run(run)
+    assert str(err.value) == (
+        f"{run / 'models' / name} is missing: is {run} the output of `fruits run` with a "
+        "Test split (the classifier is only trained when one exists)?"
+    )
+
+
+def test_run_folder_mistakes_are_one_line_each(run, tmp_path):
+    with pytest.raises(ServingError) as err:
+        read_run(tmp_path / "nowhere")
+    assert str(err.value) == (
+        f"{tmp_path / 'nowhere'} is not a folder (give the output folder of `fruits run`)"
+    )
+    rewrite(run, "serving.json", format=2)
+    with pytest.raises(ServingError, match=r"^unsupported serving format 2$"):
+        read_run(run)
+    rewrite(run, "serving.json", format=1, classes="Apple")
+    with pytest.raises(ServingError) as err:
+        read_run(run)
+    assert str(err.value) == f"{run / 'models' / 'serving.json'} has no list of classes"
+
+
+def test_a_backbone_description_without_its_keys_is_named(run):
+    rewrite(run, "backbone.json", engine=None, id=None)
+    (run / "models" / "backbone.json").write_text(json.dumps({"engine": "onnx"}))
+    with pytest.raises(ServingError) as err:
+        read_run(run)
+    assert str(err.value) == (
+        f"{run / 'models' / 'backbone.json'} is not a backbone description (KeyError)"
+    )
+
+
+def test_an_onnx_backbone_without_its_graph_is_named(run):
+    (run / "models" / "backbone.onnx").unlink()
+    with pytest.raises(ServingError) as err:
+        read_run(run)
+    assert str(err.value) == f"{run / 'models' / 'backbone.onnx'} is missing"
+
+
+def test_the_run_id_comes_from_the_report_when_serving_json_lacks_it(run):
+    rewrite(run, "serving.json", run_id=None)
+    (run / "report.json").write_text(json.dumps({"run_id": "abc123"}))
+    assert read_run(run)[0]["run_id"] == "abc123"
+    rewrite(run, "serving.json", run_id="kept")
+    assert read_run(run)[0]["run_id"] == "kept"

@@ -243,18 +243,34 @@ def test_recover_of_a_dead_run_restores_only_that_runs_copy(store, tmp_path):
     assert (tmp_path / "out" / "data.txt").read_text() == "dead run's"
 
 
-def test_quietly_runs_the_clean_up_and_logs_its_failure_at_debug(caplog):
+def test_quietly_runs_the_clean_up_and_logs_its_failure_at_debug():
     calls = []
 
     def boom() -> None:
         calls.append(1)
         raise OSError("disk gone")
 
-    with caplog.at_level(logging.DEBUG, logger="fruits.storage.base"):
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    # a handler on the module's own logger: the CLI's logging set-up (other tests) may stop
+    # records from reaching the root logger that caplog listens on
+    logger, keep = logging.getLogger("fruits.storage.base"), Keep()
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.DEBUG)
+    try:
         quietly(boom)
         quietly(lambda: calls.append(2))
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
     assert calls == [1, 2]
-    failed = [r for r in caplog.records if r.getMessage() == "clean-up failed"]
-    assert len(failed) == 1
-    assert failed[0].levelno == logging.DEBUG
-    assert failed[0].exc_info is not None
+    assert [r.getMessage() for r in keep.records] == ["clean-up failed"]
+    assert keep.records[0].levelno == logging.DEBUG
+    assert keep.records[0].exc_info is not None
