@@ -26,7 +26,7 @@ def local_path(uri: str) -> str | None:
     """The local path of `uri` (a plain path or a `file:` URI), else None (a remote scheme)."""
     if uri.startswith("file:"):
         return "/" + uri[len("file:") :].lstrip("/")
-    if ":" in uri.split("/", 1)[0]:
+    if has_scheme(uri):
         return None
     return os.path.abspath(uri)
 
@@ -65,20 +65,47 @@ def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
     out = local_path(cfg.output)
     if out is not None and os.path.isfile(out):
         raise PreflightError(f"--output {cfg.output} is a file: choose a folder")
-    for uri in cfg.inputs:
-        why = _overlap(cfg.output, uri)
+    for uri in cfg.inputs:  # remote ones are judged once the storage is known (check_output)
+        why = overlap(cfg.output, uri) if out is not None and local_path(uri) is not None else None
         if why:
             raise PreflightError(f"--output {cfg.output} {why}: choose a folder outside {uri}")
 
 
-def _overlap(output: str, source: str) -> str | None:
-    """Why a local `output` may not replace a folder given a local input `source` (remote
-    ones are judged by `run_context.check_output` once the storage is known). The same rules
-    as `run_context.overlap`, without importing pyspark (10 s on a busy 2-core machine)."""
-    out, src = local_path(output), local_path(source)
-    if out is None or src is None:
-        return None
-    out, src = os.path.realpath(out).rstrip("/") or "/", os.path.realpath(src).rstrip("/") or "/"
+def has_scheme(uri: str) -> bool:
+    """`abfss://...`, `file:/x`, `C:`-less URIs: a scheme before the first slash."""
+    return ":" in uri.split("/", 1)[0]
+
+
+def _comparable(uri: str) -> str:
+    """A form in which `a` inside `b` is a string prefix test: real paths for local files, one
+    spelling per Azure location (`az://c/x`, `abfss://c@acct.dfs...` and the emulator's
+    `http://127.0.0.1:10000/acct/c/x` are `azure://acct/c/x`; `?` where the account is not
+    known)."""
+    from fruits import azure
+
+    if uri.startswith("file:"):
+        uri = "/" + uri[len("file:") :].lstrip("/")
+    if not has_scheme(uri):
+        return os.path.realpath(uri).rstrip("/") or "/"
+    if azure.is_azure_uri(uri):
+        loc = azure.parse_uri(uri)
+        account = loc.account
+        if account is None:
+            try:
+                account = azure.resolve_credentials(loc).account
+            except Exception:
+                account = None
+        return "/".join(x for x in ("azure:/", account or "?", loc.container, loc.path) if x)
+    return uri.rstrip("/")
+
+
+def overlap(output: str, source: str) -> str | None:
+    """Why `output` may not be written given an input `source`, or None when they are apart."""
+    out, src = _comparable(output), _comparable(source)
+    if out.startswith("azure://") and src.startswith("azure://"):
+        out_acct, src_acct = out.split("/")[2], src.split("/")[2]
+        if "?" in (out_acct, src_acct):  # an unknown account may be the other one
+            out, src = out.replace(out_acct, "?", 1), src.replace(src_acct, "?", 1)
     if out == src:
         return "is the input itself"
     if out.startswith(src.rstrip("/") + "/"):

@@ -33,6 +33,7 @@ from pyspark.sql import SparkSession
 
 from fruits.config import PipelineConfig
 from fruits.ingest import InputError
+from fruits.preflight import has_scheme, overlap
 from fruits.report import write_json
 from fruits.spark import is_connect
 from fruits.storage import (
@@ -87,49 +88,6 @@ def resolve_uri(uri: str, spark: SparkSession) -> str:
     if is_connect(spark) or spark.sparkContext.master.startswith("local"):
         return os.path.abspath(uri)
     return uri
-
-
-def has_scheme(uri: str) -> bool:
-    return ":" in uri.split("/", 1)[0]
-
-
-def _comparable(uri: str) -> str:
-    """A form in which `a` inside `b` is a string prefix test: real paths for local files, one
-    spelling per Azure location (`az://c/x`, `abfss://c@acct.dfs...` and the emulator's
-    `http://127.0.0.1:10000/acct/c/x` are `azure://acct/c/x`; `?` where the account is not
-    known)."""
-    from fruits import azure
-
-    if uri.startswith("file:"):
-        uri = "/" + uri[len("file:") :].lstrip("/")
-    if not has_scheme(uri):
-        return os.path.realpath(uri).rstrip("/") or "/"
-    if azure.is_azure_uri(uri):
-        loc = azure.parse_uri(uri)
-        account = loc.account
-        if account is None:
-            try:
-                account = azure.resolve_credentials(loc).account
-            except Exception:
-                account = None
-        return "/".join(x for x in ("azure:/", account or "?", loc.container, loc.path) if x)
-    return uri.rstrip("/")
-
-
-def overlap(output: str, source: str) -> str | None:
-    """Why `output` may not be written given an input `source`, or None when they are apart."""
-    out, src = _comparable(output), _comparable(source)
-    if out.startswith("azure://") and src.startswith("azure://"):
-        out_acct, src_acct = out.split("/")[2], src.split("/")[2]
-        if "?" in (out_acct, src_acct):  # an unknown account may be the other one
-            out, src = out.replace(out_acct, "?", 1), src.replace(src_acct, "?", 1)
-    if out == src:
-        return "is the input itself"
-    if out.startswith(src.rstrip("/") + "/"):
-        return "is inside the input (the next run would read the outputs as images)"
-    if src.startswith(out.rstrip("/") + "/"):
-        return "contains the input (publishing replaces the whole folder)"
-    return None
 
 
 def check_output_name(output: str) -> None:
