@@ -56,3 +56,15 @@ def test_remote_inputs_are_left_to_the_stages(tmp_path: Path) -> None:
     check(_cfg(tmp_path, input="/only/on/the/server"), remote="sc://server:15002")
     with pytest.raises(PreflightError):
         check(_cfg(tmp_path, input="/only/on/the/server"))
+
+
+def test_a_password_in_a_spark_setting_is_refused_before_the_jvm_prints_it(tmp_path: Path) -> None:
+    """Spark's JVM prints `spark.jars.repositories` on stderr before anything redacts it."""
+    secret = "https://bob:PWSECRET@repo.example/maven"
+    cfg = _cfg(tmp_path, spark_conf={"spark.jars.repositories": secret})
+    with pytest.raises(PreflightError) as err:
+        check(cfg)
+    assert "spark.jars.repositories" in str(err.value) and "PWSECRET" not in str(err.value)
+    check(
+        _cfg(tmp_path, spark_conf={"spark.jars.repositories": "https://repo.example/maven"})
+    )  # a URL without credentials is fine

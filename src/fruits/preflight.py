@@ -9,6 +9,7 @@ stages keep their own checks (remote inputs, an empty folder, the output's lease
 from __future__ import annotations
 
 import os
+import re
 
 from fruits.config import PipelineConfig
 
@@ -16,6 +17,9 @@ from fruits.config import PipelineConfig
 def remote_url(cfg: PipelineConfig) -> str | None:
     """The Spark Connect URL of the run: `--remote`, else $SPARK_REMOTE unless `--master`."""
     return cfg.remote or (None if cfg.master else os.environ.get("SPARK_REMOTE"))
+
+
+_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
 
 class PreflightError(ValueError):
@@ -62,6 +66,14 @@ def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
         from fruits.recognition import load_label_map
 
         load_label_map(local_path(cfg.label_map))  # parses it: one line if it is not a map
+    for key, value in cfg.spark_conf.items():
+        if _URL_PASSWORD.search(str(value)):
+            # The JVM prints some settings before any redaction can see them (a Maven repository
+            # "added as a remote repository"): a password must not be in a setting at all.
+            raise PreflightError(
+                f"--conf {key}: a password inside a URL would be printed by Spark; "
+                "give the credentials to the service another way"
+            )
     out = local_path(cfg.output)
     if out is not None and os.path.isfile(out):
         raise PreflightError(f"--output {cfg.output} is a file: choose a folder")
