@@ -239,3 +239,15 @@ def test_new_rows_must_come_from_the_network_that_made_the_old_ones():
     other = {"featurizer": {"id": "0" * 16, "image_size": 224}}
     with pytest.raises(ValueError, match=f"come from {'0' * 16} at 224 px"):
         check_same_featurizer(featurizer_cfg("efficientnet_lite0", 224), other)  # type: ignore[arg-type]
+
+
+def test_custom_weights_are_part_of_the_featurizers_identity(tmp_path):
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"fine-tuned weights")
+    cfg = featurizer_cfg("efficientnet_lite0", 224)
+    cfg.featurizer.weights = str(weights)
+    with_weights = hashlib.sha256(b"efficientnet_lite0" + b"fine-tuned weights").hexdigest()[:16]
+    check_same_featurizer(cfg, {"featurizer": {"id": with_weights, "image_size": 224}})  # type: ignore[arg-type]
+    bare = hashlib.sha256(b"efficientnet_lite0").hexdigest()[:16]
+    with pytest.raises(ValueError, match=f"come from {bare} at 224 px; this run asks for"):
+        check_same_featurizer(cfg, {"featurizer": {"id": bare, "image_size": 224}})  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,6 +65,13 @@ def test_reduce_matches_scikit_learns_scaler_then_pca():
     np.testing.assert_array_equal(again, got.astype(np.float64))
 
 
+def test_reduce_rounds_the_features_to_float32_first_as_images_parquet_stores_them():
+    x = np.array([[1.0 + 1e-9]])  # 1.0 once stored as float32
+    assert np.float32(x[0, 0]) == 1.0
+    got = reduce_features(x, np.array([1.0]), np.array([1e9]), np.ones((1, 1)))
+    assert got.tolist() == [[0.0]]
+
+
 def test_reduce_is_the_scaler_formula_by_hand():
     mean, scale = np.array([1.0, -2.0]), np.array([0.5, 0.0])  # 0: a constant feature
     pc = np.array([[1.0, 2.0], [3.0, -1.0]])
@@ -90,6 +98,20 @@ def test_probabilities_stay_finite_for_huge_logits():
     got = arrays.probabilities(np.array([[1.0]]))
     e = np.exp([0.0, -1.0, -2000.0])
     np.testing.assert_allclose(got, [e / e.sum()], rtol=1e-12)
+
+
+def test_probabilities_of_rows_of_very_different_scale_are_all_finite():
+    # each row is shifted by its own maximum: one shift for the batch would underflow row 2
+    arrays = ServingArrays(
+        mean=np.zeros(1),
+        scale=np.ones(1),
+        pc=np.ones((1, 1)),
+        coef=np.array([[1.0], [0.0]]),
+        intercept=np.zeros(2),
+    )
+    got = arrays.probabilities(np.array([[1000.0], [1.0]]))
+    e = np.exp([[1000.0 - 1000.0, 0.0 - 1000.0], [1.0 - 1.0, 0.0 - 1.0]])
+    np.testing.assert_allclose(got, e / e.sum(axis=1, keepdims=True), rtol=1e-12)
 
 
 def arrays_of(d: int = 4, k: int = 2, r: int = 3, **shapes: tuple[int, ...]) -> ServingArrays:
@@ -193,6 +215,29 @@ def test_top_without_an_unknown_slot_and_with_a_zero_probability():
     assert all(np.isfinite(got.probabilities))
 
 
+def test_ties_keep_the_class_order():
+    classes = [f"C{i} 1" for i in range(40)]
+    cal = Calibration(1.0, 0.0, {c: c.split()[0] for c in classes})
+    p = Predictor(
+        MeanPixels(), arrays_of(d=3, r=40), classes, image_size=8, max_pixels=10, calibration=cal
+    )
+    probs = np.full(40, 1 / 40)
+    probs[[3, 17, 29]] = 2 / 40  # three best, tied; the rest tied below them
+    probs /= probs.sum()
+    got = p.top(probs, 10)
+    assert got.labels == [classes[i] for i in (3, 17, 29, 0, 1, 2, 4, 5, 6, 7)]
+
+
+def test_batching_starts_and_stops_on_a_fresh_predictor():
+    p = predictor()
+    p.stop_batching()  # never started: nothing to stop
+    p.start_batching(max_batch=4)
+    assert p._batcher is not None and not p._batcher.closed
+    batcher = p._batcher
+    p.stop_batching()
+    assert p._batcher is None and batcher.closed
+
+
 def test_a_predictor_refuses_arrays_the_backbone_cannot_feed():
     with pytest.raises(ServingError, match=r"^backbone gives 3 features but the PCA expects 4$"):
         Predictor(MeanPixels(), arrays_of(d=4, k=2, r=5), CLASSES, image_size=8, max_pixels=10)
@@ -285,10 +330,31 @@ def test_a_pickled_serving_npz_is_never_unpickled(run):
 def test_the_pca_must_take_the_backbones_features(run):
     save_arrays(run, 3, 2)  # 3 features -> 2 components: fine
     assert check_run(run)["classes"]
-    save_arrays(run, 2, 2)
+    save_arrays(run, 2, 1)
     with pytest.raises(ServingError) as err:
         check_run(run)
     assert str(err.value) == "backbone gives 3 features but the PCA expects 2"
+
+
+def test_an_unfinished_run_is_refused_in_one_line(run):
+    (run / "_SUCCESS.json").unlink()
+    with pytest.raises(ServingError) as err:
+        check_run(run)
+    assert str(err.value) == (
+        f"{run / '_SUCCESS.json'} is missing: {run} is not a finished `fruits run` output "
+        "(still running, or it failed)"
+    )
+
+
+def test_a_backbone_onnx_runtime_cannot_load_is_named(run):
+    (run / "models" / "backbone.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(ServingError) as err:
+        check_run(run)
+    assert re.fullmatch(
+        re.escape(f"{run / 'models' / 'backbone.onnx'} is corrupt: ONNX Runtime cannot load it")
+        + r" \((?!NoneType)\w+\)",
+        str(err.value),
+    ), str(err.value)
 
 
 @pytest.mark.parametrize("name", ["serving.npz", "serving.json", "backbone.json"])

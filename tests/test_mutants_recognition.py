@@ -44,7 +44,7 @@ PHOTOS = [
     ("Kiwi 1", "Kiwi", 0.95, True, ["Kiwi"], {"Kiwi 1"}, {"Kiwi 1"}, False),
     ("Banana 1", "Banana", 0.8, True, ["Banana"], {"Apple Golden 1"}, {"Apple Golden 1"}, False),
     ("Kiwi 1", "Kiwi", 0.5, True, ["Kiwi"], set(), set(), False),  # truth unknown: "?"
-    ("Kiwi 1", "Kiwi", 0.05, True, ["Kiwi"], {"Kiwi 1"}, {"Kiwi 1"}, False),
+    ("Kiwi 1", "Kiwi", 0.0555, True, ["Kiwi"], {"Kiwi 2"}, {"Kiwi 1"}, False),
 ]
 
 
@@ -61,13 +61,13 @@ def test_metrics_match_a_case_scored_by_hand():
         "positives": 8,
         "negatives": 1,
         "species_top1": 0.5,  # photos 0, 1, 5, 8 of 8 positives
-        "variety_top1": 0.5,  # 0, 5, 8 of the 6 positives with a variety (0, 1, 3, 5, 6, 8)
+        "variety_top1": 0.3333,  # 0, 5 of the 6 positives with a variety (0, 1, 3, 5, 6, 8)
         "species_top5": 0.75,  # all positives but 6 and 7 (no truth)
         "refused_negatives": 1.0,
         "refused_positives": 0.125,  # photo 3
         "species_top1_when_answered": 0.5714,  # 4 of 7 answered positives
         # one photo per 1/15 bin: the mean |correct - confidence| over the 8 positives
-        "ece": 0.4875,  # (0.1 + 0.4 + 0.7 + 0.4 + 0.05 + 0.8 + 0.5 + 0.95) / 8
+        "ece": 0.4868,  # (0.1 + 0.4 + 0.7 + 0.4 + 0.05 + 0.8 + 0.5 + 0.9445) / 8 = 0.4868125
         "per_species_recall": {"?": 0.0, "Apple": 0.5, "Kiwi": 0.6667},
         "most_confused": [
             {"true": "Apple", "predicted": "Banana", "count": 2},
@@ -151,12 +151,24 @@ def test_temperature_of_one_photo_is_fitted_from_float_labels():
     # Spark's StringIndexer gives labels as doubles; one photo, a wrong but unsure guess
     logits = np.array([[2.0, 1.0, 0.0]])
     t = fit_temperature(logits, np.array([1.0]))
-    assert t == round(t, 6)
     grid = np.exp(np.linspace(math.log(0.05), math.log(20.0), 20001))
     z = logits / grid[:, None]
     nll = -(z[:, 1] - np.log(np.exp(z).sum(axis=1)))
     assert t == pytest.approx(max(1.0, grid[np.argmin(nll)]), rel=1e-3)
     assert t > 1.0
+
+
+def test_temperatures_are_rounded_to_six_digits():
+    rng = np.random.default_rng(7)
+    fitted = []
+    for _ in range(5):  # over-confident guesses, right 7 times in 10: T between 1 and 20
+        y = rng.integers(0, 4, size=30)
+        guess = np.where(rng.random(30) < 0.7, y, rng.integers(0, 4, size=30))
+        logits = np.eye(4)[guess] * 6 + rng.normal(size=(30, 4))
+        fitted.append(fit_temperature(logits, y))
+    assert all(1.0 < t < 20.0 for t in fitted)
+    assert all(t == round(t, 6) for t in fitted)
+    assert any(t != round(t, 5) for t in fitted)
 
 
 def test_threshold_without_fruit_photos_is_one_half():
@@ -171,7 +183,7 @@ def test_threshold_stays_within_its_bounds():
 
 
 def test_threshold_is_the_5th_percentile_rounded_to_six_digits():
-    p = np.linspace(0.3, 0.8, 37) + 1e-7 / 3
+    p = np.linspace(0.3, 0.8, 37) + 4e-7
     got = choose_threshold(p, np.ones(37, dtype=bool))
     # numpy's default (linear) quantile by hand: position 0.05 * 36 = 1.8
     want = p[1] + 0.8 * (p[2] - p[1])
@@ -247,6 +259,9 @@ def test_many_unknown_names_are_listed_five_then_counted(tmp_path):
         f"--label-map {path}: 7 unknown class name(s): {shown} and 2 more"
         " (not a class of the training data nor of the facts table)"
     )
+    path.write_text(json.dumps({f"f{i}": n for i, n in enumerate(names[:6])}))
+    with pytest.raises(LabelMapError, match=r"'Nope 4' and 1 more \(not a class"):
+        load_label_map(path, known=set())
     path.write_text(json.dumps({f"f{i}": n for i, n in enumerate(names[:5])}))
     with pytest.raises(LabelMapError) as err:
         load_label_map(path, known=set())
@@ -267,3 +282,11 @@ def test_long_folder_names_are_cut_and_bad_json_is_one_line(tmp_path):
     path.write_text(json.dumps({" ": "Kiwi 1"}))
     with pytest.raises(LabelMapError, match=r"entry ' ': an empty folder name$"):
         load_label_map(path)
+
+
+def test_a_long_string_where_a_list_belongs_is_shown_cut_to_forty_characters(tmp_path):
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"x": {"strict": "A" * 60}}))
+    with pytest.raises(LabelMapError) as err:
+        load_label_map(path)
+    assert str(err.value).endswith(f"got the string {'A' * 40!r}")

@@ -51,6 +51,7 @@ def names(folder: Path) -> list[str]:
         (("/tmp/a", "b"), "/tmp/a/b"),
         (("out",), "out"),
         (("dbfs:/", "out"), "dbfs:/out"),
+        (("/data/BOX", "XL/"), "/data/BOX/XL"),  # only slashes are trimmed
     ],
 )
 def test_join_puts_one_slash_between_parts(parts, expected):
@@ -69,6 +70,7 @@ def test_join_puts_one_slash_between_parts(parts, expected):
         ("/data/runs/out", ("/data/runs", "out")),
         ("out", (".", "out")),
         ("out/", (".", "out")),
+        ("/d/BOX", ("/d", "BOX")),
     ],
 )
 def test_split_parent_matches_hand_written_answers(uri, expected):
@@ -241,6 +243,21 @@ def test_recover_of_a_dead_run_restores_only_that_runs_copy(store, tmp_path):
     assert recover(store, str(tmp_path / "out"), runs={DEAD}) == str(tmp_path / f".out.old-{DEAD}")
     assert names(tmp_path) == sorted(["out", f".out.old-{OTHER}"])
     assert (tmp_path / "out" / "data.txt").read_text() == "dead run's"
+
+
+class SlashListing(FsspecStore):
+    """A store that lists folders with a trailing slash (as some fsspec file systems do)."""
+
+    def list(self, uri: str) -> list[str]:
+        return [e + "/" for e in super().list(uri)]
+
+
+def test_recover_reads_folder_names_listed_with_a_trailing_slash(tmp_path):
+    finished(tmp_path / f".out.old-{DEAD}", "previous")
+    finished(tmp_path / f".out.staging-{DEAD}", "unfinished", marker=False)
+    store = SlashListing(locate(str(tmp_path)))
+    assert recover(store, str(tmp_path / "out")) == str(tmp_path / f".out.old-{DEAD}")
+    assert names(tmp_path) == ["out"]
 
 
 def test_quietly_runs_the_clean_up_and_logs_its_failure_at_debug():
