@@ -6,6 +6,7 @@ replaces the ONNX network, which these rules do not depend on."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -228,14 +230,40 @@ def test_ties_keep_the_class_order():
     assert got.labels == [classes[i] for i in (3, 17, 29, 0, 1, 2, 4, 5, 6, 7)]
 
 
-def test_batching_starts_and_stops_on_a_fresh_predictor():
-    p = predictor()
+def jpeg(colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (9, 8), colour).save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def test_batched_predictions_equal_direct_ones_and_batching_stops_cleanly():
+    arrays = ServingArrays(
+        mean=np.full(3, 128.0),
+        scale=np.full(3, 1 / 64),
+        pc=RNG.normal(size=(3, 2)),
+        coef=RNG.normal(size=(5, 2)) * 3,
+        intercept=np.zeros(5),
+    )
+    cal = Calibration(1.0, 0.0, SPECIES)
+    p = Predictor(MeanPixels(), arrays, CLASSES, image_size=8, max_pixels=100, calibration=cal)
     p.stop_batching()  # never started: nothing to stop
-    p.start_batching(max_batch=4)
-    assert p._batcher is not None and not p._batcher.closed
-    batcher = p._batcher
+    photos = [jpeg((200, 30, 30)), jpeg((30, 200, 30)), jpeg((240, 220, 40))]
+    direct = [p.predict(b, top_k=4) for b in photos]
+    p.start_batching()
+    assert p._batcher is not None and p._batcher.max_batch == 16  # the documented default
     p.stop_batching()
+    p.start_batching(max_batch=2)
+    batcher = p._batcher
+    assert batcher is not None and batcher.max_batch == 2
+    try:
+        batched = [p.predict(b, top_k=4) for b in photos]
+    finally:
+        p.stop_batching()
     assert p._batcher is None and batcher.closed
+    assert len({tuple(d.probabilities) for d in direct}) == 3  # the photos are told apart
+    for a, b in zip(direct, batched, strict=True):
+        assert a.labels == b.labels
+        np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=1e-12)
 
 
 def test_a_predictor_refuses_arrays_the_backbone_cannot_feed():
