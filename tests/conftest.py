@@ -84,7 +84,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     adds it): where torch is missing they skip with that hint instead of failing."""
     import importlib.util
 
-    if importlib.util.find_spec("torch") is not None:
+    if "torch" in sys.modules:  # imported already, or blocked (None) to try the suite without it
+        if sys.modules["torch"] is not None:
+            return
+    elif importlib.util.find_spec("torch") is not None:
         return
     skip = pytest.mark.skip(reason="needs torch (the export extra): make venv-export")
     for item in items:

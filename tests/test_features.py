@@ -23,7 +23,6 @@ from fruits.features import (
     Featurizer,
     ModelArtifact,
     build_artifact,
-    export_onnx,
     featurize_contents,
     featurize_udf,
     get_featurizer,
@@ -34,15 +33,18 @@ SIZE = 8
 
 
 def tiny_artifact(name: str = "tiny") -> ModelArtifact:
-    """A real ONNX graph whose 'features' are the mean R, G, B of the resized image."""
-    import torch
+    """A real ONNX graph whose 'features' are the mean R, G, B of the resized image, built with
+    onnx's helpers (no torch: these plumbing tests run where the export extra is missing)."""
+    from onnx import TensorProto, helper
 
-    class ChannelMean(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.mean(dim=(2, 3))
-
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, "h", "w"])
+    out = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])
+    mean = helper.make_node("ReduceMean", ["pixels"], ["features"], axes=[2, 3], keepdims=0)
+    graph = helper.make_graph([mean], "channel_mean", [pixels], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every onnxruntime since 1.14 reads
     spec = BackboneSpec(name, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), SIZE, False)
-    return ModelArtifact(spec, "onnx", export_onnx(ChannelMean(), size=SIZE), f"{name}-test")
+    return ModelArtifact(spec, "onnx", model.SerializeToString(), f"{name}-test")
 
 
 def png(rgb: tuple[int, int, int], size: int = 32) -> bytes:
@@ -170,6 +172,7 @@ def test_udf_on_spark_builds_one_network_per_python_worker(spark):
     assert sum(total for total, _ in per_worker.values()) <= len(per_worker) < 8
 
 
+@pytest.mark.torch
 def test_gpu_selection_falls_back_to_cpu(spark):
     import torch
 
@@ -188,6 +191,7 @@ def test_gpu_selection_falls_back_to_cpu(spark):
     assert Featurizer(torch_artifact, threads=1).device == "cpu"
 
 
+@pytest.mark.torch
 def test_bf16_falls_back_to_fp32_without_native_support(monkeypatch, caplog):
     artifact = build_artifact(FeaturizerConfig(engine="torch"))
     native = features._cpu_has_bf16()
@@ -202,6 +206,7 @@ def test_bf16_falls_back_to_fp32_without_native_support(monkeypatch, caplog):
     assert fz(pixels).shape == (2, 1280)
 
 
+@pytest.mark.torch
 def test_onnx_engine_matches_eager_torch_on_sample_images(sample_dir):
     paths = sorted(sample_dir.rglob("*.jpg"))[::40][:8]
     contents = [p.read_bytes() for p in paths]
@@ -249,6 +254,7 @@ def reference_features(paths: list, size: int) -> np.ndarray:
         return net.extract_features(x).mean(dim=(2, 3)).numpy().astype(np.float64)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("size", [100, 224])  # the photos' own size (no resize), and upscaled
 def test_features_match_an_independent_reference_of_the_weights_package(sample_dir, size):
     """The project's featurizer (bundled ONNX graph, its decoding and normalisation) against a

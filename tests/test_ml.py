@@ -218,6 +218,7 @@ def test_default_network_travels_as_a_name(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(shipped)).value.fingerprint == graph.fingerprint
 
 
+@pytest.mark.torch
 @pytest.mark.slow  # exports the network with torch on the driver
 def test_custom_weights_travel_in_the_closure(images: DataFrame, tmp_path: Path) -> None:
     """User weights take the other road (the graph pickled into the UDF, no broadcast); the
