@@ -108,3 +108,14 @@ def test_default_backbone_runs_without_torch(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_unreadable_weights_are_one_line_naming_the_option_and_the_reason(tmp_path):
+    """A refused host made fsspec raise FileNotFoundError(url): the user saw only the URL."""
+    from fruits.models import read_weights
+
+    for uri in ("http://127.0.0.1:9/w.pth", str(tmp_path / "missing.pth")):
+        with pytest.raises(OSError) as err:
+            read_weights(uri)
+        message = str(err.value)
+        assert message.startswith(f"--weights {uri}: cannot read it (") and "\n" not in message

@@ -154,8 +154,13 @@ def read_weights(uri: str | None) -> bytes | None:
         return None
     import fsspec
 
-    with fsspec.open(uri, "rb") as fh:
-        return fh.read()
+    try:
+        with fsspec.open(uri, "rb") as fh:
+            return fh.read()
+    except Exception as exc:  # fsspec's http raises FileNotFoundError(url) on a refused host
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        why = type(exc).__name__ if detail in ("", uri) else f"{type(exc).__name__}: {detail}"
+        raise OSError(f"--weights {uri}: cannot read it ({why})") from exc
 
 
 def build_torch(name: str, weights: bytes | None = None) -> torch.nn.Module:
