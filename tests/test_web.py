@@ -435,3 +435,14 @@ def _assert_only_local(browser, server: str) -> None:
         "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)];"
     )
     assert urls and all(u.startswith(server + "/") for u in urls), urls
+
+
+def test_the_page_is_installable(stub_server, browser):
+    """Chromium's own verdict on the manifest and on installing the page as an app (Chrome
+    DevTools Protocol): no manifest errors, no installability errors."""
+    browser.get(stub_server + "/")
+    manifest = browser.execute_cdp_cmd("Page.getAppManifest", {})
+    assert manifest["url"] == stub_server + "/manifest.webmanifest"
+    assert manifest["errors"] == []
+    verdict = browser.execute_cdp_cmd("Page.getInstallabilityErrors", {})
+    assert verdict["installabilityErrors"] == []
