@@ -160,6 +160,28 @@ def _viewport(driver, size: tuple[int, int]) -> None:
     )
 
 
+def _open(browser, url: str) -> None:
+    """Load the page and wait for its file input (once more if the first load shows something
+    else), so a slow or interrupted navigation reads as what it is."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for attempt in (1, 2):
+        browser.get(url)
+        try:
+            WebDriverWait(browser, 30).until(
+                ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))
+            )
+            return
+        except Exception:
+            if attempt == 2:
+                raise AssertionError(
+                    f"{url} did not show the page: at {browser.current_url!r}, "
+                    f"title {browser.title!r}"
+                ) from None
+
+
 def _upload(browser, path: Path, timeout: float = 90) -> list[str]:
     """Choose `path` in the page's file input; the page's answer or error once shown."""
     from selenium.webdriver.common.by import By
@@ -253,7 +275,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 def test_upload_a_banana_and_see_banana(server, browser, sample_dir):
     from selenium.webdriver.common.by import By
 
-    browser.get(server + "/")
+    _open(browser, server + "/")
     picker = browser.find_element(By.CSS_SELECTOR, "input[type=file]")
     assert picker.get_attribute("accept") == "image/*"
     assert picker.get_attribute("capture") == "environment"
@@ -279,7 +301,7 @@ def test_a_bad_file_shows_the_servers_message(server, browser, tmp_path):
 
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a photo")
-    browser.get(server + "/")
+    _open(browser, server + "/")
     state = _upload(browser, bad)
     assert state[0] == "error" and "not an image" in state[1], state
     assert not browser.find_element(By.ID, "result").is_displayed()
@@ -288,7 +310,7 @@ def test_a_bad_file_shows_the_servers_message(server, browser, tmp_path):
 def test_an_unsure_answer_says_not_sure_instead_of_a_confident_name(
     unsure_server, browser, sample_dir
 ):
-    browser.get(unsure_server + "/")
+    _open(browser, unsure_server + "/")
     banana = sorted((sample_dir / "Test" / "Banana 1").glob("*.jpg"))[0]
     state = _upload(browser, banana)
     assert state == ["ok", "unsure", "Not sure what this is"]
@@ -302,7 +324,7 @@ def test_the_page_and_the_api_answer_alike_for_every_photo(server, browser, samp
     pixels and say the same thing, refusals included (truncated JPEG, not an image, too big)."""
     photos = _photos(sample_dir, tmp_path)
     assert len(photos) >= 20
-    browser.get(server + "/")
+    _open(browser, server + "/")
     for path in photos:
         page = _upload(browser, path)
         api = _api(server, path)
@@ -327,7 +349,7 @@ def test_the_answer_is_on_screen_and_nothing_loads_from_elsewhere(
 
     _viewport(browser, size)
     try:
-        browser.get(server + "/")
+        _open(browser, server + "/")
         _upload(browser, sorted((sample_dir / "Test" / "Kiwi 1").glob("*.jpg"))[0])
         browser.save_screenshot(str(tmp_path / f"answer-{size[0]}x{size[1]}.png"))
         box = browser.execute_script(
@@ -399,7 +421,7 @@ def test_no_card_contradicts_itself(stub_server, browser, tmp_path):
     weak answer as for a sure one."""
     from answer_stub import CASES, photo
 
-    browser.get(stub_server + "/")
+    _open(browser, stub_server + "/")
     colours = {}
     for name, case in CASES.items():
         path = tmp_path / f"{name}.png"
@@ -440,7 +462,7 @@ def _assert_only_local(browser, server: str) -> None:
 def test_the_page_is_installable(stub_server, browser):
     """Chromium's own verdict on the manifest and on installing the page as an app (Chrome
     DevTools Protocol): no manifest errors, no installability errors."""
-    browser.get(stub_server + "/")
+    _open(browser, stub_server + "/")
     manifest = browser.execute_cdp_cmd("Page.getAppManifest", {})
     assert manifest["url"] == stub_server + "/manifest.webmanifest"
     assert manifest["errors"] == []
