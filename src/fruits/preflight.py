@@ -19,6 +19,9 @@ def remote_url(cfg: PipelineConfig) -> str | None:
     return cfg.remote or (None if cfg.master else os.environ.get("SPARK_REMOTE"))
 
 
+# Settings the JVM prints before the session exists (so before redaction): Ivy logs every
+# repository it adds. Other settings are redacted wherever fruits or Spark shows them.
+_PRINTED_BY_THE_JVM = {"spark.jars.repositories"}
 _URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
 
@@ -67,7 +70,7 @@ def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
 
         load_label_map(local_path(cfg.label_map))  # parses it: one line if it is not a map
     for key, value in cfg.spark_conf.items():
-        if _URL_PASSWORD.search(str(value)):
+        if key in _PRINTED_BY_THE_JVM and _URL_PASSWORD.search(str(value)):
             # The JVM prints some settings before any redaction can see them (a Maven repository
             # "added as a remote repository"): a password must not be in a setting at all.
             raise PreflightError(
