@@ -526,20 +526,28 @@ def redact_conf(value: Any) -> Any:
     return redact(value) if isinstance(value, str) else value
 
 
+def _redact_record(record: logging.LogRecord, *, keep_exc_info: bool) -> None:
+    """Rewrite `record`'s final text and traceback through `redact`, in place."""
+    try:
+        message = record.getMessage()
+    except Exception:
+        return
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None:
+        # Formatters print the cached exc_text; the factory keeps exc_info for handlers
+        # that want it, a handler's filter drops it
+        record.exc_text = redact_traceback(record.exc_info[1])
+        if not keep_exc_info:
+            record.exc_info = None
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites every record's final text through `redact` (messages and tracebacks)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact_traceback(record.exc_info[1])
-            record.exc_info = None
+        _redact_record(record, keep_exc_info=False)
         return True
 
 
@@ -549,16 +557,7 @@ _FACTORY_LOCK = threading.Lock()
 def _redacting_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = base(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:
-            return record
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[1] is not None:
-            # Formatters print the cached exc_text; exc_info stays for handlers that want it
-            record.exc_text = redact_traceback(record.exc_info[1])
+        _redact_record(record, keep_exc_info=True)
         return record
 
     make.fruits_redacting = True  # type: ignore[attr-defined]
