@@ -212,7 +212,9 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
     written: dict[str, Path] = {}
     for i, (name, data) in enumerate([*originals.items(), *picked.items()]):
         label = f"Class {Path(name).name.split('.')[0]}"  # the photo it was made from
-        folder = inp / "Training" / label
+        # the PNG originals are the Test split, so the run fits a classifier `evaluate` loads
+        split = "Test" if name.startswith("original/") and name.endswith(".png") else "Training"
+        folder = inp / split / label
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{i:03d}-{Path(name).name}"
         target.write_bytes(data)
@@ -241,6 +243,7 @@ def test_a_run_over_mutants_exits_zero_and_accounts_for_every_file(spark, sample
     )
     assert "looks like EPS" in reason[f"file:{written['as EPS/0.jpg']}"]
 
+    assert (out / "models" / "serving.npz").exists()
     scored = evaluate_run(out, [str(inp / "Training")])
     unreadable = {f"file:{u['path']}": u["reason"] for u in scored["unreadable"]}
     assert unreadable == reason.to_dict()
