@@ -51,3 +51,47 @@ def test_the_extra_keys_of_the_shared_maps_are_accepted(tmp_path):
     assert mapping.target == {"Cavendish": "Banana 1"}
     assert mapping.species_of() == {"Banana 1": "Banana"}  # `lenient` empty: strict's
     assert mapping.lenient["Cavendish"] == ("Banana 1",)
+
+
+def write(path, mapping):
+    path.write_text(json.dumps(mapping))
+    return path
+
+
+def test_several_maps_merge_as_the_shared_sources_ship_them(tmp_path):
+    a = write(
+        tmp_path / "a.json", {"Cavendish": {"coarse_class": "Banana", "strict": ["Banana 1"]}}
+    )
+    b = write(
+        tmp_path / "b.json",
+        {"Lime": "Lemon 1", "Cavendish": {"coarse_class": "Banana", "strict": ["Banana 1"]}},
+    )
+    mapping = load_label_map([a, b], known=KNOWN)
+    assert mapping.target == {"Cavendish": "Banana 1", "Lime": "Lemon 1"}
+    assert mapping.species_of() == {"Banana 1": "Banana"}
+    assert load_label_map([a]) == load_label_map(a)  # one file given as a list: the same map
+
+
+def test_a_folder_two_maps_send_to_different_classes_is_one_line_naming_both(tmp_path):
+    a = write(tmp_path / "a.json", {"Lime": "Lemon 1"})
+    b = write(tmp_path / "b.json", {"Lime": "Banana 1"})
+    with pytest.raises(
+        LabelMapError, match=r"'Lime' is mapped differently by .*a\.json and .*b\.json"
+    ):
+        load_label_map([a, b], known=KNOWN)
+
+
+def test_the_cli_takes_label_map_twice_and_refuses_a_conflict_before_spark(tmp_path):
+    from typer.testing import CliRunner
+
+    from fruits.cli import app
+
+    (tmp_path / "in" / "Training" / "Lime").mkdir(parents=True)
+    a = write(tmp_path / "a.json", {"Lime": "Lemon 1"})
+    b = write(tmp_path / "b.json", {"Lime": "Banana 1"})
+    args = ["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, [*args, "--label-map", str(a), "--label-map", str(b)])
+    assert res.exit_code == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert "'Lime' is mapped differently by" in line
+    assert not (tmp_path / "o").exists()

@@ -43,9 +43,11 @@ NegativesOpt = Annotated[
     ),
 ]
 LabelMapOpt = Annotated[
-    Optional[str],
+    Optional[list[str]],
     typer.Option(
-        help="JSON file mapping folder labels to classes ({folder: class}).", metavar="FILE"
+        help="JSON file mapping folder labels to classes ({folder: class}); repeatable "
+        "(maps merged).",
+        metavar="FILE",
     ),
 ]
 OutputOpt = Annotated[str, typer.Option(help="Output folder: path or URI.", metavar="DIR")]
@@ -219,6 +221,14 @@ def _quiet(record: logging.LogRecord) -> bool:
     return needle is not None and needle in record.getMessage()
 
 
+def _one_or_many(values: list[str] | None) -> str | tuple[str, ...] | None:
+    """A repeatable option as the config keeps it: one file as a str (as report.json has
+    always recorded it), several as a tuple."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def _setup_logging(verbose: bool) -> None:
     """-v: every logger at DEBUG with its name; else a short line per stage (`_quiet`)."""
     logging.basicConfig(
@@ -300,7 +310,7 @@ def run(
         input=sources[0],
         extra_inputs=tuple(sources[1:]),
         negatives=tuple(negatives or ()),
-        label_map=label_map,
+        label_map=_one_or_many(label_map),
         output=output,
         master=master,
         remote=remote,
@@ -371,7 +381,8 @@ def evaluate(
         typer.Option(help="Folder of labelled photos (class = parent folder); repeatable."),
     ],
     label_map: Annotated[
-        Optional[str], typer.Option(help="JSON mapping folder labels to classes (as in `run`).")
+        Optional[list[str]],
+        typer.Option(help="JSON mapping folder labels to classes (as in `run`); repeatable."),
     ] = None,
     negatives: Annotated[
         Optional[list[str]], typer.Option(help="Folder of photos that are none of the classes.")
@@ -388,7 +399,9 @@ def evaluate(
     from fruits.predictor import ServingError
 
     try:
-        result = evaluate_run(run, input, label_map=label_map, negatives=negatives, plot=plot)
+        result = evaluate_run(
+            run, input, label_map=_one_or_many(label_map), negatives=negatives, plot=plot
+        )
     except (ServingError, ValueError, OSError) as exc:  # ValueError: label map, no photos
         typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from None

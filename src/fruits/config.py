@@ -85,7 +85,8 @@ class PipelineConfig:
     input: str = field(default_factory=bundled_sample)
     extra_inputs: tuple[str, ...] = ()  # more labelled sources (`--input` repeated)
     negatives: tuple[str, ...] = ()  # photos of none of the classes: the class "not a fruit"
-    label_map: str | None = None  # JSON: folder label -> class trained on (recognition.py)
+    # JSON: folder label -> class trained on (recognition.py); several files are merged
+    label_map: str | tuple[str, ...] | None = None
     val_fraction: float = 0.1  # of a source's train split set aside when it has no val split
     output: str = DEFAULT_OUTPUT
     master: str | None = None

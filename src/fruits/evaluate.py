@@ -35,7 +35,7 @@ def evaluate_run(
     run: str | Path,
     inputs: list[str],
     *,
-    label_map: str | None = None,
+    label_map: str | list[str] | None = None,
     negatives: list[str] | None = None,
     threads: int = 0,
     plot: str | Path | None = None,

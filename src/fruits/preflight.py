@@ -61,14 +61,17 @@ def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
             path = local_path(uri)
             if path is not None and not os.path.exists(path):
                 raise PreflightError(f"input not found: {path}")
-    for option, value in (("--label-map", cfg.label_map), ("--weights", cfg.featurizer.weights)):
+    from fruits.recognition import label_map_paths, load_label_map
+
+    maps = label_map_paths(cfg.label_map)
+    files = [("--label-map", m) for m in maps] + [("--weights", cfg.featurizer.weights)]
+    for option, value in files:
         path = local_path(value) if value else None
         if path is not None and not os.path.isfile(path):
             raise PreflightError(f"{option} {value}: file not found")
-    if cfg.label_map and local_path(cfg.label_map) is not None:
-        from fruits.recognition import load_label_map
-
-        load_label_map(local_path(cfg.label_map))  # parses it: one line if it is not a map
+    local_maps = [local_path(m) for m in maps]
+    if local_maps and None not in local_maps:
+        load_label_map(local_maps)  # parses (and merges) them: one line if one is not a map
     for key, value in cfg.spark_conf.items():
         if key in _PRINTED_BY_THE_JVM and _URL_PASSWORD.search(str(value)):
             # The JVM prints some settings before any redaction can see them (a Maven repository

@@ -68,10 +68,27 @@ class LabelMap:
         return found
 
 
-def load_label_map(path: str | Path | None, known: set[str] | None = None) -> LabelMap:
-    """Read and check a label map; `known`: the class names a target may use (None: any)."""
-    if not path:
+def label_map_paths(value: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """`--label-map` as a list of files: it may be given once (a str) or several times."""
+    if not value:
+        return []
+    if isinstance(value, (str, Path)):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def load_label_map(
+    path: str | Path | Sequence[str | Path] | None, known: set[str] | None = None
+) -> LabelMap:
+    """Read and check a label map, or several merged (`--label-map` repeated: one per source,
+    as the shared data sets ship them); a folder two maps send to different classes is a
+    one-line error naming both files. `known`: the class names a target may use (None: any)."""
+    paths = label_map_paths(path)
+    if not paths:
         return LabelMap.empty()
+    if len(paths) > 1:
+        return _merge([(p, load_label_map(p, known)) for p in paths])
+    path = paths[0]
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -115,6 +132,31 @@ def load_label_map(path: str | Path | None, known: set[str] | None = None) -> La
                 " (not a class of the training data nor of the facts table)"
             )
     return mapping
+
+
+def _merge(maps: list[tuple[str, LabelMap]]) -> LabelMap:
+    """One map from several; the same folder may appear in two maps only with the same entry."""
+    merged = LabelMap(target={}, strict={}, lenient={}, coarse={})
+    origin: dict[str, str] = {}
+    for path, m in maps:
+        for folder in m.target:
+            entry = (m.target[folder], m.strict.get(folder), m.lenient.get(folder),
+                     m.coarse.get(folder))  # fmt: skip
+            if folder in origin:
+                seen = (merged.target[folder], merged.strict.get(folder),
+                        merged.lenient.get(folder), merged.coarse.get(folder))  # fmt: skip
+                if seen != entry:
+                    raise LabelMapError(
+                        f"--label-map: folder {folder[:80]!r} is mapped differently by "
+                        f"{origin[folder]} and {path}"
+                    )
+                continue
+            origin[folder] = path
+            merged.target[folder] = m.target[folder]
+            for part in ("strict", "lenient", "coarse"):
+                if folder in getattr(m, part):
+                    getattr(merged, part)[folder] = getattr(m, part)[folder]
+    return merged
 
 
 def _check_entry(where: str, entry: dict[str, Any]) -> None:
