@@ -22,6 +22,7 @@ logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -32,14 +33,14 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
@@ -56,7 +57,11 @@ from fruits.predictor import BatcherClosed, Prediction, Predictor
 log = logging.getLogger(__name__)
 
 PREDICT_PATH = "/v1/predict"
+CONTRIBUTIONS_PATH = "/v1/contributions"
+UPLOAD_PATHS = (PREDICT_PATH, CONTRIBUTIONS_PATH)  # the routes whose bodies `UploadGuard` bounds
 IMAGE_FIELD = "image"
+CONTRIBUTION_FIELDS = ("label", "consent", "answer")  # small text parts kept beside the image
+MAX_TEXT_FIELD = 1024  # bytes of one such text part; longer ones are cut (and then refused)
 MULTIPART_SLACK = 64 * 1024  # multipart boundaries and part headers around the file
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
 # Confidence in words: the page's heading and bar say the same thing. Known answers at or over
@@ -107,6 +112,15 @@ class ServeSettings:
     heavy_pixels: int = 4_000_000
     heavy_decoding: int = 1
     heavy_waiting: int = 4
+    # Contributed photos (`POST /v1/contributions`): the folder they go to; None = off (the
+    # endpoints answer 404 `contributions_off`). See `fruits.contributions`.
+    contributions: str | None = None
+    contribution_agree: int = 3  # independent clients agreeing on a label confirm a photo
+    contribution_rate: int = 20  # contributions one client address may send per window
+    contribution_window_s: float = 3600.0
+    # Every this many seconds the run's `_SUCCESS.json` is looked at; a newly published run is
+    # loaded beside the old one and swapped in (no request fails meanwhile). 0 = never.
+    reload_s: float = 5.0
 
 
 class ApiError(StarletteHTTPException):
@@ -207,6 +221,21 @@ class HealthOut(BaseModel):
     version: str
     max_upload_bytes: int = Field(
         description="The largest photo accepted; the page checks it before sending."
+    )
+    contributions: bool = Field(
+        default=False,
+        description="Whether this server accepts contributed photos (`POST /v1/contributions`).",
+    )
+
+
+class ContributionOut(BaseModel):
+    id: str = Field(
+        description="The contribution's id (32 hex digits): keep it to delete the photo with "
+        "`DELETE /v1/contributions/{id}`. The same photo sent again gets the same id."
+    )
+    status: Literal["pending", "confirmed"] = Field(
+        description="`pending` until reviewed (or until enough people agree on its label); "
+        "`confirmed`: it is in the training data of the next `fruits run`."
     )
 
 
@@ -342,7 +371,7 @@ class UploadGuard:
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or scope["path"].rstrip("/") != PREDICT_PATH
+            or scope["path"].rstrip("/") not in UPLOAD_PATHS
         ):
             await self.app(scope, receive, send)
             return
@@ -463,14 +492,22 @@ class Upload:
 
     data: bytes
     content_type: str
+    fields: dict[str, str] = field(default_factory=dict)  # the `texts` parts asked for
 
 
 class ImagePart:
     """Streams a multipart body through python-multipart's parser and keeps the first `image`
-    part in memory; every other part is dropped as it passes. Nothing is written to disk."""
+    part in memory, and the first of each text part named in `texts` (at most
+    `MAX_TEXT_FIELD` bytes each); every other part is dropped as it passes. Nothing is written
+    to disk."""
 
-    def __init__(self, boundary: bytes, field: str = IMAGE_FIELD) -> None:
+    def __init__(
+        self, boundary: bytes, field: str = IMAGE_FIELD, texts: tuple[str, ...] = ()
+    ) -> None:
         self.field = field.encode()
+        self.texts = {t.encode() for t in texts}
+        self.fields: dict[str, bytearray] = {}
+        self._text: bytearray | None = None
         self.found = False
         self.complete = False  # the closing boundary was seen
         self.content_type = ""
@@ -497,7 +534,10 @@ class ImagePart:
         self._parser.write(chunk)
 
     def upload(self) -> Upload | None:
-        return Upload(bytes(self._data), self.content_type) if self.found else None
+        if not self.found:
+            return None
+        texts = {k: bytes(v).decode("utf-8", "replace") for k, v in self.fields.items()}
+        return Upload(bytes(self._data), self.content_type, texts)
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -515,30 +555,38 @@ class ImagePart:
 
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition"))
-        self._keep = not self.found and options.get(b"name") == self.field
+        name = options.get(b"name")
+        self._keep = not self.found and name == self.field
         if self._keep:
             self.found = True
             self.content_type = self._headers.get(b"content-type", b"").decode("latin-1")
+        self._text = None
+        if name in self.texts and name.decode() not in self.fields:
+            self._text = self.fields.setdefault(name.decode(), bytearray())
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._keep:
             self._data += data[start:end]
+        elif self._text is not None and len(self._text) <= MAX_TEXT_FIELD:
+            self._text += data[start : min(end, start + MAX_TEXT_FIELD + 1 - len(self._text))]
 
     def _part_end(self) -> None:
         self._keep = False
+        self._text = None
 
     def _end(self) -> None:
         self.complete = True
 
 
-async def read_image_part(request: Request) -> Upload:
-    """The request's `image` part, read into memory as it streams in (`UploadGuard` bounds its
-    size and time). 400 for a broken body, 422 when there is no `image` part."""
+async def read_image_part(request: Request, texts: tuple[str, ...] = ()) -> Upload:
+    """The request's `image` part (and the text parts named in `texts`), read into memory as it
+    streams in (`UploadGuard` bounds its size and time). 400 for a broken body, 422 when there
+    is no `image` part."""
     _, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
     if not boundary:
         raise ApiError(400, "bad_request", "multipart body without a boundary", headers=CLOSE)
-    part = ImagePart(boundary)
+    part = ImagePart(boundary, texts=texts)
     try:
         async for chunk in request.stream():
             part.write(chunk)
@@ -568,6 +616,7 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
         redoc_url=None,
     )
     app.state.max_bytes = settings.max_bytes
+    app.state.contributions = None  # a ContributionStore once the lifespan opens the folder
     app.add_middleware(
         UploadGuard,
         max_body=settings.max_bytes + MULTIPART_SLACK,
@@ -583,6 +632,7 @@ def create_app(settings: ServeSettings, *, predictor: Predictor | None = None) -
     _add_error_handlers(app)
     _add_predict_route(app, settings)
     _add_model_routes(app)
+    _add_contribution_routes(app, settings)
     _add_page(app)
     return app
 
@@ -614,15 +664,105 @@ def _lifespan(
         app.state.heavy_pool = ThreadPoolExecutor(
             max(1, settings.heavy_decoding), "fruits-heavy", initializer=_lower_priority
         )
+        if settings.contributions:
+            from fruits.contributions import ContributionStore
+
+            app.state.contributions = ContributionStore(
+                settings.contributions, agree=settings.contribution_agree
+            )
+            app.state.contribution_limit = RateLimit(
+                settings.contribution_rate, settings.contribution_window_s
+            )
+            log.info("contributions go to %s", settings.contributions)
         log.info("serving run %s (%d classes)", loaded.run_id, len(loaded.classes))
+        watcher = None
+        if predictor is None and settings.reload_s > 0:
+            watcher = asyncio.create_task(_watch_run(app, settings, batching))
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             if batching:
-                loaded.stop_batching()
+                app.state.predictor.stop_batching()
             app.state.heavy_pool.shutdown(wait=False, cancel_futures=True)
 
     return lifespan
+
+
+def run_signature(run: str) -> tuple[int, int, int] | None:
+    """What identifies a published run: its `_SUCCESS.json` (written last, then the staging
+    folder is swapped into place), by inode, size and mtime. None while there is none."""
+    from fruits.predictor import SUCCESS_FILE
+
+    try:
+        st = os.stat(os.path.join(run, SUCCESS_FILE))
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+async def _watch_run(app: FastAPI, settings: ServeSettings, batching: bool) -> None:
+    """Serve a newly published run without downtime: when the run's marker changes, load the
+    new run in a worker thread while the old one keeps answering, then swap
+    `app.state.predictor` (one assignment: a request holds the predictor it started with). A
+    run that fails to load is logged and the old one stays; the next publish is tried again."""
+    seen = run_signature(settings.run)
+    while True:
+        await asyncio.sleep(settings.reload_s)
+        now = run_signature(settings.run)
+        if now is None or now == seen:
+            continue
+        seen = now
+        try:
+            new = await run_in_threadpool(Predictor.load, settings.run, threads=settings.threads)
+        except Exception as exc:  # a broken publish must not take the served model down
+            log.warning(
+                "new run in %s not loaded, still serving the old one: %s", settings.run, exc
+            )
+            continue
+        old = app.state.predictor
+        if batching:
+            new.start_batching(max_batch=settings.max_batch)
+        app.state.predictor = new
+        log.info("reloaded: serving run %s (%d classes)", new.run_id, len(new.classes))
+        if batching:  # requests that took the old one finish first; then its thread stops
+            asyncio.get_running_loop().call_later(
+                30, lambda p=old: threading.Thread(target=p.stop_batching, daemon=True).start()
+            )
+
+
+class RateLimit:
+    """At most `per` events per client address in any `window_s` seconds (a sliding window).
+    Used from the event loop only. Behind a reverse proxy every client has the proxy's address:
+    the limit is then the proxy's, which still bounds what the folder can receive."""
+
+    def __init__(self, per: int, window_s: float) -> None:
+        self.per = max(1, per)
+        self.window_s = window_s
+        self._seen: dict[str, list[float]] = {}
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        """Count one event for `client`; False (and not counted) when it is over the limit."""
+        now = time.monotonic() if now is None else now
+        cut = now - self.window_s
+        if len(self._seen) > 10_000:  # forget clients idle for a whole window
+            self._seen = {k: v for k, v in self._seen.items() if v and v[-1] > cut}
+        times = [t for t in self._seen.get(client, []) if t > cut]
+        if len(times) >= self.per:
+            self._seen[client] = times
+            return False
+        times.append(now)
+        self._seen[client] = times
+        return True
+
+    def retry_after(self, client: str, now: float | None = None) -> int:
+        """Seconds until `client` may send again."""
+        now = time.monotonic() if now is None else now
+        times = self._seen.get(client) or [now]
+        return max(1, int(times[0] + self.window_s - now + 1))
 
 
 def _lower_priority() -> None:
@@ -839,7 +979,154 @@ def _add_model_routes(app: FastAPI) -> None:
             backbone=(pred.backbone.get("backbone") or {}).get("name"),
             version=__version__,
             max_upload_bytes=request.app.state.max_bytes,
+            contributions=request.app.state.contributions is not None,
         )
+
+
+CONTRIBUTION_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [IMAGE_FIELD, "label", "consent"],
+                    "properties": {
+                        IMAGE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The photo that was answered.",
+                        },
+                        "label": {
+                            "type": "string",
+                            "description": "What it really is: a class of `GET /v1/classes` "
+                            "(e.g. `Banana 1`).",
+                        },
+                        "consent": {
+                            "type": "string",
+                            "enum": ["true"],
+                            "description": "Must be `true`: the giver agrees that the photo "
+                            "(without its metadata) is kept to train the model.",
+                        },
+                        "answer": {
+                            "type": "string",
+                            "description": "Optional: the class the model answered.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+CONTRIBUTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"model": ErrorBody, "description": "Malformed id, empty upload or broken body."},
+    403: {"model": ErrorBody, "description": "No consent: `consent` must be `true`."},
+    404: {"model": ErrorBody, "description": "Unknown id, or contributions are off here."},
+    422: {"model": ErrorBody, "description": "Not an image, or a label the model does not know."},
+    429: {"model": ErrorBody, "description": "Too many contributions from this client."},
+}
+
+
+def _store(request: Request) -> Any:
+    """The server's `ContributionStore`; 404 when `fruits serve` was started without one."""
+    store = request.app.state.contributions
+    if store is None:
+        raise ApiError(
+            404,
+            "contributions_off",
+            "contributions are off on this server (start it with `fruits serve --contributions "
+            "DIR` to accept photos)",
+        )
+    return store
+
+
+def _add_contribution_routes(app: FastAPI, settings: ServeSettings) -> None:
+    """`POST /v1/contributions` (a consented, labelled photo) and `DELETE` of one by its id."""
+    from fruits.contributions import STORE_SIDE, ContributionError, content_hash, reencode
+
+    @app.post(
+        CONTRIBUTIONS_PATH,
+        status_code=201,
+        response_model=ContributionOut,
+        responses={**CONTRIBUTION_ERRORS, 200: {"description": "The same photo, given before."}},
+        tags=["contributions"],
+        openapi_extra=CONTRIBUTION_BODY,
+    )
+    async def contribute(request: Request) -> JSONResponse:
+        """Give a photo and its true label to improve the model; only with `consent=true`. It
+        is stored re-encoded, without EXIF or GPS, until reviewed. 201 with its `id` (200 when
+        the same photo was given before: same id, stored once)."""
+        store = _store(request)
+        client = request.client.host if request.client else "unknown"
+        limit: RateLimit = request.app.state.contribution_limit
+        if not limit.allow(client):
+            raise ApiError(
+                429,
+                "too_many",
+                f"too many contributions from this client (at most {limit.per} per "
+                f"{limit.window_s:g} s); thank you, and try again later",
+                headers={"Retry-After": str(limit.retry_after(client))},
+            )
+        upload = await read_image_part(request, CONTRIBUTION_FIELDS)
+        if upload.fields.get("consent", "").strip().lower() != "true":
+            raise ApiError(
+                403,
+                "consent_required",
+                "the photo is kept only with consent: send `consent=true` (nothing was stored)",
+            )
+        label = upload.fields.get("label", "").strip()
+        pred = _get_predictor(request)
+        if not label or label == NEGATIVE or label not in pred.classes:
+            shown = repr(label[:40]) if label else "empty"
+            raise ApiError(
+                422,
+                "unknown_label",
+                f"label {shown} is not a class of this model (GET /v1/classes lists them)",
+            )
+        answer = upload.fields.get("answer", "").strip()[:200] or None
+        upload = _checked_upload(upload, settings.max_bytes)
+        state = request.app.state
+        heavy = decoded_pixels(upload.data, STORE_SIDE) > settings.heavy_pixels
+        call = partial(reencode, upload.data, max_pixels=settings.max_pixels)
+        async with (state.heavy_gate if heavy else state.gate).turn():
+            try:
+                if heavy:  # as predict: its own gate and a low-priority thread
+                    photo = await asyncio.get_running_loop().run_in_executor(state.heavy_pool, call)
+                else:
+                    photo = await run_in_threadpool(call)
+            except ImageError as exc:
+                code = "image_too_large" if exc.reason.startswith("image too large") else None
+                raise ApiError(422, code or "not_an_image", exc.reason) from None
+            except Exception as exc:  # a decoder failing in a way images.py does not map
+                log.warning("undecodable contribution: %s", type(exc).__name__)
+                raise ApiError(422, "not_an_image", "could not decode the image") from None
+        try:
+            added = await run_in_threadpool(
+                store.add, photo, content_hash(upload.data), label, client=client, answer=answer
+            )
+        except ContributionError as exc:
+            raise ApiError(422, "unknown_label", str(exc)) from None
+        body = ContributionOut(id=added.id, status=added.status)  # type: ignore[arg-type]
+        return JSONResponse(body.model_dump(), status_code=201 if added.created else 200)
+
+    @app.delete(
+        CONTRIBUTIONS_PATH + "/{contribution_id}",
+        status_code=204,
+        responses=CONTRIBUTION_ERRORS,
+        tags=["contributions"],
+    )
+    async def withdraw(request: Request, contribution_id: str) -> Response:
+        """Delete a contributed photo and everything stored with it (pending or confirmed)."""
+        store = _store(request)
+        try:
+            gone = await run_in_threadpool(store.delete, contribution_id)
+        except ContributionError as exc:
+            raise ApiError(400, "bad_id", str(exc)) from None
+        if not gone:
+            raise ApiError(404, "not_found", "no contribution with this id (deleted already?)")
+        return Response(status_code=204)
 
 
 def _add_page(app: FastAPI) -> None:

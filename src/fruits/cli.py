@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_type_hints
 
 import typer
@@ -424,6 +425,14 @@ def serve(
     max_batch: Annotated[
         int, typer.Option(help="Concurrent requests share CNN calls up to this many; 1 = off.")
     ] = 1,
+    contributions: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Local folder for photos users give with consent (POST /v1/contributions);"
+            " default: off.",
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Serve a run's model: web page at /, API at /v1/predict, docs at /docs."""
     _setup_logging(False)
@@ -447,7 +456,11 @@ def serve(
             typer.echo(f"error: cannot fetch {run} from MLflow: {_one_line(redact(exc))}", err=True)
             raise typer.Exit(2) from None
     settings = ServeSettings(
-        run=run, max_bytes=int(max_mb * 1024 * 1024), threads=threads, max_batch=max_batch
+        run=run,
+        max_bytes=int(max_mb * 1024 * 1024),
+        threads=threads,
+        max_batch=max_batch,
+        contributions=contributions,
     )
     try:
         check_run(run)  # fail here with one line, not inside uvicorn's start-up
@@ -455,6 +468,71 @@ def serve(
         typer.echo(f"error: cannot serve {run}: {exc}", err=True)
         raise typer.Exit(2) from None
     start(settings, host=host, port=port)
+
+
+contributions_app = typer.Typer(
+    cls=OneLineErrors,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Photos users gave with consent (`fruits serve --contributions DIR`).",
+)
+app.add_typer(contributions_app, name="contributions")
+
+
+@contributions_app.command(name="review", cls=PlainHelpCommand)
+def contributions_review(
+    folder: Annotated[
+        str,
+        typer.Argument(help="The folder given to `fruits serve --contributions`.", metavar="DIR"),
+    ],
+    accept: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Confirm this pending contribution (repeatable).", metavar="ID"),
+    ] = None,
+    accept_all: Annotated[
+        bool, typer.Option("--accept-all", help="Confirm every pending contribution.")
+    ] = False,
+    reject: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Delete this pending contribution (repeatable).", metavar="ID"),
+    ] = None,
+    label: Annotated[
+        Optional[str],
+        typer.Option(help="With --accept: confirm under this label instead.", metavar="CLASS"),
+    ] = None,
+) -> None:
+    """List pending contributions, or confirm / reject them. A confirmed photo moves to
+    FOLDER/confirmed/Training/<label>/, which `fruits run --input FOLDER/confirmed` trains on."""
+    from fruits.contributions import ContributionError, ContributionStore
+
+    if not Path(folder).is_dir():
+        typer.echo(f"error: {folder} is not a folder", err=True)
+        raise typer.Exit(2)
+    store = ContributionStore(folder)
+    pending = store.pending()
+    ids = list(accept or [])
+    if accept_all:
+        ids += [r["id"] for r in pending if r.get("id") not in ids]
+    if label is not None and not accept:
+        typer.echo("error: --label needs --accept ID", err=True)
+        raise typer.Exit(2)
+    try:
+        for cid in reject or []:
+            store.reject(cid)
+            typer.echo(f"rejected {cid}")
+        for cid in ids:
+            target = store.accept(cid, label if cid in (accept or []) else None)
+            typer.echo(f"accepted {cid} -> {target}")
+    except ContributionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if ids or reject:
+        return
+    for r in pending:
+        votes = len(r.get("votes", []))
+        answered = f", model said {r['answer']}" if r.get("answer") else ""
+        typer.echo(f"{r['id']}  {r['label']}  ({votes} vote(s){answered}; {r.get('time', '')})")
+    typer.echo(f"{len(pending)} pending; confirmed photos: {store.confirmed_dir}")
 
 
 # Top-level modules of each extra: a command that needs a missing one says what to install.
