@@ -291,3 +291,100 @@ def test_a_newly_published_run_is_picked_up_without_a_restart(tmp_path, monkeypa
         time.sleep(0.5)
         assert app.state.predictor is loaded[1] and len(loaded) == 2
         assert c.get("/health").status_code == 200
+
+
+@pytest.fixture
+def page_server(folder):
+    """The real app (uvicorn, this process, a loopback port) with `answer_stub`'s answers and
+    contributions on."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ServeSettings(contributions=str(folder), reload_s=0), predictor=AnswerStub())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=20)
+
+
+@pytest.mark.browser
+def test_the_page_asks_and_sends_only_with_consent(page_server, folder, tmp_path):
+    """In headless Chromium: after an answer the page asks "Was this right?"; nothing can be
+    sent before the consent box is ticked; "yes" sends the answered class, "it is a ..." a
+    class from the list; the code shown deletes the photo again."""
+    import shutil
+
+    from answer_stub import CASES, photo
+    from conftest import require_service
+
+    require_service(
+        "chromium + chromedriver",
+        Path("/usr/bin/chromium").exists() and shutil.which("/usr/bin/chromedriver") is not None,
+    )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver.set_window_size(390, 844)
+    find = driver.find_element
+    wait = WebDriverWait(driver, 60)
+    try:
+        driver.get(page_server + "/")
+        sure = tmp_path / "sure.png"
+        sure.write_bytes(photo(CASES["sure"]))
+        find(By.CSS_SELECTOR, "input[type=file]").send_keys(str(sure))
+        wait.until(lambda d: find(By.ID, "feedback").is_displayed())
+        assert "Was this right?" in find(By.ID, "feedback").text
+        assert not find(By.ID, "feedback-consent").is_selected()
+        find(By.ID, "feedback-yes").click()
+        assert not find(By.ID, "feedback-send").is_enabled()  # no consent yet
+        assert stored_files(folder) == []
+        find(By.ID, "feedback-consent").click()
+        assert find(By.ID, "feedback-send").is_enabled()
+        find(By.ID, "feedback-send").click()
+        wait.until(lambda d: "code is" in find(By.ID, "feedback-status").text)
+        [sidecar] = list((folder / "pending").glob("*.json"))
+        assert json.loads(sidecar.read_text())["label"] == "Banana Lady Finger 1"
+        assert sidecar.stem in find(By.ID, "feedback-status").text
+        find(By.ID, "feedback-delete").click()
+        wait.until(lambda d: "deleted" in find(By.ID, "feedback-status").text)
+        assert stored_files(folder) == []
+
+        unsure = tmp_path / "unsure.png"
+        unsure.write_bytes(photo(CASES["unsure"]))
+        find(By.CSS_SELECTOR, "input[type=file]").send_keys(str(unsure))
+        wait.until(lambda d: find(By.ID, "feedback").is_displayed())
+        assert not find(By.ID, "feedback-yes").is_displayed()  # nothing to say yes to
+        assert not find(By.ID, "feedback-consent").is_selected()  # unticked again
+        find(By.ID, "feedback-no").click()
+        options = [
+            o.get_attribute("value")
+            for o in driver.find_elements(By.CSS_SELECTOR, "#feedback-species option")
+        ]
+        assert "Mango 1" in options and "not a fruit" not in options
+        find(By.ID, "feedback-label").send_keys("Maracuja 1")
+        find(By.ID, "feedback-consent").click()
+        find(By.ID, "feedback-send").click()
+        wait.until(lambda d: "code is" in find(By.ID, "feedback-status").text)
+        [sidecar] = list((folder / "pending").glob("*.json"))
+        record = json.loads(sidecar.read_text())
+        assert record["label"] == "Maracuja 1" and record["answer"] == "Mango 1"
+    finally:
+        driver.quit()

@@ -11,6 +11,9 @@
   const input = $("photo");
   const statusEl = $("status");
   let limit = null; // the server's max_upload_bytes, read from /health once
+  let contributionsOn = false; // /health: does this server take contributed photos?
+  let species = null; // label -> name of every class a person may choose, from /v1/classes
+  let answered = null; // { file, body } of the answer on screen, for the feedback form
 
   function setStatus(text, isError) {
     statusEl.textContent = text;
@@ -21,7 +24,9 @@
     if (limit === null) {
       try {
         const res = await fetch("/health");
-        limit = (await res.json()).max_upload_bytes || 0;
+        const health = await res.json();
+        limit = health.max_upload_bytes || 0;
+        contributionsOn = Boolean(health.contributions);
       } catch (err) {
         return 0; // unknown: the server decides
       }
@@ -78,8 +83,115 @@
     box.hidden = false;
   }
 
+  // ---- "Was this right?": the feedback loop (POST /v1/contributions, only with consent) ----
+
+  async function loadSpecies() {
+    if (species !== null) return species;
+    const res = await fetch("/v1/classes");
+    const body = await res.json();
+    species = new Map();
+    const list = $("feedback-species");
+    list.replaceChildren();
+    for (const c of body.classes) {
+      if (c.label === "not a fruit") continue;
+      species.set(c.label, c.name);
+      const opt = document.createElement("option");
+      opt.value = c.label; // what is sent: a class of the model (the folder it will train)
+      opt.textContent = c.name;
+      list.appendChild(opt);
+    }
+    return species;
+  }
+
+  function chosenLabel() {
+    if ($("feedback-yes").checked && answered) return answered.body.prediction.label;
+    if ($("feedback-no").checked) {
+      const typed = $("feedback-label").value.trim();
+      return species && species.has(typed) ? typed : null;
+    }
+    return null;
+  }
+
+  function updateSend() {
+    $("feedback-correction").hidden = !$("feedback-no").checked;
+    // nothing leaves the page unless the consent box is ticked and a known label is chosen
+    $("feedback-send").disabled = !($("feedback-consent").checked && chosenLabel());
+  }
+
+  function feedbackStatus(text, isError) {
+    $("feedback-status").textContent = text;
+    $("feedback-status").classList.toggle("error", Boolean(isError));
+  }
+
+  function showFeedback(file, body) {
+    answered = { file, body };
+    $("feedback-form").reset(); // consent unticked again for every photo
+    $("feedback-form").hidden = false;
+    $("feedback-yes-label").hidden = body.verdict !== "known";
+    $("feedback-delete").hidden = true;
+    $("feedback-delete").dataset.id = "";
+    feedbackStatus("");
+    updateSend();
+    $("feedback").hidden = !contributionsOn;
+    if (contributionsOn) loadSpecies().catch(() => feedbackStatus("Could not load the list.", true));
+  }
+
+  async function sendFeedback(event) {
+    event.preventDefault();
+    const label = chosenLabel();
+    if (!answered || !label || !$("feedback-consent").checked) return;
+    const form = new FormData();
+    form.append("image", answered.file, answered.file.name || "photo.jpg");
+    form.append("label", label);
+    form.append("consent", "true");
+    form.append("answer", answered.body.prediction.label);
+    $("feedback-send").disabled = true;
+    try {
+      const res = await fetch("/v1/contributions", { method: "POST", body: form });
+      const body = await res.json().catch(() => ({}));
+      if (!res.ok) {
+        feedbackStatus(body.message || `The server refused it (HTTP ${res.status}).`, true);
+        updateSend();
+        return;
+      }
+      $("feedback-form").hidden = true;
+      feedbackStatus(`Thank you! Your photo's code is ${body.id}: keep it to have it deleted.`);
+      $("feedback-delete").dataset.id = body.id;
+      $("feedback-delete").hidden = false;
+    } catch (err) {
+      feedbackStatus("Could not reach the server: " + err.message, true);
+      updateSend();
+    }
+  }
+
+  async function deleteContribution() {
+    const id = $("feedback-delete").dataset.id;
+    if (!id) return;
+    try {
+      const res = await fetch("/v1/contributions/" + encodeURIComponent(id), { method: "DELETE" });
+      if (res.status === 204 || res.status === 404) {
+        feedbackStatus("Your photo was deleted from the server.");
+        $("feedback-delete").hidden = true;
+      } else {
+        const body = await res.json().catch(() => ({}));
+        feedbackStatus(body.message || `Not deleted (HTTP ${res.status}).`, true);
+      }
+    } catch (err) {
+      feedbackStatus("Could not reach the server: " + err.message, true);
+    }
+  }
+
+  for (const id of ["feedback-yes", "feedback-no", "feedback-consent", "feedback-label"]) {
+    $(id).addEventListener("input", updateSend);
+    $(id).addEventListener("change", updateSend);
+  }
+  $("feedback-form").addEventListener("submit", sendFeedback);
+  $("feedback-delete").addEventListener("click", deleteContribution);
+
   async function recognise(file) {
     $("result").hidden = true;
+    $("feedback").hidden = true;
+    answered = null;
     setStatus("Looking at your photo…"); // at once: no earlier answer or error stays on screen
     const url = URL.createObjectURL(file);
     $("preview-img").onerror = () => { $("preview").hidden = true; };
@@ -101,6 +213,7 @@
       }
       setStatus("");
       showResult(body);
+      showFeedback(file, body);
     } catch (err) {
       setStatus("Could not reach the server: " + err.message, true);
     }
