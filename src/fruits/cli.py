@@ -19,6 +19,7 @@ from fruits.config import (
     PipelineConfig,
     Precision,
     ReduceConfig,
+    bundled_negatives,
     bundled_sample,
 )
 
@@ -32,7 +33,8 @@ Storage = get_type_hints(PipelineConfig)["storage"]
 InputOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        help="Images folder, path or URI (repeatable). Default: the bundled sample.",
+        help="Images folder, path or URI (repeatable). Default: the bundled sample "
+        "(with its bundled negatives).",
         metavar="DIR",
     ),
 ]
@@ -307,6 +309,9 @@ def run(
     """Run the whole chain: ingest -> CNN features -> PCA -> classifier -> outputs."""
     _setup_logging(verbose)
     sources = list(input or [bundled_sample()])
+    # No --input: the bundled sample comes with its bundled negatives, so the quick-start model
+    # can answer "not a fruit"; an explicit --input gets only the --negatives it names.
+    negatives = negatives or ([] if input else [bundled_negatives()])
     cfg = PipelineConfig(
         input=sources[0],
         extra_inputs=tuple(sources[1:]),

@@ -35,6 +35,14 @@ def bundled_sample() -> str:
     return str(resources.files("fruits") / "sample_data" / "fruits-360-sample")
 
 
+def bundled_negatives() -> str:
+    """Photos of no fruit that ship beside the sample (sample_data/negatives: packaged goods,
+    orchard leaves, clothes, hands, flowers; permissive licences, notes per origin). `fruits run`
+    with no `--input` and no `--negatives` trains "not a fruit" from them, so the quick-start
+    model refuses a milk carton instead of naming a fruit; an explicit `--input` gets none."""
+    return str(resources.files("fruits") / "sample_data" / "negatives")
+
+
 @dataclass(frozen=True)
 class FeaturizerConfig:
     """How pixels become feature vectors; everything here changes the features, so it is
