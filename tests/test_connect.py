@@ -233,6 +233,8 @@ def test_fruits_run_through_connect_equals_classic(
             "-m",
             "fruits",
             "run",
+            "--input",  # named: with no --input the bundled negatives join (not in sample_run)
+            str(sample_dir),
             "--remote",
             connect_server.url,
             "--output",
