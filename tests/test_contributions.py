@@ -388,3 +388,50 @@ def test_the_page_asks_and_sends_only_with_consent(page_server, folder, tmp_path
         assert record["label"] == "Maracuja 1" and record["answer"] == "Mango 1"
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_round_trip_photo_to_training_to_served_model(spark, sample_dir, tmp_path):
+    """Photo -> consent -> stored -> reviewed -> `fruits run --input <sample> --input
+    <confirmed>` -> served: the confirmed photos are training rows with their label and the
+    train split, and the new run serves."""
+    from fruits.config import PipelineConfig
+    from fruits.pipeline import run_pipeline
+
+    folder = tmp_path / "contributions"
+
+    class SampleStub(AnswerStub):
+        classes = sorted(p.name for p in (sample_dir / "Training").iterdir())
+
+    app = create_app(ServeSettings(contributions=str(folder), reload_s=0), predictor=SampleStub())
+    ids = []
+    with TestClient(app) as c:
+        for src in sorted((sample_dir / "Test" / "Kiwi 1").glob("*.jpg"))[:3]:
+            buf = io.BytesIO()
+            Image.open(src).transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG")
+            resp = contribute(c, buf.getvalue(), label="Kiwi 1")
+            assert resp.status_code == 201, resp.text
+            ids.append(resp.json()["id"])
+    reviewed = CliRunner().invoke(cli_app, ["contributions", "review", str(folder), "--accept-all"])
+    assert reviewed.exit_code == 0, reviewed.output
+
+    out = tmp_path / "run"
+    cfg = PipelineConfig(
+        input=str(sample_dir), extra_inputs=(str(folder / "confirmed"),), output=str(out)
+    )
+    run_pipeline(cfg, spark=spark)
+    rows = (
+        spark.read.parquet(str(out / "images.parquet"))
+        .where("path like '%/confirmed/Training/%'")
+        .select("path", "label", "split")
+        .collect()
+    )
+    assert sorted(Path(r["path"]).stem for r in rows) == sorted(ids)
+    assert {r["label"] for r in rows} == {"Kiwi 1"}
+    assert {r["split"] for r in rows} <= {"train", "val", "guard"}
+
+    with TestClient(create_app(ServeSettings(run=str(out), reload_s=0))) as served:
+        photo = next((folder / "confirmed" / "Training" / "Kiwi 1").glob("*.jpg")).read_bytes()
+        answer = served.post("/v1/predict", files={"image": ("k.jpg", photo, "image/jpeg")})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["prediction"]["label"] == "Kiwi 1"
