@@ -94,6 +94,11 @@ def test_the_run_is_calibrated_and_scored_per_source(multi_run, sources):
     meta = json.loads((sources / "out" / "models" / "serving.json").read_text())
     assert meta["recognition"]["species"]["Banana 1"] == "Banana"
     assert NEGATIVE in meta["classes"]
+    # leave one source out: every source scored by a classifier fitted without it
+    held = rec["held_out_source"]
+    assert set(held) == {str(sources / s) for s in ("studio", "phone", "neg")}
+    assert held[str(sources / "neg")]["negatives"] == 30  # all of it (no test split there)
+    assert held[str(sources / "phone")]["photos"] == 36
 
 
 def test_the_served_model_answers_species_and_refuses_what_is_not_fruit(multi_run, sources):

@@ -95,6 +95,9 @@ class PipelineConfig:
     negatives: tuple[str, ...] = ()  # photos of none of the classes: the class "not a fruit"
     # JSON: folder label -> class trained on (recognition.py); several files are merged
     label_map: str | tuple[str, ...] | None = None
+    # with several sources, the temperature and "not sure" threshold are fitted leaving one
+    # source out (classify.out_of_source: one extra fit per source); False: on the val split
+    held_out_calibration: bool = True
     val_fraction: float = 0.1  # of a source's train split set aside when it has no val split
     output: str = DEFAULT_OUTPUT
     master: str | None = None

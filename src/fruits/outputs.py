@@ -91,13 +91,21 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
         model = fit_classifier(train_part(images, splits))
     model.write().overwrite().save(run.uri("models", "classifier"))
     classes = class_labels(model)
+    planned = [uri for _, uri in run.io.inputs]  # the spelling Spark lists paths in
+    held = None
+    if run.cfg.held_out_calibration and len(run.inputs) >= 2 and not prev.classifier_path:
+        from fruits.classify import out_of_source
+
+        spellings = [{s, p} for s, p in zip(run.inputs, planned, strict=True)]
+        held = out_of_source(images, spellings) or None
     calibration = calibrate(
         arrays_from_spark(reducer.model, model),
         classes,
         images,
         sources=run.inputs,
         label_map=getattr(run, "label_map", None),
-        planned=[uri for _, uri in run.io.inputs],  # the spelling Spark lists paths in
+        planned=planned,
+        held=held,
     )
     export_serving(
         reducer.model,

@@ -214,16 +214,32 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, weights: np.ndarray | Non
     """The T >= 1 minimising the (weighted) validation negative log-likelihood (golden-section
     search on log T; the NLL is convex in 1/T). Weights let every source count equally, so
     thousands of easy studio frames do not outvote a few hundred phone photos."""
-    logits = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
-    if len(y) == 0:
+    return fit_temperature_groups([(logits, y, weights)])
+
+
+def fit_temperature_groups(
+    groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+) -> float:
+    """`fit_temperature` over several (logits, y, weights) groups whose logits may have
+    different class sets: the held-out-source calibration, where each source was scored by a
+    classifier fitted without it. Weights are normalised over all groups together."""
+    parts = []
+    for logits, y, weights in groups:
+        y = np.asarray(y, dtype=np.int64)
+        if len(y) == 0:
+            continue
+        w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+        parts.append((np.asarray(logits, dtype=np.float64), y, w))
+    if not parts:
         return 1.0
-    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
+    total = sum(float(w.sum()) for _, _, w in parts)
 
     def nll(log_t: float) -> float:
-        p = softmax(logits, math.exp(log_t))[np.arange(len(y)), y]
-        return float(-(w * np.log(np.clip(p, 1e-300, None))).sum())
+        out = 0.0
+        for logits, y, w in parts:
+            p = softmax(logits, math.exp(log_t))[np.arange(len(y)), y]
+            out -= float((w / total * np.log(np.clip(p, 1e-300, None))).sum())
+        return out
 
     lo, hi = math.log(0.05), math.log(20.0)
     g = (math.sqrt(5) - 1) / 2
