@@ -93,7 +93,10 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
     classes = class_labels(model)
     planned = [uri for _, uri in run.io.inputs]  # the spelling Spark lists paths in
     held = None
-    if run.cfg.held_out_calibration and len(run.inputs) >= 2 and not prev.classifier_path:
+    labelled = sum(role == "labelled" for _, role in run.cfg.sources)
+    # two labelled sources at least: each held-out fruit source is then judged by a classifier
+    # that still knows fruit (the sample plus negatives alone keeps the val split's fit)
+    if run.cfg.held_out_calibration and labelled >= 2 and not prev.classifier_path:
         from fruits.classify import out_of_source
 
         spellings = [{s, p} for s, p in zip(run.inputs, planned, strict=True)]
