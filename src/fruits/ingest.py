@@ -78,7 +78,9 @@ def _frame_name(path: Column) -> tuple[Column, Column]:
     """(series, frame) of a Fruits-360 video frame name (`r2_123_100.jpg`: series `r2_`,
     frame 123); frame "" for any other file."""
     name = F.element_at(F.split(path, "/"), -1)
-    pattern = r"^((?:r\d*_)?)(\d+)_\d+\."
+    # at most 9 digits: a Flickr photo (`5999024446_5721493894.jpg`, tf-flowers) is no video
+    # frame, and its 10-digit id cast to int stopped a whole run after featurize (ANSI mode)
+    pattern = r"^((?:r\d*_)?)(\d{1,9})_\d+\."
     return F.regexp_extract(name, pattern, 1), F.regexp_extract(name, pattern, 2)
 
 
