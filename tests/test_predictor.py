@@ -54,8 +54,9 @@ def spark_scored(spark, run_dir) -> pd.DataFrame:
     """Spark's own predictions for the test split, from the run's saved classifier."""
     images = spark.read.parquet(str(run_dir / "images.parquet")).where(F.col("split") == "test")
     model = PipelineModel.load(str(run_dir / "models" / "classifier"))
+    scaler = PipelineModel.load(str(run_dir / "models" / "scaler_pca")).stages[0]
     rows = (
-        predict(model, images)
+        predict(model, images, scaler=scaler)
         .select("path", "label", "features", "pca", "predicted_label", "probability")
         .collect()
     )
@@ -71,8 +72,10 @@ def test_run_folder_holds_the_exported_chain(run_dir, predictor):
         check_run(run_dir)["run_id"] == json.loads((run_dir / "report.json").read_text())["run_id"]
     )
     with np.load(run_dir / "models" / ARRAYS_FILE) as npz:
-        assert set(npz.files) == {"mean", "scale", "pc", "coef", "intercept"}
+        assert set(npz.files) == {"mean", "scale", "pc", "coef", "intercept", "reads"}
         assert npz["pc"].shape[0] == 1280
+        # the classifier reads the 1280 scaled features, not the PCA (leave-one-source-out study)
+        assert str(npz["reads"]) == "scaled" and npz["coef"].shape[1] == 1280
     assert predictor.classes == meta["classes"]
 
 
@@ -83,8 +86,8 @@ def test_arrays_reproduce_spark_from_the_stored_features(predictor, spark_scored
     np.testing.assert_allclose(
         pca, np.stack(spark_scored["pca"].map(np.asarray)), rtol=1e-6, atol=1e-6
     )
-    probs = predictor.arrays.probabilities(np.stack(spark_scored["pca"].map(np.asarray)))
-    np.testing.assert_allclose(probs, np.stack(spark_scored["probability"]), atol=1e-12)
+    probs = predictor.arrays.probabilities(predictor.arrays.classifier_input(feats))
+    np.testing.assert_allclose(probs, np.stack(spark_scored["probability"]), atol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +120,11 @@ def sklearn_reference(run_dir, parquet_rows):
         x = np.asarray(features, dtype=np.float32).astype(np.float64)
         return pca.transform(scaler.transform(x)) * factor
 
-    return project, train
+    def standardise(features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float32).astype(np.float64)
+        return scaler.transform(x) * factor
 
-
-def _align_signs(reference: np.ndarray, served: np.ndarray) -> np.ndarray:
-    signs = np.sign(np.sum(reference * served, axis=0))
-    signs[signs == 0] = 1
-    return reference * signs
+    return project, train, standardise
 
 
 def test_serving_projection_matches_an_independent_sklearn_fit(
@@ -132,7 +133,7 @@ def test_serving_projection_matches_an_independent_sklearn_fit(
     """Catches a scaler without its mean, a wrong scale and components in the wrong order:
     the stored `pca` column comes from the same function as serving, so only an outside fit
     can."""
-    project, train = sklearn_reference
+    project, train, _ = sklearn_reference
     test = np.stack(parquet_rows.loc[parquet_rows["split"] == "test", "features"])
     assert len(train) >= 100 and len(test) == 80
     served_train = predictor.arrays.reduce(train)
@@ -150,7 +151,7 @@ def test_serving_projection_matches_an_independent_sklearn_fit(
 
 def _reference_answers(
     arrays_file: Path,
-    pca: np.ndarray,
+    inputs: np.ndarray,
     classes: list[str],
     species_of: dict[str, str],
     temperature: float,
@@ -162,7 +163,7 @@ def _reference_answers(
     with np.load(arrays_file) as npz:
         coef, intercept = npz["coef"], npz["intercept"]
     out = []
-    for row in pca:
+    for row in inputs:
         logits = coef @ row + intercept
         z = logits[: len(classes)] / temperature
         e = np.exp(z - z.max())
@@ -191,16 +192,15 @@ def test_served_answers_match_a_hand_written_calibrated_softmax(
     against Spark by the parity test)."""
     from fruits.calibration import Calibration
 
-    project, _ = sklearn_reference
+    _, _, standardise = sklearn_reference
     test = parquet_rows[parquet_rows["split"] == "test"]
-    served_train = predictor.arrays.reduce(np.stack(parquet_rows["features"]))
-    reference_pca = _align_signs(project(np.stack(parquet_rows["features"])), served_train)
-    reference_pca = reference_pca[test.index.to_numpy()]
+    # the classifier's input, scaled by scikit-learn (the run's classifier reads it, not the PCA)
+    reference_input = standardise(np.stack(test["features"]))
     classes = predictor.classes
     species_of = dict(predictor.calibration.species or {})
     temperature = 2.5
     answers = _reference_answers(
-        run_dir / "models" / ARRAYS_FILE, reference_pca, classes, species_of, temperature, 0.0
+        run_dir / "models" / ARRAYS_FILE, reference_input, classes, species_of, temperature, 0.0
     )
     # a threshold in the widest gap near the median: about half the photos each side
     sp = np.sort([a["species_probability"] for a in answers])
@@ -295,6 +295,18 @@ def test_export_from_in_memory_models_matches_spark_on_synthetic_data(spark, tmp
     )
     again = arrays_from_spark(reducer.model, classifier)
     np.testing.assert_array_equal(again.coef, arrays.coef)
+    assert arrays.reads == again.reads == "pca"  # fitted on the pca column: an older run's way
+
+    # today's way: the classifier reads the scaled features through the run's own scaler
+    scaler = reducer.model.stages[0]
+    on_scaled = fit_classifier(reduced, ClassifierConfig(max_iter=50, reg_param=0.1), scaler=scaler)
+    export_serving(reducer.model, on_scaled, tmp_path / "s", featurizer=FeaturizerConfig())
+    with np.load(tmp_path / "s" / ARRAYS_FILE) as npz:
+        scaled = ServingArrays(**{k: npz[k] for k in npz.files})
+    assert str(scaled.reads) == "scaled" and scaled.coef.shape[1] == 8
+    got = predict(on_scaled, reduced, scaler=scaler).select("probability").collect()
+    want = scaled.probabilities((feats - x.mean(0)) / x.std(0, ddof=1).clip(1e-12) * (x.std(0) > 0))
+    np.testing.assert_allclose(want, [r["probability"] for r in got], atol=1e-6)
 
 
 def test_export_saved_run_rebuilds_the_arrays_of_an_older_run(spark, run_dir, tmp_path):

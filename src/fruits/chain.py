@@ -144,8 +144,14 @@ def chain_onnx(run: str | Path) -> bytes:
             helper.make_node("Identity", ["cnn_features"], ["features"]),
             helper.make_node("Sub", ["cnn_features", "scaler_mean"], ["centred_features"]),
             helper.make_node("Mul", ["centred_features", "scaler_scale"], ["scaled"]),
-            helper.make_node("MatMul", ["scaled", "pca_components"], ["pca"]),
-            helper.make_node("MatMul", ["pca", "lr_coef_t"], ["raw"]),
+            *(
+                [helper.make_node("MatMul", ["scaled", "lr_coef_t"], ["raw"])]
+                if arrays.reads == "scaled"  # the classifier reads the scaled features
+                else [
+                    helper.make_node("MatMul", ["scaled", "pca_components"], ["pca"]),
+                    helper.make_node("MatMul", ["pca", "lr_coef_t"], ["raw"]),
+                ]
+            ),
             helper.make_node("Add", ["raw", "lr_intercept"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["probability"], axis=1),
         ],
@@ -158,7 +164,7 @@ def chain_onnx(run: str | Path) -> bytes:
         [
             const("scaler_mean", arrays.mean),
             const("scaler_scale", arrays.scale),
-            const("pca_components", arrays.pc),
+            *([] if arrays.reads == "scaled" else [const("pca_components", arrays.pc)]),
             const("lr_coef_t", arrays.coef.T),
             const("lr_intercept", arrays.intercept),
         ],

@@ -28,6 +28,7 @@ __all__ = ["arrays_from_spark", "export_saved_run", "export_serving", "saved_rec
 def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> ServingArrays:
     """Read the fitted stages: reducer = [StandardScalerModel, PCAModel], classifier =
     [StringIndexerModel, LogisticRegressionModel] (see reduce.py and classify.py)."""
+    from fruits.classify import reads_scaled
     from fruits.reduce import reducer_arrays
 
     mean, scale, pc = reducer_arrays(reducer)
@@ -38,6 +39,7 @@ def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> Serv
         pc=pc,
         coef=np.asarray(lr.coefficientMatrix.toArray(), dtype=np.float64),
         intercept=np.asarray(lr.interceptVector.toArray(), dtype=np.float64),
+        reads="scaled" if reads_scaled(classifier, len(mean)) else "pca",
     )
 
 
@@ -66,6 +68,7 @@ def export_serving(
         pc=arrays.pc,
         coef=arrays.coef,
         intercept=arrays.intercept,
+        reads=np.array(arrays.reads),
     )
     meta = {
         "format": FORMAT_VERSION,

@@ -77,18 +77,21 @@ def save_backbone(run: Any, artifact: Any) -> None:
 def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], prev: Any) -> Any:
     """Fit (or, incrementally, reuse) the classifier, calibrate it on the val split, save it
     and its serving arrays, and evaluate it on the test split (else the val split)."""
-    from fruits.classify import calibrate, class_labels, evaluate, fit_classifier
+    from fruits.classify import calibrate, class_labels, evaluate, fit_classifier, reads_scaled
     from fruits.export import arrays_from_spark, export_serving
     from fruits.report import plot_confusion
 
+    scaler = reducer.model.stages[0]  # the run's fitted StandardScalerModel
     if prev.classifier_path:  # incremental: no refit
         from fruits.incremental import load_classifier
 
         model = load_classifier(prev.classifier_path)
+        if not reads_scaled(model, len(scaler.mean)):  # a run from before: it reads the PCA
+            scaler = None
     else:
         from fruits.pipeline import train_part  # the one rule, shared with the reducer's fit
 
-        model = fit_classifier(train_part(images, splits))
+        model = fit_classifier(train_part(images, splits), scaler=scaler)
     model.write().overwrite().save(run.uri("models", "classifier"))
     classes = class_labels(model)
     planned = [uri for _, uri in run.io.inputs]  # the spelling Spark lists paths in
@@ -100,7 +103,7 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
         from fruits.classify import out_of_source
 
         spellings = [{s, p} for s, p in zip(run.inputs, planned, strict=True)]
-        held = out_of_source(images, spellings) or None
+        held = out_of_source(images, spellings, scaler=scaler) or None
     calibration = calibrate(
         arrays_from_spark(reducer.model, model),
         classes,
@@ -119,7 +122,7 @@ def classify(run: Any, reducer: Any, images: DataFrame, splits: dict[str, int], 
         recognition=calibration.serving(),
     )
     judged = "test" if splits.get("test") else "val"
-    evaluation = evaluate(model, images.where(F.col("split") == judged))
+    evaluation = evaluate(model, images.where(F.col("split") == judged), scaler=scaler)
     evaluation.split = judged
     evaluation.recognition = {
         "temperature": calibration.temperature,
