@@ -97,3 +97,23 @@ def test_a_sources_figures_use_a_temperature_fitted_on_the_other_sources_only():
         )
     assert 0.25 <= thr <= 0.9
     assert {f["photos"] for f in figures.values()} == {200, 80, 120}
+
+
+def test_photos_of_a_species_no_other_source_teaches_are_counted_apart():
+    """A studio class only its own source has cannot be named by a classifier fitted without
+    it: such photos neither pull the threshold down nor count as misses."""
+    classes = ["Apple Red 1", "Banana 1"]
+    rng = np.random.default_rng(2)
+    parts = []
+    for g in range(2):
+        labels = ["Apple Red 1", "Banana 1"] * 20 + ["Lemon 1"] * (5 * g)
+        logits = rng.normal(0, 1.0, (len(labels), 2))
+        for i, lab in enumerate(labels):
+            if lab in classes:
+                logits[i, classes.index(lab)] += 4.0
+        paths = [f"/s{g}/{lab}/{i}.jpg" for i, lab in enumerate(labels)]
+        parts.append(HeldOut(g, classes, paths, labels, logits))
+    _, _, figures = calibrate_held_out(parts, ["s0", "s1"], None)
+    assert figures["s1"]["photos"] == 40 and figures["s1"]["photos_of_untaught_species"] == 5
+    assert figures["s0"]["photos_of_untaught_species"] == 0
+    assert figures["s1"]["species_top1"] > 0.9  # the lemons are not misses

@@ -249,7 +249,9 @@ def calibrate_held_out(
 ) -> tuple[float, float, dict[str, dict[str, Any]]]:
     """Temperature and threshold from every source's out-of-source scores (each source weighs
     the same), and per source the figures it gets when T and the threshold are fitted on the
-    *other* sources only: what a source the model has never seen would get."""
+    *other* sources only: what a source the model has never seen would get. Photos of a
+    species no other source teaches are left out of both (counted in
+    `photos_of_untaught_species`)."""
     from fruits.recognition import (
         NEGATIVE,
         answer,
@@ -259,6 +261,32 @@ def calibrate_held_out(
         softmax,
         species_table,
     )
+
+    def taught(h: HeldOut) -> np.ndarray:
+        """Rows a classifier fitted without the source could name: negatives, and photos of a
+        species the other sources teach. A studio frame of a class only its own source has is
+        right to be refused; it must not pull the threshold down nor count as a miss."""
+        known = set(species_table(h.classes, label_map).values())
+        keep = []
+        for p, lab in zip(h.paths, h.labels, strict=True):
+            _, lenient = _truth(p, lab, label_map)
+            names = set(species_table(sorted(lenient), label_map).values())
+            keep.append(lab == NEGATIVE or bool(names & known))
+        return np.asarray(keep, dtype=bool)
+
+    masks = [taught(h) for h in held]
+    untaught = {h.source: int((~m).sum()) for h, m in zip(held, masks, strict=True)}
+    held = [
+        HeldOut(
+            h.source,
+            h.classes,
+            [p for p, k in zip(h.paths, m, strict=True) if k],
+            [lab for lab, k in zip(h.labels, m, strict=True) if k],
+            h.logits[m],
+        )
+        for h, m in zip(held, masks, strict=True)
+    ]
+    held = [h for h in held if h.labels]
 
     def fit(parts: list[HeldOut]) -> tuple[float, float]:
         groups = []
@@ -299,6 +327,7 @@ def calibrate_held_out(
             ),
             "temperature": t,
             "threshold": thr,
+            "photos_of_untaught_species": untaught[h.source],
         }
     return temperature, threshold, figures
 
