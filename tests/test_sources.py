@@ -137,3 +137,21 @@ def test_a_label_map_with_unknown_names_is_one_line_and_writes_nothing(spark, so
     with pytest.raises(LabelMapError, match=r"unknown class name\(s\): 'Banana 99'"):
         run_pipeline(cfg, spark=spark)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_evaluate_gives_each_source_its_figures_and_names_the_worst(multi_run, sources):
+    from fruits.evaluate import evaluate_run
+
+    studio, phone, neg = (str(sources / s) for s in ("studio/Test", "phone", "neg"))
+    result = evaluate_run(
+        sources / "out", [studio, phone], label_map=str(sources / "map.json"), negatives=[neg]
+    )
+    per = result["per_source"]
+    assert list(per) == [studio, phone, neg]
+    assert [per[s]["photos"] for s in per] == [24, 36, 30]  # 3 classes x 8 Test photos
+    # the pooled figure is the positives-weighted mean of the sources' (by hand)
+    pooled = (per[studio]["species_top1"] * 24 + per[phone]["species_top1"] * 36) / 60
+    assert result["species_top1"] == pytest.approx(pooled, abs=1e-3)
+    worst = min((studio, phone), key=lambda s: per[s]["species_top1"])
+    assert result["worst_source"]["source"] == worst
+    assert per[neg]["negatives"] == 30 and per[neg]["positives"] == 0

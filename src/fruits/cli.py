@@ -399,7 +399,7 @@ def evaluate(
 ) -> None:
     """Score a run on photos it never saw, as the app answers them: JSON with species_top1,
     variety_top1, species_top5, refused_negatives, refused_positives, ece, per-species recall
-    and the 20 most confused pairs."""
+    and the 20 most confused pairs; the same per source and the worst source."""
     _setup_logging(False)
     from fruits.evaluate import evaluate_run
     from fruits.predictor import ServingError

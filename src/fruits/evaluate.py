@@ -17,7 +17,7 @@ import numpy as np
 
 from fruits.config import DEFAULT_EXTENSIONS
 from fruits.predictor import Predictor
-from fruits.recognition import NEGATIVE, answer, load_label_map, metrics, softmax
+from fruits.recognition import NEGATIVE, Answers, answer, load_label_map, metrics, softmax
 
 BATCH = 64
 
@@ -45,8 +45,10 @@ def evaluate_run(
     for src in [*inputs, *(negatives or [])]:
         if not os.path.isdir(src):
             raise EvaluateError(f"input not found: {src}")
-    items: list[tuple[Path, bool]] = [(p, False) for src in inputs for p in photos(src)]
-    items += [(p, True) for src in negatives or [] for p in photos(src)]
+    listed = [(p, False, src) for src in inputs for p in photos(src)]
+    listed += [(p, True, src) for src in negatives or [] for p in photos(src)]
+    items: list[tuple[Path, bool]] = [(p, neg) for p, neg, _ in listed]
+    origin = {str(p): src for p, _, src in listed}
     if not any(not neg for _, neg in items):
         where = ", ".join(map(str, inputs))
         raise EvaluateError(
@@ -87,7 +89,21 @@ def evaluate_run(
     for ok in species_ok:
         for name in ok:
             species.setdefault(name, name)
-    result = metrics(said, variety_ok, species_ok, [n for _, n in kept], species)
+    negative = [n for _, n in kept]
+    result = metrics(said, variety_ok, species_ok, negative, species)
+    by_source: dict[str, dict[str, Any]] = {}
+    for src in [*inputs, *(negatives or [])]:
+        sel = [i for i, (path, _) in enumerate(kept) if origin[str(path)] == src]
+        if sel:
+            by_source[src] = metrics(
+                _subset(said, sel),
+                [variety_ok[i] for i in sel],
+                [species_ok[i] for i in sel],
+                [negative[i] for i in sel],
+                species,
+            )
+    result["per_source"] = by_source
+    result["worst_source"] = _worst(by_source)
     result.update(
         {
             "run": str(run),
@@ -103,6 +119,30 @@ def evaluate_run(
         plot_species_confusion(result["most_confused"], Path(plot))
         result["plot"] = str(plot)
     return result
+
+
+def _subset(said: Answers, sel: list[int]) -> Answers:
+    return Answers(
+        [said.label[i] for i in sel],
+        [said.species[i] for i in sel],
+        said.species_probability[sel],
+        said.known[sel],
+        [said.top5_species[i] for i in sel],
+    )
+
+
+def _worst(by_source: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The fruit source with the fewest species right (ties: the most fruit refused): one
+    source that fails is a failure, whatever the pooled figure says."""
+    fruit = {s: m for s, m in by_source.items() if m["positives"]}
+    if not fruit:
+        return None
+    name = min(
+        fruit, key=lambda s: (fruit[s]["species_top1"], -(fruit[s]["refused_positives"] or 0))
+    )
+    m = fruit[name]
+    keys = ("species_top1", "variety_top1", "refused_positives", "ece")
+    return {"source": name, **{k: m[k] for k in keys}}
 
 
 class EvaluateError(ValueError):
