@@ -204,7 +204,15 @@ def _api(url: str, path: Path) -> list[str]:
 
 
 def _card(browser) -> dict:
-    """What the answer card shows, as a person sees it."""
+    """What the answer card shows, as a person sees it: once every animation has ended (the
+    bar's width eases over 0.3 s; read mid-way it was the previous answer's length, 0.95 for a
+    72% answer: a flaky failure in CI)."""
+    browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        Promise.all(document.getAnimations().map((a) => a.finished)).then(done, done);
+        """
+    )
     return browser.execute_script(
         """
         const $ = (id) => document.getElementById(id);
