@@ -410,7 +410,7 @@ def calibrate(
             if not sel:
                 continue
             truth = [_truth(rows[i]["path"], rows[i]["label"], label_map) for i in sel]
-            part = _subset(said, sel)
+            part = said.subset(sel)
             by_part.setdefault(split, {})[source] = metrics(
                 part,
                 [t[0] for t in truth],
@@ -446,15 +446,3 @@ def _truth(path: str, label: str, label_map: Any) -> tuple[set[str], set[str]]:
     if label_map is not None and folder in label_map.target:
         return set(label_map.strict.get(folder, ())), set(label_map.lenient.get(folder, ()))
     return {label}, {label}
-
-
-def _subset(ans: Any, sel: list[int]) -> Any:
-    from fruits.recognition import Answers
-
-    return Answers(
-        [ans.label[i] for i in sel],
-        [ans.species[i] for i in sel],
-        ans.species_probability[sel],
-        ans.known[sel],
-        [ans.top5_species[i] for i in sel],
-    )

@@ -17,7 +17,7 @@ import numpy as np
 
 from fruits.config import DEFAULT_EXTENSIONS
 from fruits.predictor import Predictor
-from fruits.recognition import NEGATIVE, Answers, answer, load_label_map, metrics, softmax
+from fruits.recognition import NEGATIVE, answer, load_label_map, metrics, softmax
 
 BATCH = 64
 
@@ -96,7 +96,7 @@ def evaluate_run(
         sel = [i for i, (path, _) in enumerate(kept) if origin[str(path)] == src]
         if sel:
             by_source[src] = metrics(
-                _subset(said, sel),
+                said.subset(sel),
                 [variety_ok[i] for i in sel],
                 [species_ok[i] for i in sel],
                 [negative[i] for i in sel],
@@ -119,16 +119,6 @@ def evaluate_run(
         plot_species_confusion(result["most_confused"], Path(plot))
         result["plot"] = str(plot)
     return result
-
-
-def _subset(said: Answers, sel: list[int]) -> Answers:
-    return Answers(
-        [said.label[i] for i in sel],
-        [said.species[i] for i in sel],
-        said.species_probability[sel],
-        said.known[sel],
-        [said.top5_species[i] for i in sel],
-    )
 
 
 def _worst(by_source: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -285,6 +285,17 @@ class Answers:
     known: np.ndarray  # bool: answered with a species (False: "not sure")
     top5_species: list[list[str]]
 
+    def subset(self, sel: Sequence[int]) -> Answers:
+        """The answers of rows `sel` (one source's photos, for per-source figures)."""
+        rows = list(sel)
+        return Answers(
+            [self.label[i] for i in rows],
+            [self.species[i] for i in rows],
+            self.species_probability[rows],
+            self.known[rows],
+            [self.top5_species[i] for i in rows],
+        )
+
 
 def answer(
     probs: np.ndarray, classes: Sequence[str], species_of: dict[str, str], threshold: float
