@@ -153,6 +153,11 @@ def test_classes_health_page_and_docs(client):
     classes = client.get("/v1/classes").json()
     assert classes["count"] == 10 == len(classes["classes"])
     assert all(c["facts"] is not None for c in classes["classes"])
+    # every class the model answers carries its facts' sources (issue 22 item 4)
+    assert all(c["facts"]["sources"] for c in classes["classes"]), classes
+    assert all(
+        s["url"].startswith("https://") for c in classes["classes"] for s in c["facts"]["sources"]
+    )
     assert {"label": "Banana 1", "name": "Banana"}.items() <= next(
         c for c in classes["classes"] if c["label"] == "Banana 1"
     ).items()

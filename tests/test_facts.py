@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from fruits.facts import FruitFacts, facts_for, load_facts
+from fruits.facts import BIODIVERSITY_FIELDS, FruitFacts, facts_for, load_facts
 
 # Fruits-360 2024.08.04.0 Training folders, hard-coded so the test needs no data set.
 CLASS_NAMES = [
@@ -225,3 +225,97 @@ def test_unknown_variety_resolves_by_first_word() -> None:
     assert facts is not None
     assert facts.fruit == "kiwi"
     assert facts.variety is None
+
+
+# -- biodiversity facts with their sources (issue 22 item 4) ----------------------------------
+
+_FRUIT_KEYS = {
+    "name",
+    "family",
+    "season",
+    "description",
+    "energy_kcal_per_100g",
+    *BIODIVERSITY_FIELDS,
+    "sources",
+    "varieties",
+}
+
+
+def _raw() -> dict:
+    text = (
+        resources.files("fruits").joinpath("data").joinpath("fruit_facts.json").read_text("utf-8")
+    )
+    return json.loads(text)
+
+
+def _bad_sources(sources) -> list[str]:
+    if not sources:
+        return ["no sources"]
+    return [
+        f"source {s!r}"
+        for s in sources
+        if not (s.title.strip() and s.url.startswith("https://") and " " not in s.url)
+    ]
+
+
+def test_every_species_the_model_answers_has_facts_with_sources() -> None:
+    """Every class -> its species carries sources (https pages) and at least its origin (the
+    other biodiversity lines only where a source states them); a failure lists every class
+    whose card would show unsourced facts."""
+    bad = {}
+    for name in CLASS_NAMES:
+        facts = facts_for(name)
+        assert facts is not None, name
+        problems = _bad_sources(facts.sources)
+        if not facts.origin:  # every species' sources say at least where it comes from
+            problems.append("no origin")
+        if facts.variety_note and (facts.variety is None or _bad_sources(facts.variety_sources)):
+            problems.append("variety note without a variety or its sources")
+        if problems:
+            bad[name] = problems
+    assert not bad, bad
+
+
+def test_the_table_has_no_unknown_fields() -> None:
+    """A misspelt field ("season_eu") would be silently dropped by the loader: the card would
+    lose a sourced line nobody sees go."""
+    raw = _raw()
+    for key, fruit in raw["fruits"].items():
+        assert set(fruit) <= _FRUIT_KEYS, (key, set(fruit) - _FRUIT_KEYS)
+        for variety, about in fruit.get("varieties", {}).items():
+            assert set(about) <= {"note", "sources"}, (key, variety)
+            classes = [c for c in raw["classes"].values() if c["fruit"] == key]
+            assert any(c.get("variety") == variety for c in classes), (key, variety)
+
+
+def test_variety_facts_follow_the_class() -> None:
+    """A named cultivar's note goes with its class only; an unknown variety falls back to the
+    species and must not borrow another cultivar's note."""
+    raw = _raw()
+    noted = [
+        (cls, entry)
+        for cls, entry in raw["classes"].items()
+        if entry.get("variety") in raw["fruits"][entry["fruit"]].get("varieties", {})
+    ]
+    assert noted, "no variety has a note"
+    for cls, entry in noted:
+        facts = facts_for(cls)
+        assert facts is not None and facts.variety_note, cls
+        expected = raw["fruits"][entry["fruit"]]["varieties"][entry["variety"]]["note"]
+        assert facts.variety_note == expected.strip()
+    assert facts_for("kiwi gold 1").variety_note is None
+    assert facts_for("Banana 7").sources == facts_for("Banana 1").sources
+
+
+def test_the_answer_card_carries_the_same_sourced_facts() -> None:
+    """The API's answer builds its facts through `human_name` (species as a label map spells
+    them): those must carry the same sources and variety note as the class table, or the card
+    shows biodiversity lines without their sources."""
+    from fruits.facts import human_name
+
+    said = human_name("Red-Grapefruit")
+    assert said.facts is not None and said.facts.sources == facts_for("Grapefruit Pink 1").sources
+    said = human_name("Apple", "Apple Granny Smith 1")
+    assert said.facts is not None and said.facts.origin and said.facts.sources
+    assert said.facts.variety_note == facts_for("Apple Granny Smith 1").variety_note
+    assert said.facts.variety_note and said.facts.variety_sources

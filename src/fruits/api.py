@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -139,6 +139,12 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What went wrong, for a person.")
 
 
+class SourceOut(BaseModel):
+    title: str
+    url: str = Field(description="A page that states the facts, e.g. the species' encyclopedia "
+                     "article.")  # fmt: skip
+
+
 class FactsOut(BaseModel):
     name: str
     variety: str | None
@@ -146,6 +152,21 @@ class FactsOut(BaseModel):
     season: str
     description: str
     energy_kcal_per_100g: int
+    origin: str | None = Field(None, description="Where the species comes from.")
+    wild_relatives: str | None = Field(None, description="Its wild ancestors or relatives.")
+    cultivars: str | None = Field(None, description="How many cultivars are known.")
+    pollination: str | None = None
+    season_europe: str | None = Field(None, description="When it is in season in Europe.")
+    diversity: str | None = Field(
+        None, description="A note on its genetic diversity or conservation."
+    )
+    sources: list[SourceOut] = Field(
+        default_factory=list, description="Where this species' facts come from."
+    )
+    variety_note: str | None = Field(
+        None, description="About the variety, where it is a named cultivar."
+    )
+    variety_sources: list[SourceOut] = Field(default_factory=list)
 
 
 class Guess(BaseModel):
@@ -284,6 +305,15 @@ def _facts_out(f: FruitFacts | None) -> FactsOut | None:
         season=f.season,
         description=f.description,
         energy_kcal_per_100g=f.energy_kcal_per_100g,
+        origin=f.origin,
+        wild_relatives=f.wild_relatives,
+        cultivars=f.cultivars,
+        pollination=f.pollination,
+        season_europe=f.season_europe,
+        diversity=f.diversity,
+        sources=[SourceOut(title=x.title, url=x.url) for x in f.sources],
+        variety_note=f.variety_note,
+        variety_sources=[SourceOut(title=x.title, url=x.url) for x in f.variety_sources],
     )
 
 
@@ -334,7 +364,7 @@ def over_limit_text(max_bytes: int) -> str:
 
 
 def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
@@ -730,7 +760,7 @@ async def _watch_run(app: FastAPI, settings: ServeSettings, batching: bool) -> N
         log.info("reloaded: serving run %s (%d classes)", new.run_id, len(new.classes))
         if batching:  # requests that took the old one finish first; then its thread stops
             asyncio.get_running_loop().call_later(
-                30, lambda p=old: threading.Thread(target=p.stop_batching, daemon=True).start()
+                30, threading.Thread(target=old.stop_batching, daemon=True).start
             )
 
 
@@ -1108,7 +1138,7 @@ def _add_contribution_routes(app: FastAPI, settings: ServeSettings) -> None:
             )
         except ContributionError as exc:
             raise ApiError(422, "unknown_label", str(exc)) from None
-        body = ContributionOut(id=added.id, status=added.status)  # type: ignore[arg-type]
+        body = ContributionOut(id=added.id, status=added.status)
         return JSONResponse(body.model_dump(), status_code=201 if added.created else 200)
 
     @app.delete(
@@ -1154,7 +1184,7 @@ def head_guard(settings: ServeSettings) -> type[Any]:
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeadGuard(H11Protocol):  # type: ignore[misc]
+    class HeadGuard(H11Protocol):
         """uvicorn's h11 server has no timeout while a request line and headers arrive, and
         its `limit_concurrency` counts every open connection: 130 clients sending a header
         byte every 2 s held all 128 slots and every other request got 503. Here a head must be
@@ -1185,7 +1215,7 @@ def head_guard(settings: ServeSettings) -> type[Any]:
                     return
             await app(scope, receive, send)
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             pending = sum(1 for c in self.connections if getattr(c, "awaiting_head", 0))
             if pending > self.max_pending:

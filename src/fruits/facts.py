@@ -1,7 +1,10 @@
 """Fruit facts shown next to a prediction.
 
 The facts live in ``data/fruit_facts.json`` so they can be corrected without touching code.
-They are written from general knowledge and are typical values, not authoritative ones.
+Family, season, description and energy are typical values written by the team; the
+biodiversity facts (origin, wild relatives, cultivars, pollination, season in Europe, genetic
+diversity) each species carries only where its listed ``sources`` state them: a field nobody
+could source is left out, never guessed.
 """
 
 from __future__ import annotations
@@ -11,14 +14,37 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 _DATA_FILE = "fruit_facts.json"
 _TRAILING_NUMBER = re.compile(r"\s+\d+$")
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where a species' (or a variety's) facts come from: a page a reader can open."""
+
+    title: str
+    url: str
+
+
+BIODIVERSITY_FIELDS = (
+    "origin",
+    "wild_relatives",
+    "cultivars",
+    "pollination",
+    "season_europe",
+    "diversity",
+)
+
+
+@dataclass(frozen=True)
 class FruitFacts:
-    """Facts for one class; frozen because the cached instances are shared."""
+    """Facts for one class; frozen because the cached instances are shared.
+
+    The biodiversity fields are None where no source states them (the app then leaves the line
+    out); `sources` is where the species' facts come from, `variety_note` and
+    `variety_sources` say the same of the class's variety where it is a named cultivar."""
 
     class_name: str
     fruit: str
@@ -28,6 +54,27 @@ class FruitFacts:
     season: str
     description: str
     energy_kcal_per_100g: int
+    origin: str | None = None
+    wild_relatives: str | None = None
+    cultivars: str | None = None
+    pollination: str | None = None
+    season_europe: str | None = None
+    diversity: str | None = None
+    sources: tuple[Source, ...] = ()
+    variety_note: str | None = None
+    variety_sources: tuple[Source, ...] = ()
+
+
+def _sources(raw: object) -> tuple[Source, ...]:
+    """The JSON's [{"title", "url"}] -> Sources; an entry without both is a broken table."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple(Source(title=str(s["title"]), url=str(s["url"])) for s in raw)
+
+
+def _text(entry: dict[str, Any], key: str) -> str | None:
+    value = entry.get(key)
+    return value.strip() or None if isinstance(value, str) else None
 
 
 @lru_cache(maxsize=1)
@@ -41,17 +88,33 @@ def load_facts() -> dict[str, FruitFacts]:
     facts: dict[str, FruitFacts] = {}
     for class_name, entry in raw["classes"].items():
         fruit = fruits[entry["fruit"]]  # KeyError: the JSON is inconsistent, fail loudly.
-        facts[class_name] = FruitFacts(
-            class_name=class_name,
-            fruit=entry["fruit"],
-            name=fruit["name"],
-            variety=entry.get("variety"),
-            family=fruit["family"],
-            season=fruit["season"],
-            description=fruit["description"],
-            energy_kcal_per_100g=int(fruit["energy_kcal_per_100g"]),
-        )
+        facts[class_name] = _facts_of(class_name, entry["fruit"], fruit, entry.get("variety"))
     return facts
+
+
+def _facts_of(class_name: str, key: str, fruit: dict[str, Any], variety: str | None) -> FruitFacts:
+    """One class's facts from its fruit's table entry: the one place a FruitFacts is built,
+    for the class table and for species named by a label map alike."""
+    about_variety = fruit.get("varieties", {}).get(variety, {}) if variety else {}
+    return FruitFacts(
+        class_name=class_name,
+        fruit=key,
+        name=str(fruit["name"]),
+        variety=variety,
+        family=str(fruit["family"]),
+        season=str(fruit["season"]),
+        description=str(fruit["description"]),
+        energy_kcal_per_100g=int(fruit["energy_kcal_per_100g"]),
+        origin=_text(fruit, "origin"),
+        wild_relatives=_text(fruit, "wild_relatives"),
+        cultivars=_text(fruit, "cultivars"),
+        pollination=_text(fruit, "pollination"),
+        season_europe=_text(fruit, "season_europe"),
+        diversity=_text(fruit, "diversity"),
+        sources=_sources(fruit.get("sources")),
+        variety_note=_text(about_variety, "note"),
+        variety_sources=_sources(about_variety.get("sources")),
+    )
 
 
 def _base(class_name: str) -> str:
@@ -80,7 +143,13 @@ def facts_for(class_name: str) -> FruitFacts | None:
     first_word = base.split()[0]
     for known_facts in facts.values():
         if first_word in (known_facts.name.casefold(), known_facts.fruit.casefold()):
-            return replace(known_facts, class_name=class_name, variety=None)
+            return replace(
+                known_facts,
+                class_name=class_name,
+                variety=None,
+                variety_note=None,
+                variety_sources=(),
+            )
     return None
 
 
@@ -172,17 +241,7 @@ def human_name(species: str, label: str | None = None) -> HumanName:
             variety = (known.variety if known.fruit == key else None) or variety
         else:
             variety = _label_variety(label, name) or variety
-    facts = FruitFacts(
-        class_name=label or species,
-        fruit=key,
-        name=name,
-        variety=variety,
-        family=str(fruit["family"]),
-        season=str(fruit["season"]),
-        description=str(fruit["description"]),
-        energy_kcal_per_100g=int(str(fruit["energy_kcal_per_100g"])),
-    )
-    return HumanName(name, variety, facts)
+    return HumanName(name, variety, _facts_of(label or species, key, fruit, variety))
 
 
 def _label_variety(label: str | None, species: str) -> str | None:

@@ -45,6 +45,56 @@
     return Math.round(100 * p) + "%";
   }
 
+  // The biodiversity lines a species' sources state, in reading order; a missing one is left out.
+  const BIODIVERSITY = [
+    ["origin", "Origin"],
+    ["wild_relatives", "Wild relatives"],
+    ["cultivars", "Cultivars"],
+    ["pollination", "Pollination"],
+    ["season_europe", "In season in Europe"],
+    ["diversity", "Diversity"],
+  ];
+
+  function sourceLinks(sources) {
+    const out = [];
+    const seen = new Set();
+    for (const s of sources || []) {
+      if (!/^https:\/\//.test(s.url) || seen.has(s.url)) continue; // https only, each once
+      seen.add(s.url);
+      const a = document.createElement("a");
+      a.href = s.url;
+      a.textContent = s.title;
+      a.rel = "noopener noreferrer";
+      a.target = "_blank";
+      out.push(a);
+    }
+    return out;
+  }
+
+  function showBiodiversity(f) {
+    const dl = $("result-biodiversity");
+    dl.replaceChildren();
+    for (const [key, title] of BIODIVERSITY) {
+      if (!f || !f[key]) continue;
+      const dt = document.createElement("dt");
+      dt.textContent = title;
+      const dd = document.createElement("dd");
+      dd.textContent = f[key];
+      dl.append(dt, dd);
+    }
+    const note = $("result-variety-note");
+    note.textContent = f && f.variety && f.variety_note ? f.variety_note : "";
+    note.hidden = !note.textContent;
+    const links = f ? sourceLinks([...(f.sources || []), ...(f.variety_sources || [])]) : [];
+    const p = $("result-sources");
+    p.replaceChildren();
+    if (links.length) {
+      p.append("Sources: ");
+      links.forEach((a, i) => p.append(...(i ? [", ", a] : [a])));
+    }
+    p.hidden = !links.length;
+  }
+
   function showResult(body) {
     const top = body.prediction;
     const level = body.confidence; // sure | probably | perhaps | not_sure
@@ -71,6 +121,7 @@
     $("fact-family").textContent = f ? f.family : "";
     $("fact-season").textContent = f ? f.season : "";
     $("fact-energy").textContent = f ? f.energy_kcal_per_100g + " kcal per 100 g" : "";
+    showBiodiversity(f);
     const others = $("result-others");
     others.replaceChildren();
     for (const g of body.others) {
