@@ -68,9 +68,13 @@ test: $(VENV)/.dev  ## the whole test suite (what CI runs)
 test-fast: $(VENV)/.dev  ## skip the slow tests
 	$(BIN)/pytest -m "not slow"
 
-lint: $(VENV)/.dev  ## ruff lint + format check
+lint: $(VENV)/.dev  ## ruff lint + format check, mypy on src
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+typecheck: $(VENV)/.dev  ## mypy on src only
+	$(BIN)/mypy
 
 format: $(VENV)/.dev  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests bench

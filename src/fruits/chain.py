@@ -241,7 +241,7 @@ def model_signature() -> Any:
         ColSpec("string", "top_labels", required=False),
         ColSpec("string", "error", required=False),
     ]
-    return ModelSignature(Schema([ColSpec("binary", "content")]), Schema(outputs))
+    return ModelSignature(Schema([ColSpec("binary", "content")]), Schema(list(outputs)))
 
 
 def log_model(run: str | Path, *, name: str = "model", registered_name: str | None = None) -> Any:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import StringIndexer
+from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel
+from pyspark.ml.feature import StringIndexer, StringIndexerModel
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -68,7 +68,8 @@ def with_input(df: DataFrame, scaler: Any = None, *, features: str = "pca") -> D
 
 def reads_scaled(classifier: PipelineModel, feature_dim: int) -> bool:
     """Does a saved classifier read the scaled features (its width is the CNN's) or the PCA?"""
-    return int(classifier.stages[-1].numFeatures) == int(feature_dim)
+    lr = cast(LogisticRegressionModel, classifier.stages[-1])
+    return int(lr.numFeatures) == int(feature_dim)
 
 
 def fit_classifier(
@@ -97,7 +98,7 @@ def fit_classifier(
 
 
 def class_labels(model: PipelineModel) -> list[str]:
-    return list(model.stages[0].labels)
+    return list(cast(StringIndexerModel, model.stages[0]).labels)
 
 
 def predict(
@@ -112,7 +113,7 @@ def predict(
     return scored.select(
         *df.columns,
         F.element_at(mapping, F.col("prediction").cast("int") + 1).alias("predicted_label"),
-        vector_to_array("probability").alias("probability"),
+        vector_to_array(F.col("probability")).alias("probability"),
     )
 
 
@@ -226,7 +227,9 @@ def out_of_source(
                 .limit(HELD_OUT_ROWS)
             )
             scored = model.transform(with_input(own, scaler))
-            rows = scored.select("path", "label", vector_to_array("rawPrediction").alias("m"))
+            rows = scored.select(
+                "path", "label", vector_to_array(F.col("rawPrediction")).alias("m")
+            )
             got = rows.collect()
             if not got:
                 continue

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from fruits.pipeline import RunResult
 
 # Options typed with config.py's Literals: typer lists the choices and rejects others (exit 2).
-Storage = get_type_hints(PipelineConfig)["storage"]
+Storage: Any = get_type_hints(PipelineConfig)["storage"]
 
 # `fruits run`'s options, declared once here so its signature reads as a list of settings.
 InputOpt = Annotated[
@@ -146,6 +146,8 @@ SUMMARY_KEYS = (  # what `fruits run` prints of its report, as one JSON line
 
 
 # Click's exception classes, whichever click Typer uses (its own vendored copy since 0.2x).
+ClickException: Any
+UsageError: Any
 ClickException, UsageError = (
     next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
     for name in ("ClickException", "UsageError")
@@ -196,7 +198,7 @@ class PlainHelpCommand(TyperCommand):
         params = super().get_params(ctx)
         for param in params:
             show = getattr(param, "display_type", None)
-            if isinstance(param, TyperArgument) or show is None or getattr(param, "is_flag", 0):
+            if isinstance(param, TyperArgument) or show is None or getattr(param, "is_flag", False):
                 continue
             shown = show(ctx) or ""
             if param.metavar is None and shown.startswith("<") and "|" not in shown:
@@ -320,14 +322,14 @@ def run(
         output=output,
         master=master,
         remote=remote,
-        on_error=on_error,  # type: ignore[arg-type]
+        on_error=on_error,
         featurizer=FeaturizerConfig(
             backbone=backbone,
             weights=weights,
             image_size=image_size,
             engine=engine,
             precision=precision,
-            batch_size=batch_size,  # type: ignore[arg-type]
+            batch_size=batch_size,
         ),
         reduce=ReduceConfig(variance=pca_variance, k=pca_k, max_k=pca_max_k or None),
         classify=classify,
@@ -335,7 +337,7 @@ def run(
         incremental=incremental or refit,
         refit=refit,
         verify_content=verify_content,
-        storage=storage,  # type: ignore[arg-type]
+        storage=storage,
         single_csv_max_rows=single_csv_max_rows,
         spark_log_level="WARN" if verbose else PipelineConfig.spark_log_level,
     )
@@ -604,7 +606,7 @@ def _unexpected(exc: BaseException) -> NoReturn:
     raise typer.Exit(1) from None
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     """The first line of a message: Java traces stay out of the user's terminal."""
     lines = [line for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else "unknown error"

@@ -9,7 +9,7 @@ served path itself, not a re-implementation of it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def evaluate_run(
     run: str | Path,
     inputs: list[str],
     *,
-    label_map: str | list[str] | None = None,
+    label_map: str | Sequence[str] | None = None,
     negatives: list[str] | None = None,
     threads: int = 0,
     plot: str | Path | None = None,
@@ -70,7 +70,8 @@ def evaluate_run(
                 unreadable.append({"path": str(path), "reason": err})
     logits = np.log(np.clip(np.asarray(probs_rows).reshape(-1, len(classes)), 1e-300, None))
     said = answer(softmax(logits, cal.temperature), classes, species, cal.threshold)
-    variety_ok, species_ok = [], []
+    variety_ok: list[set[str]] = []
+    species_ok: list[set[str]] = []
     for path, neg in kept:
         folder = path.parent.name
         if neg:
@@ -154,7 +155,7 @@ def _score(predictor: Predictor, chunk: list[tuple[Path, bool]]) -> tuple[list[A
             reasons.append(f"unreadable: {exc.strerror or type(exc).__name__}")
     readable = [c for c in contents if c is not None]
     try:
-        probs, errors = predictor.predict_proba(readable) if readable else ([], [])
+        probs, errors = predictor.predict_proba(readable) if readable else (np.zeros((0, 0)), [])
         scored = list(zip(probs, errors, strict=True))
     except Exception:  # one bad image must not sink its batch: one at a time
         scored = [_score_one(predictor, c) for c in readable]

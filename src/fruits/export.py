@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from fruits.predictor import ARRAYS_FILE, FORMAT_VERSION, META_FILE, ServingArra
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
+    from pyspark.ml.classification import LogisticRegressionModel
     from pyspark.sql import SparkSession
 
     from fruits.config import FeaturizerConfig
@@ -32,7 +33,7 @@ def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> Serv
     from fruits.reduce import reducer_arrays
 
     mean, scale, pc = reducer_arrays(reducer)
-    lr = classifier.stages[-1]
+    lr = cast("LogisticRegressionModel", classifier.stages[-1])
     return ServingArrays(
         mean=mean,
         scale=scale,

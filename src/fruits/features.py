@@ -66,7 +66,7 @@ def export_onnx(module: Any, *, size: int = 224) -> bytes:
             torch.onnx.export(
                 module,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]  # a file object works; the stubs say path only
                 input_names=["pixels"],
                 output_names=["features"],
                 dynamic_axes={"pixels": {0: "batch", 2: "height", 3: "width"}},
@@ -79,7 +79,7 @@ def export_onnx(module: Any, *, size: int = 224) -> bytes:
             torch.onnx.export(
                 module,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]  # a file object works; the stubs say path only
                 dynamo=True,
                 dynamic_shapes=({0: batch},),
                 input_names=["pixels"],
@@ -224,7 +224,7 @@ def load_artifact(directory: str | Path) -> ModelArtifact:
     d = Path(directory)
     meta = json.loads((d / "backbone.json").read_text())
     spec = BackboneSpec(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["backbone"].items()}
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["backbone"].items()}  # type: ignore[arg-type]  # the JSON backbone.describe() wrote
     )
     suffix = "onnx" if meta["engine"] == "onnx" else "pt"
     file = d / f"backbone.{suffix}"
@@ -296,7 +296,7 @@ class TorchEngine:
         self._model.to(self.device)
         self._channels_last = channels_last
         if channels_last:
-            self._model = self._model.to(memory_format=torch.channels_last)
+            self._model = self._model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
         self.precision = "fp32"
         if precision == "bf16":
             if self.device != "cpu" or _cpu_has_bf16():

@@ -164,7 +164,7 @@ def _high_bit_to_rgb(img: Image.Image, size: int) -> Image.Image:
     size x size) result to 8 bits, so no full-size float copy is ever made (it used to be
     float64: 8 bytes a pixel plus temporaries, 1 GB for a 6300 x 6300 PNG)."""
     _, high = img.getextrema()
-    top = 65535.0 if float(high) > 255 else 255.0
+    top = 65535.0 if float(high) > 255 else 255.0  # type: ignore[arg-type]  # one band: a number
     small = np.asarray(_shrink(img, size), dtype=np.float32)
     arr8 = np.clip(small * np.float32(255.0 / top) + np.float32(0.5), 0, 255).astype(np.uint8)
     return Image.fromarray(arr8).convert("RGB")
@@ -265,7 +265,7 @@ def _decode_upright(data: bytes, size: int, max_pixels: int, max_decode_bytes: i
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             img_format = img.format
             width, height = img.size
             if width <= 0 or height <= 0:

@@ -160,7 +160,7 @@ class Increment:
             + " and a listing's own content version where it gives one",
         }
 
-    def unchanged_report(self, run_id: str, images_total: int) -> dict[str, Any]:
+    def unchanged_report(self, run_id: str, images_total: int | None) -> dict[str, Any]:
         """The report of a run that found nothing to do: the output is left as it was."""
         keep = (
             "images_ok",

@@ -526,10 +526,10 @@ def read_sources(run: Any) -> Ingested:
 
 def check_input(spark: SparkSession, uri: str) -> None:
     """Fail early, in one line, when the input location does not exist."""
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm = spark.sparkContext._jvm
     assert jvm is not None
     hpath = jvm.org.apache.hadoop.fs.Path(uri)
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
     try:
         fs = hpath.getFileSystem(conf)
         exists = fs.exists(hpath)

@@ -163,7 +163,7 @@ class ImageFeaturizer(
             onError="quarantine",
             handleInvalid="keep",
         )
-        kwargs = self._input_kwargs
+        kwargs = self._input_kwargs  # type: ignore[attr-defined]  # set by @keyword_only
         self.setParams(**kwargs)
 
     @keyword_only
@@ -181,7 +181,7 @@ class ImageFeaturizer(
         handleInvalid: str = "keep",
     ) -> ImageFeaturizer:
         """Sets the given params (only those passed, like Spark's own stages)."""
-        kwargs = self._input_kwargs
+        kwargs = self._input_kwargs  # type: ignore[attr-defined]  # set by @keyword_only
         if kwargs.get("weights", "") is None:
             kwargs.pop("weights")  # unset means the bundled graph; a Param holds no None
         return self._set(**kwargs)

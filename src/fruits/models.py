@@ -48,7 +48,7 @@ def _efficientnet_lite0(weights: bytes | None) -> torch.nn.Module:
         model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu"))
 
     class Features(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
+        def __init__(self, net: Any) -> None:  # an EfficientNet: extract_features()
             super().__init__()
             self.net = net
 

@@ -71,7 +71,9 @@ def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
             raise PreflightError(f"{option} {value}: file not found")
     local_maps = [local_path(m) for m in maps]
     if local_maps and None not in local_maps:
-        load_label_map(local_maps)  # parses (and merges) them: one line if one is not a map
+        load_label_map(
+            [m for m in local_maps if m is not None]
+        )  # parses (and merges) them: one line if one is not a map
     for key, value in cfg.spark_conf.items():
         if key in _PRINTED_BY_THE_JVM and _URL_PASSWORD.search(str(value)):
             # The JVM prints some settings before any redaction can see them (a Maven repository

@@ -99,7 +99,10 @@ def load_label_map(
         raise LabelMapError(f"--label-map {path}: JSON nested too deeply to be a map") from None
     if not isinstance(raw, dict) or not raw:
         raise LabelMapError(f"--label-map {path}: expected a JSON object folder -> class")
-    target, strict, lenient, coarse = {}, {}, {}, {}
+    target: dict[str, str] = {}
+    strict: dict[str, tuple[str, ...]] = {}
+    lenient: dict[str, tuple[str, ...]] = {}
+    coarse: dict[str, str] = {}
     for folder, entry in raw.items():
         where = f"--label-map {path}: entry {folder[:80]!r}"
         if not folder.strip():
@@ -375,7 +378,7 @@ def metrics(
     recall: dict[str, list[int]] = {}
     pairs: dict[tuple[str, str], int] = {}
     for i in np.flatnonzero(pos):
-        truth = sorted(species_ok[i])[0] if species_ok[i] else "?"
+        truth = sorted(species_ok[int(i)])[0] if species_ok[int(i)] else "?"
         key = species_of.get(truth, truth)
         hit = recall.setdefault(key, [0, 0])
         hit[1] += 1

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from fruits.config import ReduceConfig
 from fruits.spark import is_connect
@@ -53,7 +54,7 @@ class Reducer:
 
         mean, scale, pc = reducer_arrays(self.model)
 
-        def project(batches: Iterator[Any]) -> Iterator[Any]:
+        def project(batches: Iterable[Any]) -> Iterator[Any]:
             for batch in batches:
                 column = batch.column(features)
                 z = reduce_features(feature_matrix(column, len(mean)), mean, scale, pc)
@@ -67,7 +68,8 @@ class Reducer:
 def reducer_arrays(model: PipelineModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fitted scaler + PCA as float64 arrays: mean (zeros without centring), scale (1/std, 0
     where std is 0, as Spark's StandardScalerModel; ones without scaling) and pc (d, k)."""
-    scaler, pca = model.stages[0], model.stages[-1]
+    scaler = cast(StandardScalerModel, model.stages[0])
+    pca = cast(PCAModel, model.stages[-1])
     std = np.asarray(scaler.std.toArray(), dtype=np.float64)
     d = len(std)
     mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(d)
@@ -147,8 +149,10 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
     """
     from pyspark.ml.stat import Summarizer
 
-    def partial(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        n, total, gram = 0, 0.0, 0.0  # numpy arrays from the first rows on
+    def partial(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        n = 0
+        total: np.ndarray | float = 0.0  # numpy arrays from the first rows on
+        gram: np.ndarray | float = 0.0
         for batch in batches:
             if len(batch):
                 x = np.stack(batch[features].to_numpy()).astype(np.float64)
@@ -156,11 +160,13 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
                 total = total + x.sum(axis=0)
                 gram = gram + x.T @ x
         if n:
-            rows = [*gram, total, np.array([float(n)])]
+            rows = [*np.atleast_2d(gram), total, np.array([float(n)])]
             yield pd.DataFrame({"i": np.arange(len(rows)), "v": rows})
 
     parts = df.select(features).mapInPandas(partial, "i int, v array<double>")
-    summed = parts.groupBy("i").agg(Summarizer.sum(array_to_vector("v")).alias("s")).collect()
+    summed = (
+        parts.groupBy("i").agg(Summarizer.sum(array_to_vector(F.col("v"))).alias("s")).collect()
+    )
     if not summed:
         return 0, np.zeros(0), np.zeros((0, 0))
     by_row = {r["i"]: r["s"].toArray() for r in summed}
@@ -255,7 +261,7 @@ def _saved_models(
 def load_reducer(path: str, explained_variance: list[float] | None = None) -> Reducer:
     """Reload a saved scaler + PCA (e.g. to project new images without refitting)."""
     model = PipelineModel.load(path)
-    pca = model.stages[-1]
+    pca = cast(PCAModel, model.stages[-1])
     k = int(pca.getK())
     ev = explained_variance or pca.explainedVariance.toArray().tolist()
     return Reducer(model, k, list(ev))

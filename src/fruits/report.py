@@ -33,7 +33,7 @@ def build(
     quarantined: int,
     evaluation: Any,
     prev: Any,
-    images_total: int,
+    images_total: int | None,  # None: the listing could not count the files it refused
 ) -> dict[str, Any]:
     """Draw the plots into the run's local folder and return the report dict."""
     from fruits import __version__

@@ -85,7 +85,7 @@ def resolve_uri(uri: str, spark: SparkSession) -> str:
     server, which reads this machine's files only when it runs here), so messages are exact."""
     if has_scheme(uri):
         return uri
-    if is_connect(spark) or spark.sparkContext.master.startswith("local"):
+    if is_connect(spark) or (spark.sparkContext.master or "").startswith("local"):
         return os.path.abspath(uri)
     return uri
 

@@ -277,7 +277,7 @@ def class_archive_options(directory: Path | None = None) -> str | None:
 
 def _note_jvm_pid(spark: SparkSession, dump: str) -> None:
     """Beside the archive being written, the pid of the JVM writing it (it dumps at exit)."""
-    proc = getattr(spark.sparkContext._gateway, "proc", None)  # type: ignore[attr-defined]
+    proc = getattr(spark.sparkContext._gateway, "proc", None)
     if proc is not None:
         try:
             Path(dump + ".jvm").write_text(str(proc.pid))

@@ -345,7 +345,7 @@ def content_udf(spec: FsSpec) -> Any:
                     got[name] = fs.cat_file(name)
                 except Exception as exc:
                     got[name] = exc
-        out = []
+        out: list[bytes | None] = []
         for name in names:
             value = got.get(name)
             if isinstance(value, (bytes, bytearray)):

@@ -33,8 +33,8 @@ class HadoopStore:
     """Hadoop FileSystem through the driver JVM: whatever schemes the cluster can read."""
 
     def __init__(self, spark: SparkSession) -> None:
-        self._jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+        self._jvm: Any = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
 
     def _path(self, uri: str) -> tuple[Any, Any]:
         p = self._jvm.org.apache.hadoop.fs.Path(uri)
@@ -205,8 +205,8 @@ def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
     scheme = azure.scheme_of(uri)
     if scheme in ("", "file") or is_connect(spark):
         return True
-    jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    jvm: Any = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
     try:
         jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, conf)
     except Exception:
@@ -276,8 +276,8 @@ def skipped_files(
     A recursive listing on the driver: one JVM call per file, the price of counting them all.
     """
     exts = tuple("." + str(e).lower().lstrip(".") for e in extensions)
-    jvm: Any = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    jvm: Any = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
     root = jvm.org.apache.hadoop.fs.Path(uri)
     fs = root.getFileSystem(conf)
     prefix = str(fs.makeQualified(root).toString()).rstrip("/") + "/"
