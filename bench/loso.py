@@ -9,6 +9,8 @@ Spark's regParam r == sklearn C = 1 / (r * n)).
 
     .venv/bin/python bench/loso.py features          # ~15 min on 2 cores, once
     .venv/bin/python bench/loso.py study             # the tables, markdown on stdout
+    .venv/bin/python bench/loso.py features --aug bg # + studio frames on backgrounds
+    .venv/bin/python bench/loso.py study --config "raw 1280" --config "raw 1280 + bg"
 
 Protocol. Every real-photo source is held out in turn (grocery shelves, checkout counter,
 orchard trees; negatives: packaged goods, orchard without fruit, everyday scenes): the model
@@ -18,6 +20,21 @@ sources (never on the judged one). Fruits-360 itself is judged on a grouped hold
 contiguous block of frame numbers per class and video, 25 %), trained on the rest.
 Species: the answer's species is one of the photo's `lenient` classes' species; variety: the
 answer's class is in `strict` (sources with a variety only).
+
+Background composites (`features --aug bg`, configs "... + bg"). One composite per Fruits-360
+dev Training frame (all 8460, in list order, rng seed 1; the study takes those of the frames it
+trains on: grouped-train, every 2nd), made by recognition_study's `composite("bg", ...)`: the
+studio fruit, masked, at 55-100 % of the frame, on a random square crop of a negatives photo
+(60 %) or a smooth random colour texture (40 %), JPEG q90, then featurized by the same
+`extract` path as everything else (1 view). Cached in $RECOG_CACHE/loso-aug-bg.npz. A "+ bg"
+config adds them, labelled with their frame's class, to the training set whenever Fruits-360
+trains (never to the Fruits-360 grouped hold-out). The background photos are the
+`scenes-negatives-train` and `not-fruit-train` images (BG_SOURCES). Caveat: when one of those
+two sources is held out, its photos have still been seen in training as composite
+backgrounds, labelled as the pasted fruit: if anything that makes refusing that source harder
+(its look is partly taught as "fruit"), not easier. "raw 1280 + bg, clean" measures that:
+it drops, for each held-out source, the composites whose background is one of its photos
+(the cache records each composite's background source in `bg`).
 """
 
 # ruff: noqa: N803, N806
@@ -41,6 +58,7 @@ VIEWS = 8
 FRUIT_SOURCES = ["grocery-store-train", "checkout-bags-train", "orchard-train"]
 NEG_SOURCES = ["not-fruit-train", "orchard-negatives-train", "scenes-negatives-train"]
 NEG = "not a fruit"
+BG_SOURCES = ["scenes-negatives-train", "not-fruit-train"]  # composite backgrounds
 EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -74,19 +92,23 @@ def featurizer():
     return Featurizer(art, threads=2)
 
 
-def extract(paths: list[str], views: int) -> tuple[np.ndarray, np.ndarray]:
+def extract(paths: list, views: int, read=None) -> tuple[np.ndarray, np.ndarray]:
     """(N, views, 1280) float16 features (unused view slots are copies of view 0) and the
-    number of real views per image: the pipeline's own decode_views -> Featurizer."""
+    number of real views per image: the pipeline's own decode_views -> Featurizer.
+    `read(item)` gives an item's encoded bytes (default: the file at that path)."""
     from fruits.images import decode_views
+
+    if read is None:
+
+        def read(p):
+            return Path(p).read_bytes()
 
     fz = featurizer()
     X = np.zeros((len(paths), views, 1280), np.float16)
     nv = np.zeros(len(paths), np.int8)
     t0 = time.perf_counter()
     for s in range(0, len(paths), 8):
-        stacks = [
-            decode_views(Path(p).read_bytes(), size=SIZE, views=views) for p in paths[s : s + 8]
-        ]
+        stacks = [decode_views(read(p), size=SIZE, views=views) for p in paths[s : s + 8]]
         out = fz(np.concatenate(stacks))
         k = 0
         for i, st in enumerate(stacks):
@@ -117,7 +139,59 @@ def imagenet_head() -> tuple[np.ndarray, np.ndarray]:
     return d["W"], d["b"]
 
 
-def cmd_features() -> None:
+def aug_study():
+    """bench/recognition_study.py as a module (its composite helpers), wherever this runs from."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import recognition_study
+
+    return recognition_study
+
+
+def features_aug(kind: str) -> None:
+    """One `kind` composite per Fruits-360 frame (list_f360 order), 1 view, cached."""
+    p = CACHE / f"loso-aug-{kind}.npz"
+    if p.exists():
+        return
+    from fruits.images import decode_image
+
+    class Picked(list):  # remembers which background photo `random_background` took
+        last = -1
+
+        def __getitem__(self, i):
+            self.last = i
+            return super().__getitem__(i)
+
+    rs = aug_study()
+    items = list_f360()
+    bg = [(t[0], name) for name in BG_SOURCES for t in list_source(name)]
+    neg_paths = Picked(t[0] for t in bg)
+    rng = np.random.default_rng(1)
+    used = ["texture"] * len(items)  # each composite's background: its source, or texture
+    (CACHE / "samples").mkdir(parents=True, exist_ok=True)
+
+    def read(i: int) -> bytes:  # called in list order by extract: deterministic
+        img = decode_image(Path(items[i][0]).read_bytes(), size=100)
+        neg_paths.last = -1
+        data = rs.composite(kind, [img], rng, SIZE, neg_paths)
+        if neg_paths.last >= 0:
+            used[i] = bg[neg_paths.last][1]
+        if i < 8:
+            (CACHE / "samples" / f"loso-{kind}-{i}.jpg").write_bytes(data)
+        return data
+
+    print(f"aug {kind}: {len(items)} composites, {len(neg_paths)} background photos",
+          file=sys.stderr)  # fmt: skip
+    t0 = time.perf_counter()
+    X, _ = extract(list(range(len(items))), 1, read=read)
+    dt = time.perf_counter() - t0
+    print(f"aug {kind}: {len(items)} composites featurized in {dt:.0f}s", file=sys.stderr)
+    np.savez(p, X=X[:, 0], cls=[t[1] for t in items], path=[t[0] for t in items], bg=used,
+             seconds=dt)  # fmt: skip
+
+
+def cmd_features(aug: list[str] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     imagenet_head()
     p = CACHE / "loso-f360.npz"
@@ -134,6 +208,8 @@ def cmd_features() -> None:
         print(f"{name}: {len(items)} images", file=sys.stderr)
         X, nv = extract([t[0] for t in items], VIEWS)
         np.savez(p, X=X, nv=nv, paths=[t[0] for t in items], folder=[t[1] for t in items])
+    for kind in aug or []:
+        features_aug(kind)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,13 +257,35 @@ class Data:
             self.src[name] = {"X": mean, "whole": V[:, 0], "folder": [str(f) for f in z["folder"]]}
         self.lm = label_maps()
         self.W, self.b = imagenet_head()
+        self.aug: dict[str, np.ndarray] = {}
+        self.aug_bg: dict[str, np.ndarray] = {}
+
+    def f360_train_sel(self) -> np.ndarray:
+        # every 2nd grouped-train frame: neighbours are near-duplicates, fits 2x faster
+        return ~self.f360_held & (np.arange(len(self.f360_held)) % 2 == 0)
+
+    def aug_rows(self, kind: str, without: str | None = None, only: str | None = None):
+        """The composites of the Fruits-360 frames the study trains on, labelled with the
+        frame's class (grouped-train only: never a held-out frame's composite); `without`: less
+        those whose background is a photo of that source; `only`: those whose background is
+        that (a source, or "texture")."""
+        if kind not in self.aug:
+            z = np.load(CACHE / f"loso-aug-{kind}.npz")
+            assert [str(c) for c in z["cls"]] == self.f360_y, "composites out of frame order"
+            self.aug[kind] = z["X"].astype(np.float32)
+            self.aug_bg[kind] = np.array([str(b) for b in z["bg"]])
+        sel = self.f360_train_sel()
+        if without is not None:
+            sel = sel & (self.aug_bg[kind] != without)
+        if only is not None:
+            sel = sel & (self.aug_bg[kind] == only)
+        y = [c for c, s in zip(self.f360_y, sel, strict=True) if s]
+        return self.aug[kind][sel], y, [({c}, {c}, False) for c in y]
 
     def rows(self, name: str, train: bool):
         """(X, target label, truth) for a source; truth = (variety set, species set, negative)."""
         if name == "fruits-360":
-            sel = ~self.f360_held if train else self.f360_held
-            if train:  # every 2nd training frame: neighbours are near-duplicates, fits 2x faster
-                sel = sel & (np.arange(len(sel)) % 2 == 0)
+            sel = self.f360_train_sel() if train else self.f360_held
             X = self.f360_X[sel]
             y = [c for c, s in zip(self.f360_y, sel, strict=True) if s]
             return X, y, [({c}, {c}, False) for c in y]
@@ -252,7 +350,8 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
     return total
 
 
-def run_config(d: Data, *, k, reg, feats="raw", balance=False, log=print) -> dict:
+def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
+               aug_only=None, log=print) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature and
     threshold fitted on the *other* sources' out-of-source logits, and the metrics."""
     from fruits.recognition import answer, choose_threshold, metrics, softmax, species_table
@@ -261,6 +360,8 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, log=print) -> dic
     for h in HELD:
         parts = [d.rows(n, train=True) for n in HELD if n != h and n != "fruits-360"]
         parts.append(d.rows("fruits-360", train=True))  # studio frames always train (grouped)
+        if aug:  # their background composites with them (grouped-train frames only)
+            parts.append(d.aug_rows(aug, without=h if aug_clean else None, only=aug_only))
         X = np.vstack([p[0] for p in parts])
         y = [t for p in parts for t in p[1]]
         w = None
@@ -306,6 +407,11 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, log=print) -> dic
 CONFIGS = {
     "pca256 (today)": {"k": 256, "reg": 1e-3},
     "raw 1280": {"k": None, "reg": 1e-3},
+    "raw 1280 + bg": {"k": None, "reg": 1e-3, "aug": "bg"},
+    # the same, less the composites whose background is a photo of the held-out source
+    "raw 1280 + bg, clean": {"k": None, "reg": 1e-3, "aug": "bg", "aug_clean": True},
+    # only the composites on random colour textures (no photo backgrounds; ~40 % of them)
+    "raw 1280 + bg, textures only": {"k": None, "reg": 1e-3, "aug": "bg", "aug_only": "texture"},
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
     "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
@@ -349,9 +455,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cmd", choices=["features", "study"])
     ap.add_argument("--config", action="append", help="one of: " + ", ".join(CONFIGS))
+    ap.add_argument("--aug", action="append", choices=["bg"],
+                    help="features: also the studio frames' background composites")  # fmt: skip
     a = ap.parse_args()
     if a.cmd == "features":
-        cmd_features()
+        cmd_features(a.aug)
     else:
         print(study(a.config))
 
