@@ -6,7 +6,7 @@ featurization is timed on it, with the pipeline's own functions:
 
 - reduce: `reduce.fit_reducer` (one pass of moments + eigendecomposition) on the train split;
 - project: `Reducer.transform` + `images.parquet` write (what `outputs.write_images` does);
-- csv: the single-file `pca.csv` (`outputs.single_csv`, one task by design);
+- csv: the single-file `pca.csv` (`csv_output.single_csv`, one task by design);
 - classify: `classify.fit_classifier` (Spark's multinomial logistic regression, 100 classes).
 
 One Spark session per size (`local[*]`, 2 GB driver heap, like `fruits run`). Idle machine only:
@@ -37,7 +37,7 @@ def child(rows: int, work: Path) -> dict:
 
     from fruits.classify import fit_classifier
     from fruits.config import ClassifierConfig, PipelineConfig, ReduceConfig
-    from fruits.outputs import single_csv
+    from fruits.csv_output import single_csv
     from fruits.pipeline import session_for
     from fruits.reduce import fit_reducer
     from fruits.storage import HadoopStore

@@ -9,12 +9,12 @@ import pytest
 
 from fruits.classify import (
     ClassifierConfig,
-    class_labels,
     evaluate,
     evaluation_from_confusion,
     fit_classifier,
     predict,
 )
+from fruits.export import class_labels
 
 
 def test_metrics_from_a_hand_checked_confusion_matrix():

@@ -1,4 +1,4 @@
-"""`outputs.write_csv`: one plain file up to `single_csv_max_rows`, a folder of CSV parts written
+"""`csv_output.write_csv`: one plain file up to `single_csv_max_rows`, a folder of CSV parts written
 in parallel above it (a real local SparkSession and the HadoopStore local runs use)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fruits.outputs import write_csv
+from fruits.csv_output import write_csv
 from fruits.storage import HadoopStore
 
 HEADER = "path,label,value"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fruits.ingest import InputError
-from fruits.pipeline import train_part
+from fruits.common import InputError
+from fruits.splits import train_part
 
 
 def _rows(spark, splits: list[str]):

@@ -232,7 +232,7 @@ def test_a_renamed_class_folder_refits_the_classifier(spark, state):
 
     from pyspark.ml import PipelineModel
 
-    from fruits.classify import class_labels
+    from fruits.export import class_labels
 
     assert class_labels(PipelineModel.load(str(out / "models" / "classifier"))) == expected
 

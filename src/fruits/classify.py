@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel
-from pyspark.ml.feature import StringIndexer, StringIndexerModel
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.feature import StringIndexer
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits.calibration import Calibration
+from fruits.common import local_path
 from fruits.config import ClassifierConfig
-from fruits.ingest import local_path
+from fruits.export import class_labels, reads_scaled
+from fruits.splits import train_part
+
+if TYPE_CHECKING:
+    from pyspark.ml.feature import StandardScalerModel
+
+    from fruits.incremental import Increment
+    from fruits.recognition import LabelMap
+    from fruits.reduce import Reducer
+    from fruits.stage import Run
+
+log = logging.getLogger(__name__)
 
 X = "_x"
 Y = "_y"
@@ -66,12 +79,6 @@ def with_input(df: DataFrame, scaler: Any = None, *, features: str = "pca") -> D
     return scaler.transform(vec).withColumnRenamed(SCALED, X).drop(VEC)
 
 
-def reads_scaled(classifier: PipelineModel, feature_dim: int) -> bool:
-    """Does a saved classifier read the scaled features (its width is the CNN's) or the PCA?"""
-    lr = cast(LogisticRegressionModel, classifier.stages[-1])
-    return int(lr.numFeatures) == int(feature_dim)
-
-
 def fit_classifier(
     train: DataFrame,
     cfg: ClassifierConfig | None = None,
@@ -95,10 +102,6 @@ def fit_classifier(
         standardization=False,
     )
     return Pipeline(stages=[indexer, lr]).fit(data)
-
-
-def class_labels(model: PipelineModel) -> list[str]:
-    return list(cast(StringIndexerModel, model.stages[0]).labels)
 
 
 def predict(
@@ -449,3 +452,74 @@ def _truth(path: str, label: str, label_map: Any) -> tuple[set[str], set[str]]:
     if label_map is not None and folder in label_map.target:
         return set(label_map.strict.get(folder, ())), set(label_map.lenient.get(folder, ()))
     return {label}, {label}
+
+
+# -- the stage ------------------------------------------------------------------------------
+
+
+def stage(
+    run: Run,
+    reducer: Reducer,
+    images: DataFrame,
+    splits: dict[str, int],
+    prev: Increment,
+    label_map: LabelMap | None = None,
+) -> Evaluation:
+    """Fit (or, incrementally, reuse) the classifier, calibrate it on the val split, save it
+    and its serving arrays, and evaluate it on the test split (else the val split)."""
+    from fruits.export import arrays_from_spark, export_serving
+    from fruits.plots import plot_confusion
+
+    # the run's fitted StandardScalerModel
+    fitted = cast("StandardScalerModel", reducer.model.stages[0])
+    scaler: StandardScalerModel | None = fitted
+    if prev.classifier_path:  # incremental: no refit
+        model = PipelineModel.load(prev.classifier_path)
+        if not reads_scaled(model, len(fitted.mean)):  # a run from before: it reads the PCA
+            scaler = None
+    else:  # the one rule, shared with the reducer's fit
+        model = fit_classifier(train_part(images, splits), scaler=scaler)
+    model.write().overwrite().save(run.uri("models", "classifier"))
+    classes = class_labels(model)
+    planned = [uri for _, uri in run.io.inputs]  # the spelling Spark lists paths in
+    held = None
+    labelled = sum(role == "labelled" for _, role in run.cfg.sources)
+    # two labelled sources at least: each held-out fruit source is then judged by a classifier
+    # that still knows fruit (the sample plus negatives alone keeps the val split's fit)
+    if run.cfg.held_out_calibration and labelled >= 2 and not prev.classifier_path:
+        spellings = [{s, p} for s, p in zip(run.inputs, planned, strict=True)]
+        held = out_of_source(images, spellings, scaler=scaler) or None
+    calibration = calibrate(
+        arrays_from_spark(reducer.model, model),
+        classes,
+        images,
+        sources=run.inputs,
+        label_map=label_map,
+        planned=planned,
+        held=held,
+    )
+    export_serving(
+        reducer.model,
+        model,
+        run.local / "models",
+        featurizer=run.cfg.featurizer,
+        run_id=run.run_id,
+        recognition=calibration.serving(),
+    )
+    judged = "test" if splits.get("test") else "val"
+    evaluation = evaluate(model, images.where(F.col("split") == judged), scaler=scaler)
+    evaluation.split = judged
+    evaluation.recognition = {
+        "temperature": calibration.temperature,
+        "threshold": calibration.threshold,
+        **calibration.metrics,
+    }
+    plot = run.local / "plots" / "confusion_matrix.png"
+    plot_confusion(evaluation.labels, evaluation.confusion, plot)
+    log.info(
+        "classify: %s accuracy %.4f, macro-F1 %.4f",
+        judged,
+        evaluation.accuracy,
+        evaluation.macro_f1,
+    )
+    return evaluation

@@ -180,9 +180,9 @@ def _score_one(predictor: Predictor, content: bytes) -> tuple[Any, str | None]:
 def plot_species_confusion(pairs: list[dict[str, Any]], path: Path) -> None:
     """The most confused (true species -> answered species) pairs as a bar chart: readable,
     unlike a 141 x 141 matrix."""
-    from fruits.report import _pyplot
+    from fruits.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(pairs), 1) + 1.5))
     names = [f"{p['true']} -> {p['predicted']}" for p in pairs][::-1]
     ax.barh(names, [p["count"] for p in pairs][::-1], color="tab:orange")

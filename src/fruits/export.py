@@ -19,17 +19,35 @@ from fruits.predictor import ARRAYS_FILE, FORMAT_VERSION, META_FILE, ServingArra
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
     from pyspark.ml.classification import LogisticRegressionModel
+    from pyspark.ml.feature import StringIndexerModel
     from pyspark.sql import SparkSession
 
     from fruits.config import FeaturizerConfig
 
-__all__ = ["arrays_from_spark", "export_saved_run", "export_serving", "saved_recognition"]
+__all__ = [
+    "arrays_from_spark",
+    "class_labels",
+    "export_saved_run",
+    "export_serving",
+    "reads_scaled",
+    "saved_recognition",
+]
+
+
+def reads_scaled(classifier: PipelineModel, feature_dim: int) -> bool:
+    """Does a saved classifier read the scaled features (its width is the CNN's) or the PCA?"""
+    lr = cast("LogisticRegressionModel", classifier.stages[-1])
+    return int(lr.numFeatures) == int(feature_dim)
+
+
+def class_labels(model: PipelineModel) -> list[str]:
+    """The classes of a saved [StringIndexerModel, LogisticRegressionModel], in index order."""
+    return list(cast("StringIndexerModel", model.stages[0]).labels)
 
 
 def arrays_from_spark(reducer: PipelineModel, classifier: PipelineModel) -> ServingArrays:
     """Read the fitted stages: reducer = [StandardScalerModel, PCAModel], classifier =
     [StringIndexerModel, LogisticRegressionModel] (see reduce.py and classify.py)."""
-    from fruits.classify import reads_scaled
     from fruits.reduce import reducer_arrays
 
     mean, scale, pc = reducer_arrays(reducer)
@@ -55,8 +73,6 @@ def export_serving(
 ) -> Path:
     """Write serving.npz + serving.json into a run's local models folder; `recognition`:
     temperature, threshold and species table (classify.calibrate)."""
-    from fruits.classify import class_labels
-
     classes = class_labels(classifier)
     arrays = arrays_from_spark(reducer, classifier)
     arrays.validate(classes)
@@ -96,7 +112,6 @@ def export_saved_run(spark: SparkSession, run: str | Path) -> Path:
     (never "not sure") and 8 views whatever the run used."""
     from pyspark.ml import PipelineModel
 
-    from fruits.classify import class_labels
     from fruits.config import FeaturizerConfig
 
     root = Path(run)

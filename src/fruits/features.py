@@ -12,10 +12,10 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Tuple  # noqa: UP035 - Spark reads the UDF hints: typing.Tuple
+from typing import TYPE_CHECKING, Any, Protocol, Tuple  # noqa: UP035 - Spark reads the UDF hints: typing.Tuple
 
 import numpy as np
 import pandas as pd  # module level: Spark resolves the UDF's type hints here
@@ -24,6 +24,11 @@ from fruits.cache import LruCache
 from fruits.config import FeaturizerConfig, cache_dir
 from fruits.images import UNDECODABLE, ImageError, decode_views
 from fruits.models import BackboneSpec, build_torch, fingerprint, get_spec, read_weights
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from fruits.stage import Run
 
 log = logging.getLogger(__name__)
 
@@ -504,7 +509,7 @@ def featurize_batches(
     *,
     threads: int,
     fail_fast: bool = False,
-) -> Callable[[Iterator[Any]], Iterator[Any]]:
+) -> Callable[[Iterable[Any]], Iterator[Any]]:
     """The featurize stage's function for `DataFrame.mapInArrow`: Arrow batches of the listing
     (`KEY_COLUMNS`, `content`, optionally `_local` and `content_hash`) in, the same keys plus
     `content_hash`, `features` and `reason` out.
@@ -517,7 +522,7 @@ def featurize_batches(
     """
     size, max_pixels, views = cfg.image_size, cfg.max_pixels, cfg.views
 
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
+    def run(batches: Iterable[Any]) -> Iterator[Any]:
         fz, step = worker_featurizer(artifact, artifact_id, cfg, threads)
         for rows in batches:
             contents = batch_contents(rows)
@@ -536,7 +541,7 @@ def featurize_batches(
 def batch_contents(rows: Any) -> list[bytes | None]:
     """The bytes of each row: the reader's `content`, else the local file `_local` read here
     (null when the read fails: reported as unreadable, like a storage read error)."""
-    from fruits.ingest import read_file
+    from fruits.common import read_file
 
     contents: list[bytes | None] = rows.column("content").to_pylist()
     if "_local" in rows.schema.names:
@@ -605,7 +610,12 @@ STAGE_SCHEMA = (
 )
 
 
-def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, Any]:
+def threads_per_task(cfg: FeaturizerConfig, spark: SparkSession) -> int:
+    """ONNX Runtime threads in each Spark task: the setting, else the task's CPUs."""
+    return cfg.threads_per_task or int(spark.conf.get("spark.task.cpus", "1") or 1)
+
+
+def featurize(run: Run, files: DataFrame, *, total: int = 0) -> tuple[ModelArtifact, DataFrame]:
     """The featurize stage: (path, label, split, length, modification_time, content) ->
     the same keys + `content_hash` + `features` + `reason` (null when usable), materialised
     once as Parquet in the run's staging folder, because every later stage reads it and the CNN
@@ -622,8 +632,7 @@ def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, A
 
     cfg, spark = run.cfg, run.spark
     artifact = build_artifact(cfg.featurizer)
-    threads = cfg.featurizer.threads_per_task or int(spark.conf.get("spark.task.cpus", "1") or 1)
-    run.threads_per_task = threads
+    threads = threads_per_task(cfg.featurizer, spark)
     fn = featurize_batches(
         artifact if connect else spark.sparkContext.broadcast(artifact),
         artifact.fingerprint,
@@ -649,5 +658,5 @@ def featurize(run: Any, files: Any, *, total: int = 0) -> tuple[ModelArtifact, A
         raise
     finally:
         if not connect:
-            spark.sparkContext.setJobDescription(None)
+            spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]  # None clears it
     return artifact, spark.read.parquet(work)

@@ -43,7 +43,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -53,6 +53,9 @@ from fruits.config import PipelineConfig
 from fruits.ingest import Ingested, file_content
 from fruits.reduce import Reducer, load_reducer
 from fruits.storage import Store, join
+
+if TYPE_CHECKING:
+    from fruits.stage import Run
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ def check_same_featurizer(cfg: PipelineConfig, previous: dict[str, Any]) -> None
         )
 
 
-def previous(run: Any, listed: Ingested) -> Increment:
+def previous(run: Run, listed: Ingested) -> Increment:
     """What this run can reuse from the published output: nothing for a full run (or when no
     finished output exists yet), else the rows and models of the files that did not change."""
     if not run.cfg.incremental:
@@ -433,7 +436,7 @@ def current_hash(files: DataFrame, *, verify: bool) -> Column:
 def classes_changed(model: Any, files: DataFrame) -> str | None:
     """Why the saved classifier no longer fits the data (its classes are not the labels of the
     rows it would be fitted on today), or None when they agree."""
-    from fruits.classify import class_labels
+    from fruits.export import class_labels
 
     train = files.where(F.col("split") == "train")
     rows = train.select("label").distinct().collect() or (

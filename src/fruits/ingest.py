@@ -12,13 +12,21 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd  # module level: Spark resolves the UDF's type hints here
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from fruits.common import InputError, local_path, read_file
 from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
+
+if TYPE_CHECKING:
+    from fruits.recognition import LabelMap
+    from fruits.stage import Run
+
+# InputError and local_path live in common.py (the ground floor); importable from here too
+__all__ = ["Ingested", "InputError", "local_path", "read_sources"]
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +39,6 @@ SPLIT_NAMES: dict[str, str] = {
     "valid": "val",
     "validation": "val",
 }
-
-
-class InputError(ValueError):
-    """The input location is missing or holds no image: a user error, reported in one line."""
 
 
 def glob_for(extensions: Iterable[str]) -> str:
@@ -146,6 +150,7 @@ class Ingested:
     may_drop: bool = True
     total: int | None = None  # files listed (usable + refused), when the listing knows it
     keys: DataFrame | None = None
+    label_map: LabelMap | None = None  # the merged `--label-map` files, read by read_sources
 
     def split_labels(self) -> DataFrame:
         """(split, label) of every usable listed file, for what-is-present questions."""
@@ -241,14 +246,6 @@ def split_by_size(files: DataFrame, max_file_bytes: int) -> tuple[DataFrame, Dat
         "modification_time",
     )
     return ok, too_large
-
-
-def local_path(uri: str) -> str | None:
-    """The local folder behind a bare path or `file:` URI; None for other schemes."""
-    if uri.startswith("file:"):
-        return "/" + uri[len("file:") :].lstrip("/")
-    has_scheme = ":" in uri.split("/", 1)[0]
-    return None if has_scheme else os.path.abspath(uri)
 
 
 # What binaryFile lists no row for; walk_local's other refusals are rows Spark reports itself.
@@ -431,15 +428,6 @@ def read_local(
     return Ingested(files=spread, too_large=too_large, may_drop=False, total=total, keys=ok)
 
 
-def read_file(name: str) -> bytes | None:
-    """A local file's bytes, None where the read fails (permissions, deleted mid-run)."""
-    try:
-        with open(name, "rb") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
 def read_local_udf(paths: Column) -> Column:
     """Bytes of local files (`read_file` in the executors' Python)."""
     from pyspark.sql.functions import pandas_udf
@@ -472,7 +460,7 @@ def map_labels(spark: SparkSession, files: DataFrame, target: dict[str, str]) ->
     return joined.select(*[mapped if c == "label" else F.col(c) for c in files.columns])
 
 
-def read_sources(run: Any) -> Ingested:
+def read_sources(run: Run) -> Ingested:
     """Every source of the run through the reader its storage plan chose, as one listing:
     labels mapped (`--label-map`), negatives labelled `recognition.NEGATIVE`, a validation
     part set aside where a source has none.
@@ -502,7 +490,6 @@ def read_sources(run: Any) -> Ingested:
     if cfg.label_map:
         folders = {r["label"] for r in present if roles[r["source"]] == "labelled"}
         label_map = load_label_map(cfg.label_map, known=folders | set(load_facts()))
-    run.label_map = label_map
     found: Ingested | None = None
     for n, (uri, role) in enumerate(zip(run.inputs, roles, strict=True)):
         got = read[uri]
@@ -521,7 +508,7 @@ def read_sources(run: Any) -> Ingested:
         where = ", ".join(run.inputs)
         raise InputError(f"no images under {where} (extensions: {', '.join(cfg.extensions)})")
     log.info("ingest: %d image files listed", total)
-    return Ingested(found.files, found.too_large, found.may_drop, total)
+    return Ingested(found.files, found.too_large, found.may_drop, total, label_map=label_map)
 
 
 def check_input(spark: SparkSession, uri: str) -> None:

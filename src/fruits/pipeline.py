@@ -1,11 +1,14 @@
 """The end-to-end run as a short story: ingest -> featurize -> quarantine -> reduce -> outputs
 -> classify -> report -> publish.
 
-Each step is a function of its own module that owns its columns; `RunContext` (run_context.py)
-owns the folders, the output rules, the lease and the publish; `incremental.previous` returns
-what an earlier output lets this run skip (`Increment.full` for a full run), so no stage
-branches on the run's mode. To add a stage: write a `DataFrame -> DataFrame` function in a
-module, call it here inside `run.stage("name")`.
+Each step is a function of its own module that owns its columns. A stage takes the run's
+narrow, read-only face (`stage.Run`: settings, session, store, folders) and returns what it
+learns (the label map comes back in `Ingested`, the classifier's figures as an `Evaluation`);
+none writes onto the run. `RunContext` (run_context.py) owns the folders, the output rules, the
+lease and the publish; `incremental.previous` returns what an earlier output lets this run skip
+(`Increment.full` for a full run), so no stage branches on the run's mode. To add a stage: a
+function `(run: Run, df: DataFrame, ...) -> DataFrame` (or what it learns) in a module, called
+here inside `run.stage("name")`. Modules import only lower floors (tests/test_architecture.py).
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from fruits import incremental, outputs, preflight, quarantine, report, tracking
+from fruits import classify, incremental, outputs, preflight, quarantine, report, tracking
+from fruits.common import InputError, count_by_split
 from fruits.config import PipelineConfig
 from fruits.features import ImageFailure, featurize
-from fruits.ingest import InputError, read_sources
+from fruits.ingest import read_sources
 from fruits.reduce import fit_reducer
 from fruits.run_context import RunContext
 from fruits.spark import default_conf, get_spark
+from fruits.splits import train_part
 
-__all__ = ["ImageFailure", "RunResult", "run_pipeline", "session_for"]
+__all__ = ["ImageFailure", "RunResult", "run_pipeline", "session_for", "train_part"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
             bad = quarantine.write(run, feats, prev, listed)
 
         labels = ok.groupBy("split", "label").count().collect()
-        splits = outputs.count_by_split(labels)
+        splits = count_by_split(labels)
         if sum(splits.values()) < 2:
             raise InputError(f"only {sum(splits.values())} usable image(s): nothing to fit")
 
@@ -90,7 +95,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         judged = splits.get("test") or splits.get("val")
         if cfg.classify and judged and len({r["label"] for r in labels}) >= 2:
             with run.stage("classify"):
-                evaluation = outputs.classify(run, reducer, images, splits, prev)
+                evaluation = classify.stage(run, reducer, images, splits, prev, listed.label_map)
 
         with run.stage("report"):
             built = report.build(
@@ -107,14 +112,3 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         run.publish(built)
         tracking.log_run(built, str(run.local))  # MLflow, when MLFLOW_TRACKING_URI is set
         return RunResult(run.output, built)
-
-
-def train_part(df: DataFrame, splits: dict[str, int]) -> DataFrame:
-    """The rows fits learn from: the train split where one exists, else every split but test
-    (the test split judges the fits, so it never trains them; a run of Test images only is
-    refused in one line rather than scored on its own training data)."""
-    if splits.get("train"):
-        return df.where(F.col("split") == "train")
-    if not sum(n for s, n in splits.items() if s != "test"):
-        raise InputError("only Test-split images: nothing to fit on but the images it judges")
-    return df.where(F.col("split") != "test")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 
+from fruits.common import has_scheme, local_path
 from fruits.config import PipelineConfig
 
 
@@ -27,15 +28,6 @@ _URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORE
 
 class PreflightError(ValueError):
     """A configuration that cannot run: one line for the user, before Spark starts."""
-
-
-def local_path(uri: str) -> str | None:
-    """The local path of `uri` (a plain path or a `file:` URI), else None (a remote scheme)."""
-    if uri.startswith("file:"):
-        return "/" + uri[len("file:") :].lstrip("/")
-    if has_scheme(uri):
-        return None
-    return os.path.abspath(uri)
 
 
 def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
@@ -89,11 +81,6 @@ def check(cfg: PipelineConfig, *, remote: str | None = None) -> None:
         why = overlap(cfg.output, uri) if out is not None and local_path(uri) is not None else None
         if why:
             raise PreflightError(f"--output {cfg.output} {why}: choose a folder outside {uri}")
-
-
-def has_scheme(uri: str) -> bool:
-    """`abfss://...`, `file:/x`, `C:`-less URIs: a scheme before the first slash."""
-    return ":" in uri.split("/", 1)[0]
 
 
 def _comparable(uri: str) -> str:

@@ -9,20 +9,25 @@ in incremental runs, the previous output's quarantine rows that are still curren
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits.csv_output import write_csv
 from fruits.features import UNREADABLE, ImageFailure
-from fruits.outputs import write_csv
+
+if TYPE_CHECKING:
+    from fruits.incremental import Increment
+    from fruits.ingest import Ingested
+    from fruits.stage import Run
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "reason", "length", "modification_time", "content_hash")
 
 
-def write(run: Any, feats: DataFrame, prev: Any, listed: Any) -> int:
+def write(run: Run, feats: DataFrame, prev: Increment, listed: Ingested) -> int:
     """Write `quarantine.parquet` + `quarantine.csv`; the number of quarantined files.
 
     With `--on-error fail` the first quarantined file stops the run in one line.

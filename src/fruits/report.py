@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from fruits.common import count_by_split, write_json
+from fruits.plots import plot_explained_variance, plot_scatter
+
+if TYPE_CHECKING:
+    from fruits.stage import Run
+
+__all__ = ["build", "write_json"]  # write_json: common.py, kept importable here
 
 SCATTER_SAMPLE = 5000  # points in the PCA scatter plot, whatever the data size
 SPARK_LEVERS = (  # the levers of docs/performance.md, as Spark saw them
@@ -24,7 +31,7 @@ SPARK_LEVERS = (  # the levers of docs/performance.md, as Spark saw them
 
 
 def build(
-    run: Any,
+    run: Run,
     *,
     artifact: Any,
     reducer: Any,
@@ -38,7 +45,7 @@ def build(
     """Draw the plots into the run's local folder and return the report dict."""
     from fruits import __version__
     from fruits.azure import redact_conf
-    from fruits.outputs import count_by_split, csv_form
+    from fruits.csv_output import csv_form
 
     cfg = run.cfg
     target = None if cfg.reduce.k else cfg.reduce.variance
@@ -116,8 +123,10 @@ def classification(evaluation: Any) -> dict[str, Any]:
     }
 
 
-def featurizer_settings(run: Any, artifact: Any) -> dict[str, Any]:
+def featurizer_settings(run: Run, artifact: Any) -> dict[str, Any]:
     """The CNN the run used and how it ran it."""
+    from fruits.features import threads_per_task
+
     fcfg = run.cfg.featurizer
     return {
         **artifact.describe(),
@@ -125,7 +134,7 @@ def featurizer_settings(run: Any, artifact: Any) -> dict[str, Any]:
         "precision": fcfg.precision,
         "channels_last": fcfg.channels_last,
         "batch_size": fcfg.batch_size,
-        "threads_per_task": getattr(run, "threads_per_task", None),
+        "threads_per_task": threads_per_task(fcfg, run.spark),
         "max_pixels": fcfg.max_pixels,
         "jpeg_draft": True,  # large JPEGs decode at a reduced scale (images.py)
     }
@@ -185,85 +194,3 @@ def task_retries(spark: Any, group: str) -> dict[str, int] | None:
             failed += st.numFailedTasks
             retried += st.currentAttemptId
     return {"jobs": len(jobs), "failed_tasks": failed, "stage_retries": retried}
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def write_json(report: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def plot_explained_variance(
-    explained: list[float], k: int, target: float | None, path: Path
-) -> None:
-    plt = _pyplot()
-    cum = np.cumsum(explained)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(np.arange(1, len(cum) + 1), cum, lw=2, label="cumulative explained variance")
-    ax.axvline(k, color="tab:red", ls="--", label=f"k = {k} ({cum[k - 1]:.1%})")
-    if target is not None:
-        ax.axhline(target, color="tab:gray", ls=":", label=f"target {target:.0%}")
-    ax.set_xlabel("number of components k")
-    ax.set_ylabel("explained variance (cumulative)")
-    ax.set_ylim(0, 1.01)
-    ax.set_title("PCA on CNN features (train split)")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_scatter(points: np.ndarray, labels: list[str], path: Path) -> None:
-    """First two principal components of a bounded sample, one colour per label."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 6))
-    names = sorted(set(labels))
-    cmap = plt.get_cmap("tab20", max(len(names), 1))
-    lab = np.asarray(labels)
-    for i, name in enumerate(names):
-        sel = lab == name
-        ax.scatter(points[sel, 0], points[sel, 1], s=12, color=cmap(i), label=name, alpha=0.8)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2" if points.shape[1] > 1 else "")
-    ax.set_title("Images in the first two principal components")
-    if len(names) <= 20:
-        ax.legend(fontsize=7, loc="best", markerscale=1.5)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_confusion(labels: list[str], confusion: list[list[int]], path: Path) -> None:
-    plt = _pyplot()
-    cm = np.asarray(confusion, dtype=float)
-    n = len(labels)
-    size = min(4 + 0.18 * n, 28)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fs = 8 if n <= 30 else 4
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=fs)
-    ax.set_yticks(range(n), labels, fontsize=fs)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    color = "white" if norm[i, j] > 0.5 else "black"
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Confusion matrix (test split, row-normalised colours)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

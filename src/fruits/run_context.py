@@ -31,10 +31,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from fruits.common import InputError, has_scheme, write_json
 from fruits.config import PipelineConfig
-from fruits.ingest import InputError
-from fruits.preflight import has_scheme, overlap
-from fruits.report import write_json
+from fruits.preflight import overlap
 from fruits.spark import is_connect
 from fruits.storage import (
     MARKER,
@@ -354,8 +353,6 @@ class RunContext:
             self.run_id,
             local_dirs=[str(self.local), *([tmp] if tmp else [])],
         )
-        self.label_map: Any = None  # set by ingest when `--label-map` is given
-        self.threads_per_task: int | None = None  # set by the featurize stage
 
     @property
     def input(self) -> str:
