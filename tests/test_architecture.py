@@ -121,3 +121,18 @@ def test_stages_get_a_typed_run(edges):
     """No stage takes the run as `Any`: they take `stage.Run`, so mypy checks what they use."""
     for name, path in _modules().items():
         assert "run: Any" not in path.read_text(), name
+
+
+def test_the_session_kind_is_decided_in_one_module():
+    """Classic or Spark Connect is known to `spark.Session` only: no other module calls
+    `is_connect` or reaches for `.sparkContext` (where Connect would fail)."""
+    offenders = []
+    for name, path in _modules().items():
+        if name == "fruits.spark":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "sparkContext":
+                offenders.append(f"{name}:{node.lineno} .sparkContext")
+            if isinstance(node, ast.Name) and node.id == "is_connect":
+                offenders.append(f"{name}:{node.lineno} is_connect")
+    assert offenders == []

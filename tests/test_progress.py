@@ -10,6 +10,7 @@ import pandas as pd
 from pyspark import InheritableThread
 
 from fruits.progress import Progress, describe
+from fruits.spark import Session
 
 
 def test_describe_says_images_rate_and_time_left() -> None:
@@ -49,7 +50,8 @@ def test_progress_follows_the_newest_stage_not_the_shuffle_before_it(
         # 3 shuffle tasks (1/3, 2/3, 1 done) before 4 gated ones: only the latter give 1/4
         gated = spark.range(0, 400, 1, 3).repartition(4).mapInPandas(_gated, "id long")
         with caplog.at_level(logging.INFO, logger="fruits.progress"):
-            with Progress(spark, group, what="featurize", total=400, every=3600) as progress:
+            tracker = Session(spark).status_tracker()
+            with Progress(tracker, group, what="featurize", total=400, every=3600) as progress:
                 job = InheritableThread(target=gated.count)  # keeps the job group
                 job.start()
                 while len(seen) < 1200 and (not seen or seen[-1] != 0.25):  # a bounded wait
@@ -65,13 +67,9 @@ def test_progress_follows_the_newest_stage_not_the_shuffle_before_it(
 
 
 def test_no_status_tracker_means_silence(caplog) -> None:
-    class ConnectLike:
-        @property
-        def sparkContext(self):  # noqa: N802 - Spark's name
-            raise RuntimeError("[JVM_ATTRIBUTE_NOT_SUPPORTED] sparkContext is not supported")
-
+    """A Spark Connect session has no status tracker (`Session.status_tracker()` is None)."""
     with caplog.at_level(logging.INFO, logger="fruits.progress"):
-        with Progress(ConnectLike(), "g", what="featurize", total=10, every=0.05) as p:
+        with Progress(None, "g", what="featurize", total=10, every=0.05) as p:
             assert p.fraction() == 0.0
             time.sleep(0.2)  # time for the logging loop to run, were there one
     assert not [r for r in caplog.records if r.name == "fruits.progress"]

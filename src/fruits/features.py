@@ -625,16 +625,14 @@ def featurize(run: Run, files: DataFrame, *, total: int = 0) -> tuple[ModelArtif
     next listing compares like with like.
     """
     from fruits.progress import Progress
-    from fruits.spark import is_connect
-
-    # Through Spark Connect there is no broadcast: the graph travels inside the UDF (~13 MB).
-    connect = is_connect(run.spark)
+    from fruits.spark import Session
 
     cfg, spark = run.cfg, run.spark
+    session = Session(spark)
     artifact = build_artifact(cfg.featurizer)
     threads = threads_per_task(cfg.featurizer, spark)
     fn = featurize_batches(
-        artifact if connect else spark.sparkContext.broadcast(artifact),
+        session.ship(artifact),  # through Connect the graph travels inside the UDF (~13 MB)
         artifact.fingerprint,
         cfg.featurizer,
         threads=threads,
@@ -643,10 +641,9 @@ def featurize(run: Run, files: DataFrame, *, total: int = 0) -> tuple[ModelArtif
     extra = [c for c in ("_local", "content_hash") if c in files.columns]
     featurized = files.select(*KEY_COLUMNS, "content", *extra).mapInArrow(fn, STAGE_SCHEMA)
     work = run.uri("_work", "featurized.parquet")
-    if not connect:
-        spark.sparkContext.setJobDescription(f"fruits {run.run_id}: featurize")
+    session.describe(f"fruits {run.run_id}: featurize")
     try:
-        with Progress(spark, run.group, what="featurize", total=total):
+        with Progress(session.status_tracker(), run.group, what="featurize", total=total):
             featurized.write.parquet(work)
     except Exception as exc:
         # The Python traceback quotes the raising source line too; take the message itself.
@@ -657,6 +654,5 @@ def featurize(run: Run, files: DataFrame, *, total: int = 0) -> tuple[ModelArtif
             raise ImageFailure(found.group(1).strip()) from None
         raise
     finally:
-        if not connect:
-            spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]  # None clears it
+        session.describe(None)
     return artifact, spark.read.parquet(work)

@@ -513,10 +513,13 @@ def read_sources(run: Run) -> Ingested:
 
 def check_input(spark: SparkSession, uri: str) -> None:
     """Fail early, in one line, when the input location does not exist."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
+    from fruits.spark import Session
+
+    hadoop = Session(spark).hadoop()
+    if hadoop is None:  # through Connect, the server's read says what is missing
+        return
+    jvm, conf = hadoop
     hpath = jvm.org.apache.hadoop.fs.Path(uri)
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
     try:
         fs = hpath.getFileSystem(conf)
         exists = fs.exists(hpath)

@@ -47,18 +47,17 @@ class Progress:
     """
 
     def __init__(
-        self, spark: Any, group: str, *, what: str, total: int, every: float = 10.0
+        self, tracker: Any | None, group: str, *, what: str, total: int, every: float = 10.0
     ) -> None:
+        """`tracker`: Spark's status tracker (`spark.Session.status_tracker()`), or None."""
         self.what, self.total, self.every, self.group = what, total, every, group
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stage: int | None = None  # the stage followed, and when it was first seen
         self._stage_t0 = 0.0
-        try:
-            self._tracker = spark.sparkContext.statusTracker()
+        self._tracker = tracker  # None through Spark Connect
+        if self._tracker is not None:
             self._before = set(self._tracker.getJobIdsForGroup(group))
-        except Exception:  # Spark Connect: no SparkContext on the client
-            self._tracker = None
 
     def _newest_stage(self) -> Any:
         """Status of the newest running or finished stage of this group's jobs started since

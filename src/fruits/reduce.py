@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import ReduceConfig
-from fruits.spark import is_connect
+from fruits.spark import Session
 
 VEC = "_features_vec"
 SCALED = "_scaled"
@@ -127,13 +127,14 @@ def fit_reducer(
     signs = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
     eigvec = eigvec * np.where(signs == 0, 1.0, signs)
     spark = train.sparkSession
-    if is_connect(spark):
+    sc = Session(spark).context()
+    if sc is None:  # no JVM in this process (Connect): Spark's models through a saved folder
         if work is None:
             raise ValueError("through Spark Connect, fit_reducer needs `work`: a folder to save in")
         model = _saved_models(spark, work, mean, std, cfg.scale_std, eigvec[:, :k], explained[:k])
         return Reducer(model, k, explained.tolist())
-    scaler = _spark_scaler_model(spark, mean, std, cfg.scale_std)
-    pca_model = _spark_pca_model(spark, eigvec[:, :k], explained[:k])
+    scaler = _spark_scaler_model(sc, mean, std, cfg.scale_std)  # the same classes, in the JVM
+    pca_model = _spark_pca_model(sc, eigvec[:, :k], explained[:k])
     return Reducer(PipelineModel(stages=[scaler, pca_model]), k, explained.tolist())
 
 
@@ -179,14 +180,13 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
 
 
 def _spark_scaler_model(
-    spark: SparkSession, mean: np.ndarray, std: np.ndarray, scale_std: bool
+    sc: Any, mean: np.ndarray, std: np.ndarray, scale_std: bool
 ) -> StandardScalerModel:
     """Spark's own StandardScalerModel (withMean, withStd as configured) from our moments."""
     from pyspark.ml.common import _py2java
 
-    sc = spark.sparkContext
     uid = f"StandardScaler_{uuid.uuid4().hex[:12]}"
-    jmodel = sc._jvm.org.apache.spark.ml.feature.StandardScalerModel(  # type: ignore[union-attr]
+    jmodel = sc._jvm.org.apache.spark.ml.feature.StandardScalerModel(
         uid, _py2java(sc, DenseVector(std.tolist())), _py2java(sc, DenseVector(mean.tolist()))
     )
     jmodel.set(jmodel.withMean(), True)
@@ -197,16 +197,15 @@ def _spark_scaler_model(
     return model
 
 
-def _spark_pca_model(spark: SparkSession, pc: np.ndarray, explained: np.ndarray) -> PCAModel:
+def _spark_pca_model(sc: Any, pc: np.ndarray, explained: np.ndarray) -> PCAModel:
     """Wrap our components in Spark's own PCAModel class (transform, save, load unchanged)."""
     from pyspark.ml.common import _py2java
 
-    sc = spark.sparkContext
     d, k = pc.shape
     jpc = _py2java(sc, DenseMatrix(d, k, pc.flatten(order="F").tolist()))
     jev = _py2java(sc, DenseVector(explained.tolist()))
     uid = f"PCA_{uuid.uuid4().hex[:12]}"
-    jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(uid, jpc, jev)  # type: ignore[union-attr]
+    jmodel = sc._jvm.org.apache.spark.ml.feature.PCAModel(uid, jpc, jev)
     jmodel.set(jmodel.k(), k)
     jmodel.setInputCol(SCALED).setOutputCol(PCA_VEC)
     model = PCAModel(jmodel)

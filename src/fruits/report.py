@@ -142,16 +142,13 @@ def featurizer_settings(run: Run, artifact: Any) -> dict[str, Any]:
 
 def spark_settings(spark: Any) -> dict[str, Any]:
     """Spark's version, master and the levers of docs/performance.md, as it saw them."""
-    from fruits.spark import is_connect
+    from fruits.spark import Session
 
-    if is_connect(spark):  # the server's settings, as far as a client may read them
-        master, parallelism = f"connect ({spark.conf.get('spark.master', None)})", None
-    else:
-        master, parallelism = spark.sparkContext.master, spark.sparkContext.defaultParallelism
+    session = Session(spark)
     return {
         "version": spark.version,
-        "master": master,
-        "default_parallelism": parallelism,
+        "master": session.master(),
+        "default_parallelism": session.default_parallelism(),
         **{key: spark.conf.get(key, None) for key in SPARK_LEVERS},
     }
 
@@ -176,11 +173,11 @@ def task_retries(spark: Any, group: str) -> dict[str, int] | None:
     keeps the last attempt of each stage, so `failed_tasks` is a lower bound when a whole stage
     was re-run; `stage_retries` counts those re-runs. None through Spark Connect (no tracker
     on the client: the server's UI has them)."""
-    from fruits.spark import is_connect
+    from fruits.spark import Session
 
-    if is_connect(spark):
+    tracker = Session(spark).status_tracker()
+    if tracker is None:
         return None
-    tracker = spark.sparkContext.statusTracker()
     jobs = tracker.getJobIdsForGroup(group)
     stages: set[int] = set()
     for job in jobs:

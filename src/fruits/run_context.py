@@ -34,7 +34,7 @@ from pyspark.sql import SparkSession
 from fruits.common import InputError, has_scheme, write_json
 from fruits.config import PipelineConfig
 from fruits.preflight import overlap
-from fruits.spark import is_connect
+from fruits.spark import Session
 from fruits.storage import (
     MARKER,
     HadoopStore,
@@ -84,7 +84,7 @@ def resolve_uri(uri: str, spark: SparkSession) -> str:
     server, which reads this machine's files only when it runs here), so messages are exact."""
     if has_scheme(uri):
         return uri
-    if is_connect(spark) or (spark.sparkContext.master or "").startswith("local"):
+    if Session(spark).reads_local_files():
         return os.path.abspath(uri)
     return uri
 
@@ -326,6 +326,7 @@ class RunContext:
 
     def __init__(self, cfg: PipelineConfig, spark: SparkSession) -> None:
         self.cfg, self.spark = cfg, spark
+        self.session = Session(spark)  # the one place that knows classic from Connect
         self.run_id = new_run_id()
         self.started = datetime.now(UTC)
         self.t0 = time.perf_counter()
@@ -342,7 +343,8 @@ class RunContext:
         )
         self.out_store: Store = self.io.target.out_store(spark)
         # Spark writes here (the output or a local folder); a Connect client reaches it itself
-        self.store: Store = self.out_store if is_connect(spark) else HadoopStore(spark)
+        has_jvm = self.session.hadoop() is not None
+        self.store: Store = HadoopStore(spark) if has_jvm else self.out_store
         self.staging = staging_uri(self.io.work_output, self.run_id)
         self.local = Path(tempfile.mkdtemp(prefix=f"fruits-{self.run_id}-"))
         self.group = f"fruits-{self.run_id}"  # this run's Spark jobs, for task retries
@@ -374,10 +376,7 @@ class RunContext:
         except BaseException:
             self._cleanup(failed=True)
             raise
-        if is_connect(self.spark):  # Connect has tags where classic sessions have job groups
-            self.spark.addTag(self.group)
-        else:
-            self.spark.sparkContext.setJobGroup(self.group, f"fruits run {self.run_id}")
+        self.session.tag_jobs(self.group, f"fruits run {self.run_id}")
         return self
 
     def __exit__(
@@ -390,10 +389,7 @@ class RunContext:
             quietly(lambda: self.store.delete(self.staging))
         shutil.rmtree(self.local, ignore_errors=True)
         quietly(self.lease.release)
-        if is_connect(self.spark):
-            quietly(lambda: self.spark.removeTag(self.group))
-        else:
-            quietly(lambda: self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None))  # type: ignore[arg-type]
+        quietly(lambda: self.session.untag_jobs(self.group))
         self.io.cleanup()
 
     def uri(self, *parts: str) -> str:

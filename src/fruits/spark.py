@@ -108,6 +108,79 @@ def is_connect(spark: Any) -> bool:
     return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
+class Session:
+    """The one adapter over the two kinds of SparkSession: classic (a JVM in this process, a
+    SparkContext) and Spark Connect (a client; the JVM is on a server). Every module asks it
+    rather than branching on the kind itself, so what Connect lacks is decided here once:
+    job groups are tags there, nothing is broadcast (the object travels in the plan), no
+    status tracker, no Hadoop FileSystem, no JVM to build models in."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        self.connect = is_connect(spark)
+
+    @property
+    def kind(self) -> str:
+        return "connect" if self.connect else "classic"
+
+    def context(self) -> Any | None:
+        """The SparkContext (py4j: `_jvm`, `_jsc`), or None through Connect."""
+        return None if self.connect else self.spark.sparkContext
+
+    def hadoop(self) -> tuple[Any, Any] | None:
+        """(the JVM, its Hadoop Configuration) to open FileSystems with, or None (Connect)."""
+        sc = self.context()
+        if sc is None:
+            return None
+        return sc._jvm, sc._jsc.hadoopConfiguration()
+
+    def reads_local_files(self) -> bool:
+        """Does the reading side see this machine's files? Locally, yes; a Connect server is
+        trusted to run here when given a local path (its own error says otherwise)."""
+        return self.connect or (self.spark.sparkContext.master or "").startswith("local")
+
+    def master(self) -> str:
+        if self.connect:  # the server's, as far as a client may read it
+            return f"connect ({self.spark.conf.get('spark.master', None)})"
+        return self.spark.sparkContext.master or ""
+
+    def default_parallelism(self) -> int | None:
+        return None if self.connect else self.spark.sparkContext.defaultParallelism
+
+    def tag_jobs(self, group: str, description: str) -> None:
+        """Every later job of this thread belongs to `group` (a tag through Connect)."""
+        if self.connect:
+            self.spark.addTag(group)
+        else:
+            self.spark.sparkContext.setJobGroup(group, description)
+
+    def untag_jobs(self, group: str) -> None:
+        if self.connect:
+            self.spark.removeTag(group)
+        else:
+            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]  # None clears it
+
+    def describe(self, text: str | None) -> None:
+        """The UI's description of the next jobs (None clears it); Connect has none."""
+        if not self.connect:
+            self.spark.sparkContext.setJobDescription(text)  # type: ignore[arg-type]  # None clears it
+
+    def ship(self, value: Any) -> Any:
+        """A read-only value for the executors: a broadcast, or through Connect the value
+        itself (it travels inside the UDF). Receivers take both (features.WorkerCache)."""
+        return value if self.connect else self.spark.sparkContext.broadcast(value)
+
+    def status_tracker(self) -> Any | None:
+        """Spark's status tracker at the driver, or None (Connect: the server's UI has it)."""
+        return None if self.connect else self.spark.sparkContext.statusTracker()
+
+    def dataframe(self, rows: list[Any], schema: Any, parts: int) -> Any:
+        """Driver-side rows as a DataFrame of `parts` partitions."""
+        if self.connect:  # no SparkContext: the rows travel in the plan
+            return self.spark.createDataFrame(rows, schema).repartition(parts)
+        return self.spark.createDataFrame(self.spark.sparkContext.parallelize(rows, parts), schema)
+
+
 def remote_session(url: str, defaults: dict[str, str], overrides: dict[str, str]) -> SparkSession:
     """A Spark Connect session with our settings (see `connect_conf`)."""
     return connect_conf(SparkSession.builder.remote(url).getOrCreate(), defaults, overrides)

@@ -33,7 +33,7 @@ from fruits import azure
 from fruits.cache import LruCache
 from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
 from fruits.ingest import Ingested, InputError, image_rows, split_by_size
-from fruits.spark import is_connect
+from fruits.spark import Session
 from fruits.storage.base import MARKER, publish, quietly, split_parent, staging_uri
 
 log = logging.getLogger(__name__)
@@ -314,10 +314,7 @@ def read_images(
     location = location or locate(uri)
     rows = list_files(location, extensions)
     parts = max(1, math.ceil(len(rows) / max(1, files_per_partition)))
-    if is_connect(spark):  # no SparkContext: the rows travel in the plan
-        listing = spark.createDataFrame(rows, LISTING_SCHEMA).repartition(parts)
-    else:
-        listing = spark.createDataFrame(spark.sparkContext.parallelize(rows, parts), LISTING_SCHEMA)
+    listing = Session(spark).dataframe(rows, LISTING_SCHEMA, parts)
     reader = content_udf(location.spec)
     files = image_rows(
         listing, F.col("modification_time"), reader(F.col("_fs_path")), F.col("content_hash")

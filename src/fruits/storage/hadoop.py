@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from fruits import azure
 from fruits.config import DEFAULT_EXTENSIONS, MAX_FILE_BYTES
-from fruits.spark import is_connect
+from fruits.spark import Session
 
 if TYPE_CHECKING:
     from fruits.ingest import Ingested
@@ -33,8 +33,10 @@ class HadoopStore:
     """Hadoop FileSystem through the driver JVM: whatever schemes the cluster can read."""
 
     def __init__(self, spark: SparkSession) -> None:
-        self._jvm: Any = spark.sparkContext._jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+        hadoop = Session(spark).hadoop()
+        if hadoop is None:
+            raise ValueError("HadoopStore needs the driver's JVM; through Spark Connect use fsspec")
+        self._jvm, self._conf = hadoop
 
     def _path(self, uri: str) -> tuple[Any, Any]:
         p = self._jvm.org.apache.hadoop.fs.Path(uri)
@@ -203,10 +205,10 @@ def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
     Connect there is no JVM to ask: the server is trusted to read what it is given (Databricks
     reads abfss:// and dbfs:/ natively), and its own error says otherwise."""
     scheme = azure.scheme_of(uri)
-    if scheme in ("", "file") or is_connect(spark):
+    hadoop = Session(spark).hadoop()
+    if scheme in ("", "file") or hadoop is None:
         return True
-    jvm: Any = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    jvm, conf = hadoop
     try:
         jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, conf)
     except Exception:
@@ -224,8 +226,7 @@ class HadoopReader:
     def check(self, spark: SparkSession) -> None:
         from fruits.ingest import check_input
 
-        if not is_connect(spark):  # through Connect, the server's read says what is missing
-            check_input(spark, self.uri)
+        check_input(spark, self.uri)  # through Connect: nothing (the server's read says)
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         """Spark's listing, completed by the files it hides (see `skipped_files`): those are
@@ -233,7 +234,7 @@ class HadoopReader:
         from fruits.ingest import Ingested, image_rows, read_images, split_by_size
 
         got = read_images(spark, self.uri, **kwargs)
-        if is_connect(spark):  # no JVM here to list with
+        if Session(spark).hadoop() is None:  # Connect: no JVM here to list with
             return got
         extensions = kwargs.get("extensions", DEFAULT_EXTENSIONS)
         max_file_bytes = kwargs.get("max_file_bytes", MAX_FILE_BYTES)
@@ -276,8 +277,9 @@ def skipped_files(
     A recursive listing on the driver: one JVM call per file, the price of counting them all.
     """
     exts = tuple("." + str(e).lower().lstrip(".") for e in extensions)
-    jvm: Any = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    hadoop = Session(spark).hadoop()
+    assert hadoop is not None, "skipped_files lists through the driver's JVM"
+    jvm, conf = hadoop
     root = jvm.org.apache.hadoop.fs.Path(uri)
     fs = root.getFileSystem(conf)
     prefix = str(fs.makeQualified(root).toString()).rstrip("/") + "/"
@@ -347,7 +349,7 @@ class HadoopTarget:
         """The JVM's FileSystem; a Spark Connect client has no JVM and reaches the output
         through fsspec (a local folder when the server runs on this machine, else a cloud
         URI fsspec opens: abfss:// with adlfs)."""
-        if is_connect(spark):
+        if Session(spark).hadoop() is None:
             from fruits.storage.base import split_parent
             from fruits.storage.fsspec import FsspecStore, locate
 
