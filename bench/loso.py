@@ -11,6 +11,7 @@ Spark's regParam r == sklearn C = 1 / (r * n)).
     .venv/bin/python bench/loso.py study             # the tables, markdown on stdout
     .venv/bin/python bench/loso.py features --aug bg # + studio frames on backgrounds
     .venv/bin/python bench/loso.py study --config "raw 1280" --config "raw 1280 + bg"
+    .venv/bin/python bench/loso.py features --aug bgneg  # + backgrounds alone ("not a fruit")
 
 Protocol. Every real-photo source is held out in turn (grocery shelves, checkout counter,
 orchard trees; negatives: packaged goods, orchard without fruit, everyday scenes): the model
@@ -35,6 +36,19 @@ backgrounds, labelled as the pasted fruit: if anything that makes refusing that 
 (its look is partly taught as "fruit"), not easier. "raw 1280 + bg, clean" measures that:
 it drops, for each held-out source, the composites whose background is one of its photos
 (the cache records each composite's background source in `bg`).
+
+Background-only negatives (`features --aug bgneg`, configs "... + bg-neg"). One image per
+Fruits-360 frame drawn exactly like a composite's background (`random_background`, rng seed 2)
+with no fruit pasted, JPEG q90, 1 view, labelled "not a fruit"; cached in
+$RECOG_CACHE/loso-aug-bgneg.npz with each image's background source in `bg`. "+ bg-neg" adds
+those of the same frames as the composites (as many as composites), "+ bg-neg/2" every 2nd of
+them; the clean rule drops both kinds made from the held-out source's photos. They teach that a
+scene or texture without fruit is not a fruit, against the composites teaching that such a
+background with a fruit on it is one (composites alone cost refusals of scenes-negatives).
+"weight w": composites (and background-only images) weigh w in the loss; as in Spark's
+weightCol, the L2 term is scaled by the weight sum (C = 1 / (reg * sum w)).
+Fits are deterministic for a given BLAS thread count only (lbfgs stops at 300 iterations): run
+configs you compare with the same OMP_NUM_THREADS.
 """
 
 # ruff: noqa: N803, N806
@@ -191,6 +205,52 @@ def features_aug(kind: str) -> None:
              seconds=dt)  # fmt: skip
 
 
+def features_bgneg() -> None:
+    """One background-only image per Fruits-360 frame (list_f360 order, rng seed 2): the same
+    `random_background` draw as a "bg" composite (60 % a square crop of a BG_SOURCES photo, 40 %
+    a smooth random colour texture), no fruit pasted, JPEG q90, 1 view; cached with each
+    image's background source in `bg` (a source, or "texture")."""
+    p = CACHE / "loso-aug-bgneg.npz"
+    if p.exists():
+        return
+    import io
+
+    from PIL import Image
+
+    class Picked(list):  # remembers which background photo `random_background` took
+        last = -1
+
+        def __getitem__(self, i):
+            self.last = i
+            return super().__getitem__(i)
+
+    rs = aug_study()
+    items = list_f360()
+    bg = [(t[0], name) for name in BG_SOURCES for t in list_source(name)]
+    neg_paths = Picked(t[0] for t in bg)
+    rng = np.random.default_rng(2)
+    used = ["texture"] * len(items)
+    (CACHE / "samples").mkdir(parents=True, exist_ok=True)
+
+    def read(i: int) -> bytes:  # called in list order by extract: deterministic
+        neg_paths.last = -1
+        canvas = rs.random_background(rng, SIZE, neg_paths)
+        if neg_paths.last >= 0:
+            used[i] = bg[neg_paths.last][1]
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+        if i < 8:
+            (CACHE / "samples" / f"loso-bgneg-{i}.jpg").write_bytes(data)
+        return data
+
+    t0 = time.perf_counter()
+    X, _ = extract(list(range(len(items))), 1, read=read)
+    dt = time.perf_counter() - t0
+    print(f"aug bgneg: {len(items)} backgrounds featurized in {dt:.0f}s", file=sys.stderr)
+    np.savez(p, X=X[:, 0], cls=[t[1] for t in items], bg=used, seconds=dt)
+
+
 def cmd_features(aug: list[str] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     imagenet_head()
@@ -209,7 +269,10 @@ def cmd_features(aug: list[str] | None = None) -> None:
         X, nv = extract([t[0] for t in items], VIEWS)
         np.savez(p, X=X, nv=nv, paths=[t[0] for t in items], folder=[t[1] for t in items])
     for kind in aug or []:
-        features_aug(kind)
+        if kind == "bgneg":
+            features_bgneg()
+        else:
+            features_aug(kind)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,7 +327,9 @@ class Data:
         # every 2nd grouped-train frame: neighbours are near-duplicates, fits 2x faster
         return ~self.f360_held & (np.arange(len(self.f360_held)) % 2 == 0)
 
-    def aug_rows(self, kind: str, without: str | None = None, only: str | None = None):
+    def aug_rows(
+        self, kind: str, without: str | None = None, only: str | None = None, every: int = 1
+    ):
         """The composites of the Fruits-360 frames the study trains on, labelled with the
         frame's class (grouped-train only: never a held-out frame's composite); `without`: less
         those whose background is a photo of that source; `only`: those whose background is
@@ -272,6 +337,7 @@ class Data:
         if kind not in self.aug:
             z = np.load(CACHE / f"loso-aug-{kind}.npz")
             assert [str(c) for c in z["cls"]] == self.f360_y, "composites out of frame order"
+            # (bgneg: one background per frame, in frame order; the class is not its label)
             self.aug[kind] = z["X"].astype(np.float32)
             self.aug_bg[kind] = np.array([str(b) for b in z["bg"]])
         sel = self.f360_train_sel()
@@ -279,6 +345,11 @@ class Data:
             sel = sel & (self.aug_bg[kind] != without)
         if only is not None:
             sel = sel & (self.aug_bg[kind] == only)
+        if every > 1:  # a subset: every `every`-th of the selected rows
+            sel = sel & (np.cumsum(sel) % every == 1)
+        if kind == "bgneg":  # background only: "not a fruit"
+            n = int(sel.sum())
+            return self.aug[kind][sel], [NEG] * n, [(set(), set(), True)] * n
         y = [c for c, s in zip(self.f360_y, sel, strict=True) if s]
         return self.aug[kind][sel], y, [({c}, {c}, False) for c in y]
 
@@ -323,7 +394,7 @@ class Model:
         self.pca = PCA(k, random_state=0).fit(Z) if k else None
         if self.pca is not None:
             Z = self.pca.transform(Z)
-        n = len(Z)
+        n = len(Z) if weights is None else float(np.sum(weights))  # Spark: the weight sum
         self.lr = LogisticRegression(C=1.0 / (reg * n), max_iter=300, tol=1e-4)
         self.lr.fit(Z, y, sample_weight=weights)
         self.classes = [str(c) for c in self.lr.classes_]
@@ -351,7 +422,7 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
-               aug_only=None, log=print) -> dict:  # fmt: skip
+               aug_only=None, aug_weight=1.0, bgneg=0, log=print) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature and
     threshold fitted on the *other* sources' out-of-source logits, and the metrics."""
     from fruits.recognition import answer, choose_threshold, metrics, softmax, species_table
@@ -360,12 +431,18 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
     for h in HELD:
         parts = [d.rows(n, train=True) for n in HELD if n != h and n != "fruits-360"]
         parts.append(d.rows("fruits-360", train=True))  # studio frames always train (grouped)
+        n_real = len(parts)
         if aug:  # their background composites with them (grouped-train frames only)
             parts.append(d.aug_rows(aug, without=h if aug_clean else None, only=aug_only))
+        if bgneg:  # background-only images as "not a fruit" (every `bgneg`-th of the frames')
+            parts.append(d.aug_rows("bgneg", without=h if aug_clean else None, every=bgneg))
         X = np.vstack([p[0] for p in parts])
         y = [t for p in parts for t in p[1]]
         w = None
-        if balance:  # every source weighs as much as the studio frames' mean source
+        if aug_weight != 1.0:  # synthetic rows (composites, backgrounds) weigh aug_weight
+            w = np.concatenate([np.full(len(p[1]), 1.0 if i < n_real else aug_weight)
+                                for i, p in enumerate(parts)])  # fmt: skip
+        if balance and w is None:  # every source weighs as much as the studio frames' mean source
             w = np.concatenate([np.full(len(p[1]), 1.0 / len(p[1])) for p in parts])
             w *= len(y) / w.sum()
         t0 = time.perf_counter()
@@ -404,6 +481,7 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
     return out
 
 
+_CLEAN = {"k": None, "reg": 1e-3, "aug": "bg", "aug_clean": True}
 CONFIGS = {
     "pca256 (today)": {"k": 256, "reg": 1e-3},
     "raw 1280": {"k": None, "reg": 1e-3},
@@ -412,6 +490,14 @@ CONFIGS = {
     "raw 1280 + bg, clean": {"k": None, "reg": 1e-3, "aug": "bg", "aug_clean": True},
     # only the composites on random colour textures (no photo backgrounds; ~40 % of them)
     "raw 1280 + bg, textures only": {"k": None, "reg": 1e-3, "aug": "bg", "aug_only": "texture"},
+    # + one background-only image ("not a fruit") per composite, same draw; clean rule for both
+    "raw 1280 + bg + bg-neg, clean": {**_CLEAN, "bgneg": 1},
+    # the same with half as many background-only images
+    "raw 1280 + bg + bg-neg/2, clean": {**_CLEAN, "bgneg": 2},
+    # composites (and background-only images) weigh w in the loss (Spark: weightCol)
+    "raw 1280 + bg, clean, weight 0.5": {**_CLEAN, "aug_weight": 0.5},
+    "raw 1280 + bg, clean, weight 0.25": {**_CLEAN, "aug_weight": 0.25},
+    "raw 1280 + bg + bg-neg, clean, weight 0.5": {**_CLEAN, "bgneg": 1, "aug_weight": 0.5},
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
     "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
@@ -455,8 +541,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cmd", choices=["features", "study"])
     ap.add_argument("--config", action="append", help="one of: " + ", ".join(CONFIGS))
-    ap.add_argument("--aug", action="append", choices=["bg"],
-                    help="features: also the studio frames' background composites")  # fmt: skip
+    ap.add_argument("--aug", action="append", choices=["bg", "bgneg"],
+                    help="features: also the studio frames' background composites (bg) or "
+                         "backgrounds alone (bgneg)")  # fmt: skip
     a = ap.parse_args()
     if a.cmd == "features":
         cmd_features(a.aug)
