@@ -51,7 +51,7 @@ lock: $(BIN)/uv  ## refresh both locks from pyproject.toml (uv, public index, an
 	@! grep -qiE '^(torch|nvidia-|triton)' $(LOCK) $(DEV_LOCK) || { echo "a lock pins torch"; exit 1; }
 
 export-graph: venv-export  ## regenerate src/fruits/data/efficientnet_lite0.onnx from the weights package
-	$(BIN)/python -c "from fruits.features import export_bundled_graph as e; print(e())"
+	$(BIN)/python -c "from fruits.artifact import export_bundled_graph as e; print(e())"
 
 run: $(VENV)/.runtime  ## run the pipeline on the bundled sample, outputs in ./fruits-output
 	$(BIN)/fruits run --output $(OUT)

@@ -6,7 +6,7 @@
 
 A  baseline: fp32 eager PyTorch, NCHW, EfficientNet-Lite0, model built in each iterator of a plain
    iterator pandas UDF, on a Spark session with default settings (what public solutions do).
-B  ceiling: `fruits.features.Featurizer` in one Python process, no Spark, all cores, decoding
+B  ceiling: `fruits.engine.Featurizer` in one Python process, no Spark, all cores, decoding
    the next batch while the current one runs through the network.
 C  product: `fruits run` end to end (ingest -> features -> PCA -> outputs) through Spark.
 
@@ -155,7 +155,7 @@ def child_baseline(images: str, out: str, size: int) -> None:
     from pyspark.sql import SparkSession
     from pyspark.sql.functions import pandas_udf
 
-    from fruits.features import normalise
+    from fruits.engine import normalise
     from fruits.images import decode_image
     from fruits.models import build_torch, get_spec
 
@@ -192,8 +192,9 @@ def child_ceiling(images: str, size: int, batch: int) -> None:
     """Our featurizer alone: read + decode the next batch in a thread while the network runs."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from fruits.artifact import build_artifact
     from fruits.config import FeaturizerConfig
-    from fruits.features import Featurizer, build_artifact
+    from fruits.engine import Featurizer
     from fruits.images import decode_many
 
     cfg = FeaturizerConfig(image_size=size, batch_size=batch)
@@ -479,8 +480,9 @@ def main_levers(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from fruits.artifact import build_artifact
     from fruits.config import FeaturizerConfig
-    from fruits.features import Featurizer, _cpu_has_bf16, build_artifact, normalise
+    from fruits.engine import Featurizer, _cpu_has_bf16, normalise
     from fruits.images import decode_image
     from fruits.models import build_torch, get_spec
 
@@ -609,8 +611,8 @@ def main() -> None:
         elif kind == "baseline":
             child_baseline(rest[0], rest[1], args.size)
         elif args.limit:  # warm-up: export the ONNX graph once
+            from fruits.artifact import build_artifact
             from fruits.config import FeaturizerConfig
-            from fruits.features import build_artifact
 
             build_artifact(FeaturizerConfig(image_size=args.size))
         else:

@@ -99,8 +99,9 @@ def list_f360() -> list[tuple[str, str, str, int]]:
 
 
 def featurizer():
+    from fruits.artifact import build_artifact
     from fruits.config import FeaturizerConfig
-    from fruits.features import Featurizer, build_artifact
+    from fruits.engine import Featurizer
 
     art = build_artifact(FeaturizerConfig(backbone="efficientnet_lite0", engine="onnx"))
     return Featurizer(art, threads=2)

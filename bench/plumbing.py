@@ -42,7 +42,7 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from fruits import features
+    from fruits import arrow, artifact, engine, features
     from fruits.config import FeaturizerConfig, PipelineConfig
     from fruits.ingest import file_content, read_local
     from fruits.pipeline import session_for
@@ -58,9 +58,9 @@ def main() -> None:
     spark = session_for(PipelineConfig())
     spark.sparkContext.setLogLevel("ERROR")
     cfg = FeaturizerConfig(image_size=args.size)
-    art = features.build_artifact(cfg)
+    art = artifact.build_artifact(cfg)
     shipped = spark.sparkContext.broadcast(art)
-    keys = features.KEY_COLUMNS
+    keys = arrow.KEY_COLUMNS
 
     def udfs(zeros: bool):
         listed = read_local(spark, str(work / "in")).files
@@ -80,9 +80,9 @@ def main() -> None:
 
     def zeros_first(batches: Iterator) -> Iterator:
         # the cached featurizer's engine swapped for zeros, in the worker, before the stage runs
-        features._FEATURIZERS.get_or_create(
+        engine._FEATURIZERS.get_or_create(
             (art.fingerprint + "True", cfg.precision, cfg.channels_last, 1, 0),
-            lambda: features.Featurizer(art, threads=1),
+            lambda: engine.Featurizer(art, threads=1),
         )[0]._run = Zeros()
         yield from batches
 

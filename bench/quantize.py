@@ -44,7 +44,8 @@ def main() -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from fruits.features import bundled_graph, normalise
+    from fruits.artifact import bundled_graph
+    from fruits.engine import normalise
     from fruits.images import decode_image
     from fruits.models import get_spec
 

@@ -150,8 +150,9 @@ def species_of(name: str) -> str:
 
 
 def make_featurizer(backbone: str):
+    from fruits.artifact import ModelArtifact, build_artifact, export_onnx
     from fruits.config import FeaturizerConfig
-    from fruits.features import Featurizer, ModelArtifact, build_artifact, export_onnx
+    from fruits.engine import Featurizer
     from fruits.models import BackboneSpec
 
     if backbone == "lite0":

@@ -115,7 +115,7 @@ def test_fsspec_unreadable_file_has_null_content(spark, azure_env, container, sa
     """A file deleted between listing and reading is not a crash: its row stays, with null
     content, which the featurizer reports as unreadable; every other file arrives byte for
     byte and is featurised."""
-    from fruits.features import UNREADABLE, featurize_contents
+    from fruits.engine import UNREADABLE, featurize_contents
     from fruits.transfer import upload
 
     local = small_tree(sample_dir, tmp_path / "imgs", per_class=1)
@@ -148,7 +148,7 @@ def test_a_blob_deleted_between_listing_and_reading_is_quarantined_as_unreadable
     delete on Azurite, once the real listing has returned), so the run cannot read it. It must
     end in quarantine.parquet as unreadable, not vanish and not fail the run."""
     from fruits.config import PipelineConfig
-    from fruits.features import UNREADABLE
+    from fruits.engine import UNREADABLE
     from fruits.pipeline import run_pipeline
     from fruits.transfer import upload
 

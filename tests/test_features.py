@@ -17,16 +17,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fruits import features
+from fruits import artifact as artifact_module
+from fruits import engine
+from fruits.artifact import ModelArtifact, build_artifact
 from fruits.config import FeaturizerConfig
-from fruits.features import (
-    Featurizer,
-    ModelArtifact,
-    build_artifact,
-    featurize_contents,
-    featurize_udf,
-    get_featurizer,
-)
+from fruits.engine import Featurizer, featurize_contents, get_featurizer
+from fruits.features import featurize_udf
 from fruits.models import BackboneSpec
 
 SIZE = 8
@@ -117,7 +113,7 @@ def test_get_featurizer_builds_once_per_process_and_key():
     for _ in range(5):
         assert get_featurizer(key, bc, threads=1) is first
     assert bc.reads == reads  # a cache hit never touches the broadcast payload
-    assert features.featurizer_builds()[key] == 1
+    assert engine.featurizer_builds()[key] == 1
     other = get_featurizer((*key[:-1], 1), bc, threads=1)  # another GPU index: another model
     assert other is not first
 
@@ -154,7 +150,7 @@ def test_udf_on_spark_builds_one_network_per_python_worker(spark):
 
     @pandas_udf("struct<pid: int, total: int, most: int>")
     def probe(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        from fruits.features import featurizer_builds
+        from fruits.engine import featurizer_builds
 
         builds = [v for k, v in featurizer_builds().items() if k[0] == "spark-test"]
         for b in batches:
@@ -178,11 +174,11 @@ def test_gpu_selection_falls_back_to_cpu(spark):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the CPU fall-back cannot be observed here")
-    assert features.resolve_engine("auto") == "onnx"
-    assert features._gpu_index() == 0  # no Spark task: the default device
+    assert artifact_module.resolve_engine("auto") == "onnx"
+    assert engine._gpu_index() == 0  # no Spark task: the default device
     in_task = (
         spark.sparkContext.parallelize([0], 1)
-        .map(lambda _: __import__("fruits.features").features._gpu_index())
+        .map(lambda _: __import__("fruits.engine").engine._gpu_index())
         .collect()
     )
     assert in_task == [0]  # a task without `spark.task.resource.gpu.amount`
@@ -194,11 +190,11 @@ def test_gpu_selection_falls_back_to_cpu(spark):
 @pytest.mark.torch
 def test_bf16_falls_back_to_fp32_without_native_support(monkeypatch, caplog):
     artifact = build_artifact(FeaturizerConfig(engine="torch"))
-    native = features._cpu_has_bf16()
+    native = engine._cpu_has_bf16()
     fz = Featurizer(artifact, threads=1, precision="bf16", channels_last=True)
     assert fz.precision == ("bf16" if native else "fp32")
-    monkeypatch.setattr(features, "_cpu_has_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="fruits.features"):
+    monkeypatch.setattr(engine, "_cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="fruits.engine"):
         fz = Featurizer(artifact, threads=1, precision="bf16")
     assert fz.precision == "fp32"
     assert "no native bf16" in caplog.text
@@ -211,11 +207,11 @@ def test_onnx_engine_matches_eager_torch_on_sample_images(sample_dir):
     paths = sorted(sample_dir.rglob("*.jpg"))[::40][:8]
     contents = [p.read_bytes() for p in paths]
     results = {}
-    for engine in ("onnx", "torch"):
-        fz = Featurizer(build_artifact(FeaturizerConfig(engine=engine)), threads=2)
+    for kind in ("onnx", "torch"):
+        fz = Featurizer(build_artifact(FeaturizerConfig(engine=kind)), threads=2)
         feats, errs = featurize_contents(fz, contents, size=224, max_pixels=10**7)
         assert errs == [None] * len(paths)
-        results[engine] = np.stack(feats).astype(np.float64)
+        results[kind] = np.stack(feats).astype(np.float64)
     a, b = results["onnx"], results["torch"]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.999, cos
@@ -290,14 +286,14 @@ def test_features_match_an_independent_reference_of_the_weights_package(sample_d
 def test_an_unexpected_exception_from_one_image_stays_that_images_reason(monkeypatch):
     """Issue 18: only `ImageError` was caught, so anything else from one file ended the batch
     (and the Spark task, and the run). Now the other images go on."""
-    real = features.decode_views
+    real = engine.decode_views
 
     def flaky(data: bytes, **kwargs):
         if data == b"poison":
             raise TypeError("unsupported operand type(s) for /: 'NoneType' and 'int'")
         return real(data, **kwargs)
 
-    monkeypatch.setattr(features, "decode_views", flaky)
+    monkeypatch.setattr(engine, "decode_views", flaky)
     contents = [png(COLOURS[0]), b"poison", png(COLOURS[1])]
     feats, errs = featurize_contents(CountingFeaturizer(), contents, size=SIZE, max_pixels=10**6)
     assert errs[0] is None and errs[2] is None and feats[1] is None

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fruits.features import featurize_contents
+from fruits.engine import featurize_contents
 
 SEED = 18  # the number: any fixed seed would do
 

@@ -24,7 +24,8 @@ import importlib.util, json, sys
 from pathlib import Path
 import fruits
 from fruits.config import FeaturizerConfig, bundled_sample
-from fruits.features import Featurizer, build_artifact, featurize_contents
+from fruits.artifact import build_artifact
+from fruits.engine import Featurizer, featurize_contents
 artifact = build_artifact(FeaturizerConfig())
 images = sorted(Path(bundled_sample()).rglob("*.jpg"))[:4]
 feats, errs = featurize_contents(

@@ -17,8 +17,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from fruits.artifact import build_artifact
 from fruits.config import FeaturizerConfig
-from fruits.features import Featurizer, build_artifact, featurize_contents
+from fruits.engine import Featurizer, featurize_contents
 from fruits.ml import ImageFeaturizer, InstalledArtifact
 
 

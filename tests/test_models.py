@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from fruits.artifact import build_artifact
 from fruits.config import FeaturizerConfig
-from fruits.features import Featurizer, build_artifact
+from fruits.engine import Featurizer
 from fruits.images import decode_image
 from fruits.models import get_spec, mobilenet_v2_module
 
@@ -57,7 +58,7 @@ def _cosine(a, b):
 def test_bundled_graph_is_the_torch_export(sample_dir):
     import json
 
-    from fruits.features import ModelArtifact, bundled_graph, export_onnx
+    from fruits.artifact import ModelArtifact, bundled_graph, export_onnx
     from fruits.models import build_torch, fingerprint
 
     path = bundled_graph("efficientnet_lite0")
@@ -81,7 +82,8 @@ NO_TORCH = """
 import sys
 sys.modules["torch"] = None  # as if torch were not installed: import fails, find_spec is None
 from fruits.config import FeaturizerConfig
-from fruits.features import Featurizer, build_artifact
+from fruits.artifact import build_artifact
+from fruits.engine import Featurizer
 import numpy as np
 artifact = build_artifact(FeaturizerConfig())
 assert artifact.engine == "onnx", artifact.engine

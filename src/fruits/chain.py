@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fruits.features import ModelArtifact
+from fruits.artifact import ModelArtifact
 from fruits.models import fingerprint
 from fruits.predictor import VARIETY_SURE, Predictor, read_run
 
@@ -56,7 +56,7 @@ def backbone_onnx(artifact: ModelArtifact) -> bytes:
         if not artifact.payload:
             raise ChainError("the run's models/backbone.onnx is missing")
         return artifact.payload
-    from fruits.features import EXPORT_HINT, bundled_graph, export_onnx
+    from fruits.artifact import EXPORT_HINT, bundled_graph, export_onnx
 
     name = artifact.spec.name
     bundled = None if artifact.payload else bundled_graph(name)
@@ -255,7 +255,7 @@ def log_model(run: str | Path, *, name: str = "model", registered_name: str | No
     import mlflow
     import pandas as pd
 
-    from fruits.features import save_artifact
+    from fruits.artifact import save_artifact
     from fruits.pyfunc import FruitsModel
 
     root = Path(run)

@@ -48,7 +48,7 @@ class InstalledArtifact:
 
     @cached_property
     def value(self) -> Any:
-        from fruits.features import build_artifact
+        from fruits.artifact import build_artifact
 
         return build_artifact(self.cfg)
 
@@ -240,7 +240,8 @@ class ImageFeaturizer(
         from pyspark.ml.functions import array_to_vector
         from pyspark.sql import functions as F
 
-        from fruits.features import build_artifact, featurize_udf
+        from fruits.artifact import build_artifact
+        from fruits.features import featurize_udf
         from fruits.models import fingerprint, get_spec
 
         policy = self.invalid_policy()

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from fruits.csv_output import CsvForm, write_csv
 
 if TYPE_CHECKING:
-    from fruits.features import ModelArtifact
+    from fruits.artifact import ModelArtifact
     from fruits.reduce import Reducer
     from fruits.stage import Run
 
@@ -62,7 +62,7 @@ def write_pca_csv(run: Run, images: DataFrame, k: int, *, rows: int) -> CsvForm:
 
 def save_backbone(run: Run, artifact: ModelArtifact) -> None:
     """The exact CNN graph the run used, for serving."""
-    from fruits.features import save_artifact
+    from fruits.artifact import save_artifact
 
     save_artifact(artifact, run.local / "models")
     (run.local / "plots").mkdir(exist_ok=True)

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from fruits.artifact import ModelArtifact, load_artifact
 from fruits.calibration import Calibration
-from fruits.features import Featurizer, ModelArtifact, featurize_contents, load_artifact
+from fruits.engine import Featurizer, featurize_contents, reduce_features
 from fruits.images import ImageError, decode_image, decode_views
 
 FORMAT_VERSION = 1
@@ -37,16 +38,6 @@ SUCCESS_FILE = "_SUCCESS.json"  # written last by a run: without it, the run did
 
 class ServingError(RuntimeError):
     """A run folder that cannot be served (missing or inconsistent files)."""
-
-
-def reduce_features(
-    features: np.ndarray, mean: np.ndarray, scale: np.ndarray, pc: np.ndarray
-) -> np.ndarray:
-    """(N, d) CNN features -> (N, k) float32 PCA coordinates: Spark's StandardScalerModel
-    (`(x - mean) * scale`) then PCAModel (`pc^T x`), in float64. The one code path of this
-    step: the pipeline's Spark stage (`reduce.Reducer.transform`) and serving both call it."""
-    x = np.asarray(features, dtype=np.float32).astype(np.float64)
-    return (((x - mean) * scale) @ pc).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits.csv_output import write_csv
-from fruits.features import UNREADABLE, ImageFailure
+from fruits.engine import UNREADABLE
+from fruits.features import ImageFailure
 
 if TYPE_CHECKING:
     from fruits.incremental import Increment

@@ -49,7 +49,7 @@ class Reducer:
         """
         from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-        from fruits.features import feature_matrix, list_column
+        from fruits.arrow import feature_matrix, list_column
         from fruits.predictor import reduce_features
 
         mean, scale, pc = reducer_arrays(self.model)
