@@ -117,3 +117,46 @@ def test_photos_of_a_species_no_other_source_teaches_are_counted_apart():
     assert figures["s1"]["photos"] == 40 and figures["s1"]["photos_of_untaught_species"] == 5
     assert figures["s0"]["photos_of_untaught_species"] == 0
     assert figures["s1"]["species_top1"] > 0.9  # the lemons are not misses
+
+
+def test_training_only_rows_never_come_from_the_source_left_out(spark, held):
+    """Composites (augment.py) join every held-out fit except those of the source their frame
+    or their background photo came from. Planted: 90 "Lemon 1" rows on the apples' centre,
+    made from source A's frames (and B's backgrounds for half): the fit leaving A out must
+    score A exactly as without them; the fit leaving C out has learnt them."""
+    rows, plain = held
+    extra_rows = [
+        (f"file:{A}/Apple Red 1/{i}.jpg#composite", "Lemon 1", "train", [2.0, 0.0],
+         0, 1 if i % 2 else -1)
+        for i in range(90)
+    ]  # fmt: skip
+    images = spark.createDataFrame(
+        rows, "path string, label string, split string, pca array<double>"
+    )
+    extra = spark.createDataFrame(
+        extra_rows,
+        "path string, label string, split string, pca array<double>, _source int, _bg_source int",
+    )
+    out = {h.source: h for h in out_of_source(images, [{A}, {B}, {C}], extra=extra)}
+    before = {h.source: h for h in plain}
+    # A left out: none of the planted rows (all made from A's frames)
+    assert out[0].classes == before[0].classes and out[0].paths == before[0].paths
+    np.testing.assert_allclose(out[0].logits, before[0].logits, atol=1e-4)  # L-BFGS noise
+
+    # B left out: the 45 rows on textures still train it (B's backgrounds go), so it knows
+    # lemons and takes B's apples for them; C left out: all 90 train it
+    def lemon_over_apple(h: HeldOut) -> float:
+        apples = [i for i, p in enumerate(h.paths) if "/Apple Red 1/" in p]
+        lemon, apple = h.classes.index("Lemon 1"), h.classes.index("Apple Red 1")
+        return float((h.logits[apples, lemon] - h.logits[apples, apple]).mean())
+
+    assert lemon_over_apple(out[1]) > lemon_over_apple(before[1]) + 2.0
+    assert "Lemon 1" in out[2].classes  # C alone had lemons; the planted rows teach them
+    # made from C's frames on B's background photos: the fit leaving B out never sees them
+    on_b = spark.createDataFrame(
+        [(p.replace(A, C), lab, sp, x, 2, 1) for p, lab, sp, x, _, _ in extra_rows],
+        "path string, label string, split string, pca array<double>, _source int, _bg_source int",
+    )
+    out_b = {h.source: h for h in out_of_source(images, [{A}, {B}, {C}], extra=on_b)}
+    np.testing.assert_allclose(out_b[1].logits, before[1].logits, atol=1e-4)
+    assert lemon_over_apple(out_b[0]) > lemon_over_apple(before[0]) + 2.0  # A's fit has them

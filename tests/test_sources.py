@@ -155,3 +155,21 @@ def test_evaluate_gives_each_source_its_figures_and_names_the_worst(multi_run, s
     worst = min((studio, phone), key=lambda s: per[s]["species_top1"])
     assert result["worst_source"]["source"] == worst
     assert per[neg]["negatives"] == 30 and per[neg]["positives"] == 0
+
+
+def test_studio_frames_train_the_classifier_on_backgrounds_too(multi_run, sources):
+    """Two labelled sources and negatives: augment=auto makes one composite per studio frame
+    of the train split (the phone photos, on a coloured table, are no studio frames) and a
+    background alone for every second one (by the crc32 of its path, counted here by hand);
+    none of them reaches images.parquet or the judged splits."""
+    import zlib
+
+    images = pd.read_parquet(sources / "out" / "images.parquet")
+    studio_train = images[images["path"].str.contains("/studio/") & (images["split"] == "train")]
+    made = multi_run.report["augmented"]
+    assert made["composites"] == len(studio_train) > 0
+    halves = sum(zlib.crc32(p.encode()) % 2 == 0 for p in studio_train["path"])
+    assert made["backgrounds"] == halves
+    assert 0 < made["background_photos"] <= 30  # cut from the 30 negatives
+    assert not images["path"].str.contains("#").any()
+    assert "augment" in multi_run.report["stage_seconds"]

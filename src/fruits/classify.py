@@ -203,6 +203,7 @@ def out_of_source(
     cfg: ClassifierConfig | None = None,
     *,
     scaler: Any = None,
+    extra: DataFrame | None = None,
 ) -> list[HeldOut]:
     """Leave one source out: for each source, a classifier fitted on the others' training rows
     scores up to `HELD_OUT_ROWS` of that source's own photos (its test split excepted).
@@ -210,7 +211,11 @@ def out_of_source(
     Why: a temperature and threshold fitted on a random tenth of the training sources judge
     photos like the ones trained on; the app meets photos from anywhere. Scores on a source the
     classifier never saw are what a new kind of photo will get (issue 21: 85% on val_ photos
-    of the training shop, 9-32% elsewhere). Costs one extra fit per source."""
+    of the training shop, 9-32% elsewhere). Costs one extra fit per source.
+
+    `extra`: training-only rows (augment.composites) with the source of their frame
+    (`_source`) and of their background photo (`_bg_source`); a fit without source g uses
+    none made from g's images, so g's photos are never seen in any form."""
     from pyspark.ml.functions import vector_to_array
 
     tagged = images.withColumn("_source", source_column(spellings)).cache()
@@ -223,7 +228,12 @@ def out_of_source(
             train = rest.where(F.col("split") == "train" if has_train else F.col("split") != "test")
             if train.select("label").distinct().limit(2).count() < 2:
                 continue
-            model = fit_classifier(train.drop("_source"), cfg, scaler=scaler)
+            train = train.drop("_source")
+            if extra is not None:  # with their input column: the scaled features' (or the PCA)
+                cols = ("path", "label", "split", "features" if scaler is not None else "pca")
+                made = extra.where((F.col("_source") != g) & (F.col("_bg_source") != g))
+                train = train.select(*cols).unionByName(made.select(*cols))
+            model = fit_classifier(train, cfg, scaler=scaler)
             own = (
                 tagged.where((F.col("_source") == g) & (F.col("split") != "test"))
                 .orderBy(F.xxhash64("path"))
@@ -457,6 +467,15 @@ def _truth(path: str, label: str, label_map: Any) -> tuple[set[str], set[str]]:
 # -- the stage ------------------------------------------------------------------------------
 
 
+TRAIN_COLUMNS = ("path", "label", "split", "features")  # what a fit reads (with the scaler)
+
+
+def spellings(run: Run) -> list[set[str]]:
+    """Each source's URIs as given and as Spark lists its paths (what `source_column` reads)."""
+    planned = [uri for _, uri in run.io.inputs]
+    return [{s, p} for s, p in zip(run.inputs, planned, strict=True)]
+
+
 def stage(
     run: Run,
     reducer: Reducer,
@@ -464,9 +483,12 @@ def stage(
     splits: dict[str, int],
     prev: Increment,
     label_map: LabelMap | None = None,
+    augmented: DataFrame | None = None,
 ) -> Evaluation:
     """Fit (or, incrementally, reuse) the classifier, calibrate it on the val split, save it
-    and its serving arrays, and evaluate it on the test split (else the val split)."""
+    and its serving arrays, and evaluate it on the test split (else the val split).
+    `augmented` (augment.composites) joins the training rows of every fit, never a judged
+    split."""
     from fruits.export import arrays_from_spark, export_serving
     from fruits.plots import plot_confusion
 
@@ -478,7 +500,10 @@ def stage(
         if not reads_scaled(model, len(fitted.mean)):  # a run from before: it reads the PCA
             scaler = None
     else:  # the one rule, shared with the reducer's fit
-        model = fit_classifier(train_part(images, splits), scaler=scaler)
+        train = train_part(images, splits)
+        if augmented is not None:  # read through the scaler, as the real photos are
+            train = train.select(*TRAIN_COLUMNS).unionByName(augmented.select(*TRAIN_COLUMNS))
+        model = fit_classifier(train, scaler=scaler)
     model.write().overwrite().save(run.uri("models", "classifier"))
     classes = class_labels(model)
     planned = [uri for _, uri in run.io.inputs]  # the spelling Spark lists paths in
@@ -487,8 +512,7 @@ def stage(
     # two labelled sources at least: each held-out fruit source is then judged by a classifier
     # that still knows fruit (the sample plus negatives alone keeps the val split's fit)
     if run.cfg.held_out_calibration and labelled >= 2 and not prev.classifier_path:
-        spellings = [{s, p} for s, p in zip(run.inputs, planned, strict=True)]
-        held = out_of_source(images, spellings, scaler=scaler) or None
+        held = out_of_source(images, spellings(run), scaler=scaler, extra=augmented) or None
     calibration = calibrate(
         arrays_from_spark(reducer.model, model),
         classes,

@@ -13,6 +13,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from fruits.config import (
     DEFAULT_OUTPUT,
+    Augment,
     Engine,
     FeaturizerConfig,
     OnError,
@@ -78,6 +79,13 @@ WeightsOpt = Annotated[
 ]
 ImageSizeOpt = Annotated[int, typer.Option(help="Model input size in pixels.", metavar="PX")]
 EngineOpt = Annotated[Engine, typer.Option(help="auto, onnx or torch.")]
+AugmentOpt = Annotated[
+    Augment,
+    typer.Option(
+        help="Studio frames on backgrounds cut from --negatives, and those backgrounds alone, "
+        "for the classifier: on, off, or auto (with 2+ --input and --negatives)."
+    ),
+]
 PrecisionOpt = Annotated[
     Precision,
     typer.Option(help="fp32 or bf16 (torch engine only)."),
@@ -300,6 +308,7 @@ def run(
     pca_k: PcaKOpt = None,
     pca_max_k: PcaMaxKOpt = ReduceConfig.max_k or 0,
     classify: ClassifyOpt = True,
+    augment: AugmentOpt = "auto",
     conf: ConfOpt = [],  # noqa: B006
     storage: StorageOpt = "auto",
     incremental: IncrementalOpt = False,
@@ -333,6 +342,7 @@ def run(
         ),
         reduce=ReduceConfig(variance=pca_variance, k=pca_k, max_k=pca_max_k or None),
         classify=classify,
+        augment=augment,
         spark_conf=_parse_conf(conf),
         incremental=incremental or refit,
         refit=refit,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 OnError = Literal["quarantine", "fail"]
 Engine = Literal["auto", "onnx", "torch"]
 Precision = Literal["fp32", "bf16"]
+Augment = Literal["auto", "on", "off"]
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png")
 DEFAULT_OUTPUT = "fruits-output"
@@ -98,6 +99,10 @@ class PipelineConfig:
     # with several sources, the temperature and "not sure" threshold are fitted leaving one
     # source out (classify.out_of_source: one extra fit per source); False: on the val split
     held_out_calibration: bool = True
+    # background composites of the studio training frames + backgrounds alone as "not a fruit"
+    # (augment.py), for the classifier only; auto: with 2+ labelled sources and negatives, the
+    # setting they were measured in (bench/loso.py: +8-10 species points per held-out source)
+    augment: Augment = "auto"
     val_fraction: float = 0.1  # of a source's train split set aside when it has no val split
     output: str = DEFAULT_OUTPUT
     master: str | None = None
@@ -130,6 +135,14 @@ class PipelineConfig:
         `negatives`."""
         labelled = [(uri, "labelled") for uri in (self.input, *self.extra_inputs)]
         return labelled + [(uri, "negatives") for uri in self.negatives]
+
+    @property
+    def augments(self) -> bool:
+        """Are composites made (`augment`; auto: 2+ labelled sources and a negatives one)?"""
+        if self.augment != "auto":
+            return self.augment == "on"
+        labelled = sum(role == "labelled" for _, role in self.sources)
+        return labelled >= 2 and bool(self.negatives)
 
     @property
     def inputs(self) -> list[str]:

@@ -20,7 +20,8 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from fruits import classify, incremental, outputs, preflight, quarantine, report, tracking
+from fruits import augment, classify, incremental, outputs, preflight, quarantine, report, tracking
+from fruits.classify import source_column, spellings
 from fruits.common import InputError, count_by_split
 from fruits.config import PipelineConfig
 from fruits.features import ImageFailure, featurize
@@ -92,10 +93,19 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
         outputs.save_backbone(run, artifact)
 
         evaluation = None
+        augmented: augment.Augmented | None = None
         judged = splits.get("test") or splits.get("val")
         if cfg.classify and judged and len({r["label"] for r in labels}) >= 2:
+            if cfg.augments and not prev.classifier_path:  # a refit only: composites train
+                with run.stage("augment"):
+                    roles = [role for _, role in cfg.sources]
+                    source = source_column(spellings(run))
+                    augmented = augment.composites(run, listed.files, source, roles)
             with run.stage("classify"):
-                evaluation = classify.stage(run, reducer, images, splits, prev, listed.label_map)
+                rows = augmented.rows if augmented else None
+                evaluation = classify.stage(
+                    run, reducer, images, splits, prev, listed.label_map, rows
+                )
 
         with run.stage("report"):
             built = report.build(
@@ -108,6 +118,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                 evaluation=evaluation,
                 prev=prev,
                 images_total=listed.total,
+                augmented=augmented.summary() if augmented else None,
             )
         run.publish(built)
         tracking.log_run(built, str(run.local))  # MLflow, when MLFLOW_TRACKING_URI is set

@@ -41,6 +41,7 @@ def build(
     evaluation: Any,
     prev: Any,
     images_total: int | None,  # None: the listing could not count the files it refused
+    augmented: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Draw the plots into the run's local folder and return the report dict."""
     from fruits import __version__
@@ -65,6 +66,8 @@ def build(
         "images_quarantined": quarantined,
         "images_by_split": splits,
         "classes": len({r["label"] for r in labels}),
+        # training-only composites (augment.py): counts, or None where none were made
+        "augmented": augmented,
         "feature_dim": artifact.spec.feature_dim,
         "pca_k": reducer.k,
         "pca_explained_variance": round(reducer.cumulative, 6),
