@@ -12,6 +12,7 @@ Spark's regParam r == sklearn C = 1 / (r * n)).
     .venv/bin/python bench/loso.py features --aug bg # + studio frames on backgrounds
     .venv/bin/python bench/loso.py study --config "raw 1280" --config "raw 1280 + bg"
     .venv/bin/python bench/loso.py features --aug bgneg  # + backgrounds alone ("not a fruit")
+    .venv/bin/python bench/loso.py features --aug pipeline  # fruits.augment's own, both kinds
 
 Protocol. Every real-photo source is held out in turn (grocery shelves, checkout counter,
 orchard trees; negatives: packaged goods, orchard without fruit, everyday scenes): the model
@@ -47,6 +48,18 @@ scene or texture without fruit is not a fruit, against the composites teaching t
 background with a fruit on it is one (composites alone cost refusals of scenes-negatives).
 "weight w": composites (and background-only images) weigh w in the loss; as in Spark's
 weightCol, the L2 term is scaled by the weight sum (C = 1 / (reg * sum w)).
+The pipeline's own augmentation (`features --aug pipeline`, config "raw 1280 + pipeline aug,
+clean"): `fruits.augment.augment_frame(bytes, path, 224, pool)` on every Fruits-360 frame (list
+order), which decodes the frame at 100 px, rejects it unless its border is white (`is_studio`),
+and returns a composite (Pillow mask) plus, for frames with crc32(path) even, a background alone;
+its random draws are seeded by the frame's path. The pool: the first POOL_SIZE (384) BG_SOURCES
+photos ordered by blake2b-64 of the path (the pipeline orders the negatives' train split by
+xxhash64), each through `shrink_photo` and `decoded_pool`. Every JPEG is featurized by `extract`
+(1 view); cached in $RECOG_CACHE/loso-aug-pipeline.npz, one row per image: `frame` (index in
+list_f360), `kind` (composite/background), `bg_source` (index into BG_SOURCES, -1: a texture),
+and `rejected` (frames `is_studio` turned down). The config adds the rows of the frames the
+study trains on (composites: the frame's class; backgrounds: "not a fruit"), less those cut
+from the held-out source's photos (the clean rule).
 Fits are deterministic for a given BLAS thread count only (lbfgs stops at 300 iterations): run
 configs you compare with the same OMP_NUM_THREADS.
 """
@@ -252,6 +265,63 @@ def features_bgneg() -> None:
     np.savez(p, X=X[:, 0], cls=[t[1] for t in items], bg=used, seconds=dt)
 
 
+def features_pipeline() -> None:
+    """fruits.augment.augment_frame on every Fruits-360 frame (list_f360 order) with a pool of
+    POOL_SIZE BG_SOURCES photos (blake2b-64 of the path order), every returned JPEG featurized
+    by `extract` (1 view); one cached row per image with its frame, kind and background source."""
+    p = CACHE / "loso-aug-pipeline.npz"
+    if p.exists():
+        return
+    import hashlib
+
+    from fruits import augment
+
+    items = list_f360()
+    bg = [(t[0], j) for j, name in enumerate(BG_SOURCES) for t in list_source(name)]
+
+    def h64(path: str) -> int:
+        return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "big")
+
+    pool, pool_src, pool_paths = [], [], []
+    for path, j in sorted(bg, key=lambda t: h64(t[0])):
+        if len(pool) == augment.POOL_SIZE:
+            break
+        small = augment.shrink_photo(Path(path).read_bytes())
+        if small is not None:
+            pool.append(small)
+            pool_src.append(j)
+            pool_paths.append(path)
+    photos = augment.decoded_pool(pool)
+    print(f"aug pipeline: {len(items)} frames, pool {len(photos)} photos "
+          f"({[pool_src.count(j) for j in range(len(BG_SOURCES))]} of {BG_SOURCES})",
+          file=sys.stderr)  # fmt: skip
+    t0 = time.perf_counter()
+    frame, kind, bg_source, jpegs, rejected = [], [], [], [], []
+    for i, (path, *_) in enumerate(items):
+        made = augment.augment_frame(Path(path).read_bytes(), path, SIZE, photos)
+        if not made:
+            rejected.append(i)
+        for k, data, b in made:
+            frame.append(i)
+            kind.append(k)
+            bg_source.append(pool_src[b] if b >= 0 else -1)
+            jpegs.append(data)
+    (CACHE / "samples").mkdir(parents=True, exist_ok=True)
+    for n, data in enumerate(jpegs[:8]):
+        (CACHE / "samples" / f"loso-pipeline-{n}-{kind[n]}.jpg").write_bytes(data)
+    dt_make = time.perf_counter() - t0
+    print(f"aug pipeline: {kind.count('composite')} composites, {kind.count('background')} "
+          f"backgrounds, {len(rejected)} frames rejected (is_studio) in {dt_make:.0f}s",
+          file=sys.stderr)  # fmt: skip
+    X, _ = extract(list(range(len(jpegs))), 1, read=lambda n: jpegs[n])
+    dt = time.perf_counter() - t0
+    print(f"aug pipeline: {len(jpegs)} images featurized in {dt:.0f}s", file=sys.stderr)
+    np.savez(p, X=X[:, 0], frame=np.array(frame, np.int32), kind=kind,
+             bg_source=np.array(bg_source, np.int8), cls=[items[i][1] for i in frame],
+             rejected=np.array(rejected, np.int32), pool=pool_paths,
+             pool_source=np.array(pool_src, np.int8), seconds=dt)  # fmt: skip
+
+
 def cmd_features(aug: list[str] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     imagenet_head()
@@ -272,6 +342,8 @@ def cmd_features(aug: list[str] | None = None) -> None:
     for kind in aug or []:
         if kind == "bgneg":
             features_bgneg()
+        elif kind == "pipeline":
+            features_pipeline()
         else:
             features_aug(kind)
 
@@ -354,6 +426,31 @@ class Data:
         y = [c for c, s in zip(self.f360_y, sel, strict=True) if s]
         return self.aug[kind][sel], y, [({c}, {c}, False) for c in y]
 
+    def pipeline_rows(self, without: str | None = None):
+        """fruits.augment's images of the Fruits-360 frames the study trains on: composites
+        labelled with the frame's class, backgrounds "not a fruit"; `without`: less those cut
+        from a photo of that source."""
+        if "pipeline" not in self.aug:
+            z = np.load(CACHE / "loso-aug-pipeline.npz")
+            frame = z["frame"]
+            assert [str(c) for c in z["cls"]] == [self.f360_y[i] for i in frame], "frame order"
+            self.aug["pipeline"] = z["X"].astype(np.float32)
+            self.aug_bg["pipeline"] = (frame, np.array([str(k) for k in z["kind"]]),
+                                       z["bg_source"])  # fmt: skip
+        frame, kind, bg_source = self.aug_bg["pipeline"]
+        sel = self.f360_train_sel()[frame]
+        if without in BG_SOURCES:
+            sel = sel & (bg_source != BG_SOURCES.index(without))
+        y, truth = [], []
+        for i, k in zip(frame[sel], kind[sel], strict=True):
+            if k == "background":
+                y.append(NEG)
+                truth.append((set(), set(), True))
+            else:
+                y.append(self.f360_y[i])
+                truth.append(({self.f360_y[i]}, {self.f360_y[i]}, False))
+        return self.aug["pipeline"][sel], y, truth
+
     def rows(self, name: str, train: bool):
         """(X, target label, truth) for a source; truth = (variety set, species set, negative)."""
         if name == "fruits-360":
@@ -423,7 +520,8 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
-               aug_only=None, aug_weight=1.0, bgneg=0, log=print) -> dict:  # fmt: skip
+               aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False,
+               log=print) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature and
     threshold fitted on the *other* sources' out-of-source logits, and the metrics."""
     from fruits.recognition import answer, choose_threshold, metrics, softmax, species_table
@@ -437,6 +535,8 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             parts.append(d.aug_rows(aug, without=h if aug_clean else None, only=aug_only))
         if bgneg:  # background-only images as "not a fruit" (every `bgneg`-th of the frames')
             parts.append(d.aug_rows("bgneg", without=h if aug_clean else None, every=bgneg))
+        if pipeline:  # fruits.augment's composites and backgrounds alone
+            parts.append(d.pipeline_rows(without=h if aug_clean else None))
         X = np.vstack([p[0] for p in parts])
         y = [t for p in parts for t in p[1]]
         w = None
@@ -499,6 +599,8 @@ CONFIGS = {
     "raw 1280 + bg, clean, weight 0.5": {**_CLEAN, "aug_weight": 0.5},
     "raw 1280 + bg, clean, weight 0.25": {**_CLEAN, "aug_weight": 0.25},
     "raw 1280 + bg + bg-neg, clean, weight 0.5": {**_CLEAN, "bgneg": 1, "aug_weight": 0.5},
+    # fruits.augment's own composites + backgrounds alone (every 2nd frame), clean rule
+    "raw 1280 + pipeline aug, clean": {"k": None, "reg": 1e-3, "aug_clean": True, "pipeline": True},
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
     "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
@@ -542,9 +644,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cmd", choices=["features", "study"])
     ap.add_argument("--config", action="append", help="one of: " + ", ".join(CONFIGS))
-    ap.add_argument("--aug", action="append", choices=["bg", "bgneg"],
+    ap.add_argument("--aug", action="append", choices=["bg", "bgneg", "pipeline"],
                     help="features: also the studio frames' background composites (bg) or "
-                         "backgrounds alone (bgneg)")  # fmt: skip
+                         "backgrounds alone (bgneg), fruits.augment's own (pipeline)")  # fmt: skip
     a = ap.parse_args()
     if a.cmd == "features":
         cmd_features(a.aug)
