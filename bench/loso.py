@@ -60,6 +60,14 @@ list_f360), `kind` (composite/background), `bg_source` (index into BG_SOURCES, -
 and `rejected` (frames `is_studio` turned down). The config adds the rows of the frames the
 study trains on (composites: the frame's class; backgrounds: "not a fruit"), less those cut
 from the held-out source's photos (the clean rule).
+"Not a fruit" bias (configs "..., neg-bias"; no refit: the same fits as the config without it,
+shared in one `study` run). After the temperature, b >= 0 is subtracted from the "not a fruit"
+logit (its probability times exp(-b), renormalised), b fitted on the other sources'
+out-of-source predictions only, the threshold refitted for each b on the grid 0..8 (0.1):
+"neg-bias" minimises mean fruit refused (over fruit sources, Fruits-360 included) + mean
+no-fruit accepted (over negatives sources), each source weighing the same; "neg-bias guard90"
+takes the largest b keeping every other negatives source's refusal >= 90 %. Then the threshold
+is fitted as without it. The table's b column is the fitted bias.
 Fits are deterministic for a given BLAS thread count only (lbfgs stops at 300 iterations): run
 configs you compare with the same OMP_NUM_THREADS.
 """
@@ -395,6 +403,7 @@ class Data:
         self.W, self.b = imagenet_head()
         self.aug: dict[str, np.ndarray] = {}
         self.aug_bg: dict[str, np.ndarray] = {}
+        self.oos: dict[str, dict] = {}  # fit settings -> held-out source -> logits (run_config)
 
     def f360_train_sel(self) -> np.ndarray:
         # every 2nd grouped-train frame: neighbours are near-duplicates, fits 2x faster
@@ -520,14 +529,20 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
-               aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False,
+               aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False, neg_bias=None,
                log=print) -> dict:  # fmt: skip
-    """Out-of-source logits for every held-out source, then per source: temperature and
-    threshold fitted on the *other* sources' out-of-source logits, and the metrics."""
+    """Out-of-source logits for every held-out source, then per source: temperature, the
+    "not a fruit" bias (`neg_bias`) and threshold fitted on the *other* sources' out-of-source
+    logits, and the metrics. The fits are shared by configs that differ only in `neg_bias`."""
     from fruits.recognition import answer, choose_threshold, metrics, softmax, species_table
 
-    oos = {}
+    key = json.dumps([k, reg, feats, balance, aug, aug_clean, aug_only, aug_weight, bgneg,
+                      pipeline])  # fmt: skip
+    oos = d.oos.setdefault(key, {})
     for h in HELD:
+        if h in oos:
+            log(f"    held {h}: fits shared with an earlier config")
+            continue
         parts = [d.rows(n, train=True) for n in HELD if n != h and n != "fruits-360"]
         parts.append(d.rows("fruits-360", train=True))  # studio frames always train (grouped)
         n_real = len(parts)
@@ -567,19 +582,72 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
         # one temperature on a 40-point grid (>= 1): the NLL, each source weighing the same
         ts = np.exp(np.linspace(np.log(0.5), np.log(10), 40))
         T = float(max(1.0, ts[int(np.argmin([_nll(t, [lg for _, lg in L], Y) for t in ts]))]))
+        probs = [softmax(lg, T) for _, lg in L]
+        B = 0.0
+        if neg_bias:
+            B = fit_neg_bias(d, L, probs, P, G, neg_bias)
         sp = []
-        for classes, lg in L:
+        for (classes, _), pr in zip(L, probs, strict=True):
             spec = species_table(classes, d.lm)
-            a = answer(softmax(lg, T), classes, spec, 0.0)
+            a = answer(unbias(pr, classes, B), classes, spec, 0.0)
             sp.append(a.species_probability)
         thr = choose_threshold(np.concatenate(sp), np.concatenate(P), np.concatenate(G))
         classes, logits, yh, truth = oos[h]
         spec = species_table(classes, d.lm)
-        a = answer(softmax(logits, T), classes, spec, thr)
+        a = answer(unbias(softmax(logits, T), classes, B), classes, spec, thr)
         mt = metrics(a, [t[0] for t in truth], [t[1] for t in truth], [t[2] for t in truth], spec)
-        mt["temperature"], mt["threshold"] = round(T, 3), thr
+        mt["temperature"], mt["threshold"], mt["neg_bias"] = round(T, 3), thr, round(B, 3)
         out[h] = mt
     return out
+
+
+def unbias(probs: np.ndarray, classes: list[str], b: float) -> np.ndarray:
+    """The calibrated probabilities with b subtracted from the "not a fruit" logit (after the
+    temperature): its probability times exp(-b), renormalised. b = 0: unchanged."""
+    if not b or NEG not in classes:
+        return probs
+    p = probs.copy()
+    p[:, classes.index(NEG)] *= np.exp(-b)
+    return p / p.sum(1, keepdims=True)
+
+
+NEG_BIAS_GRID = np.round(np.arange(0.0, 8.01, 0.1), 2)
+
+
+def fit_neg_bias(d, L, probs, P, G, rule: str) -> float:
+    """The "not a fruit" bias b on the other sources' out-of-source predictions (never the
+    judged one); for each b on the grid the threshold is refitted (choose_threshold) and each
+    other source's refusal rate measured at it. "sum": the b minimising (mean over fruit
+    sources of fruit refused) + (mean over negatives sources of no-fruit accepted), each source
+    weighing the same, smallest b on ties. "guard90": the largest b keeping every other
+    negatives source's refusal >= 90 % (0 when none does)."""
+    from fruits.recognition import answer, choose_threshold, species_table
+
+    specs = [species_table(classes, d.lm) for classes, _ in L]
+    Pc, Gc = np.concatenate(P), np.concatenate(G)
+    best, best_b, ok_b = None, 0.0, 0.0
+    for b in NEG_BIAS_GRID:
+        ans = [answer(unbias(pr, classes, b), classes, spec, 0.0)
+               for (classes, _), pr, spec in zip(L, probs, specs, strict=True)]  # fmt: skip
+        thr = choose_threshold(np.concatenate([a.species_probability for a in ans]), Pc, Gc)
+        fruit, neg = [], []
+        for a, pos in zip(ans, P, strict=True):
+            if not len(pos):
+                continue
+            known = (a.species_probability >= thr) & a.known
+            (fruit if pos.all() else neg).append(float(1 - known.mean()))
+        if rule == "sum":
+            cost = np.mean(fruit) + np.mean([1 - r for r in neg])
+            if best is None or cost < best - 1e-12:
+                best, best_b = cost, float(b)
+        elif rule == "guard90":
+            if all(r >= 0.9 for r in neg):
+                ok_b = float(b)
+            else:
+                break  # refusals fall as b grows: the first failure ends the search
+        else:
+            raise ValueError(rule)
+    return best_b if rule == "sum" else ok_b
 
 
 _CLEAN = {"k": None, "reg": 1e-3, "aug": "bg", "aug_clean": True}
@@ -601,6 +669,21 @@ CONFIGS = {
     "raw 1280 + bg + bg-neg, clean, weight 0.5": {**_CLEAN, "bgneg": 1, "aug_weight": 0.5},
     # fruits.augment's own composites + backgrounds alone (every 2nd frame), clean rule
     "raw 1280 + pipeline aug, clean": {"k": None, "reg": 1e-3, "aug_clean": True, "pipeline": True},
+    # the same fits; "not a fruit" logit lowered by b fitted on the other sources (fit_neg_bias)
+    "raw 1280 + pipeline aug, clean, neg-bias": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "neg_bias": "sum",
+    },
+    "raw 1280 + pipeline aug, clean, neg-bias guard90": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "neg_bias": "guard90",
+    },
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
     "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
@@ -613,7 +696,7 @@ CONFIGS = {
 
 def fmt_table(results: dict[str, dict]) -> str:
     head = "setting | held-out source | species | variety | refused (fruit) | refused (not fruit)"
-    lines = [f"| {head} | ECE | T | threshold |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| {head} | ECE | T | threshold | b |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for h, m in res.items():
 
@@ -623,7 +706,7 @@ def fmt_table(results: dict[str, dict]) -> str:
             lines.append(f"| {name} | {h} | {f(m['species_top1'])} | {f(m['variety_top1'])} | "
                          f"{f(m['refused_positives'])} | {f(m['refused_negatives'])} | "
                          f"{m['ece'] if m['ece'] is not None else '-'} | {m['temperature']} | "
-                         f"{m['threshold']} |")  # fmt: skip
+                         f"{m['threshold']} | {m.get('neg_bias', 0)} |")  # fmt: skip
     return "\n".join(lines)
 
 
