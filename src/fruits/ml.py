@@ -36,7 +36,7 @@ HandleInvalid = Literal["error", "skip", "keep"]
 
 class InstalledArtifact:
     """Stands in for a Broadcast of the default network: `.value` builds the `ModelArtifact`
-    on the worker from the graph the installed package carries (features.bundled_graph).
+    on the worker from the graph the installed package carries (artifact.bundled_graph).
 
     Pickled into the UDF closure it is a few hundred bytes, against 13 MB per task for the
     artifact itself; and it needs no `sparkContext.broadcast`, which Spark Connect lacks.
@@ -87,7 +87,7 @@ class ImageFeaturizer(
     job at the first bad image, naming its path. `onError` (`quarantine` / `fail`) is the
     older name of `keep` / `error`, kept so saved stages load.
     The network is built once per Python worker and kept for every later task
-    (`features.get_featurizer`, an LRU of 3 under a lock).
+    (`engine.get_featurizer`, an LRU of 3 under a lock).
 
     With `weights` (a path or fsspec URI to torch weights; needs the `export` extra on the
     driver) the driver exports the network to ONNX once and the UDF closure carries the graph,

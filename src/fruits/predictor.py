@@ -3,7 +3,7 @@
 export.py writes them when a run fits its classifier: `models/serving.npz` (the arrays) and
 `models/serving.json` (classes and image settings) next to `models/backbone.onnx`. `Predictor`
 loads a run folder and reproduces Spark's transform step by step: the image maths is
-`images.decode_image` + `features.Featurizer` (the code the Spark UDF runs), then the arrays
+`images.decode_image` + `engine.Featurizer` (the code the Spark UDF runs), then the arrays
 below, with the same float32 rounding of the PCA output that `images.parquet` stores. No Spark
 session and no torch are needed at serve time.
 """

@@ -43,7 +43,7 @@ class Reducer:
         self, df: DataFrame, *, features: str = "features", out: str = "pca"
     ) -> DataFrame:
         """Adds `out` (array<float>, k) next to the original columns (null where `features`
-        is): `predictor.reduce_features` on each Arrow batch, the function serving runs, so the
+        is): `engine.reduce_features` on each Arrow batch, the function serving runs, so the
         stored `pca` column and a served photo's coordinates come from one code path. numpy's
         BLAS does a batch at once where Spark ML's models multiply row by row in Java.
         """
