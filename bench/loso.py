@@ -13,6 +13,12 @@ Spark's regParam r == sklearn C = 1 / (r * n)).
     .venv/bin/python bench/loso.py study --config "raw 1280" --config "raw 1280 + bg"
     .venv/bin/python bench/loso.py features --aug bgneg  # + backgrounds alone ("not a fruit")
     .venv/bin/python bench/loso.py features --aug pipeline  # fruits.augment's own, both kinds
+    .venv/bin/python bench/loso.py features --graph int8.onnx --tag int8 --aug pipeline
+    .venv/bin/python bench/loso.py study --tag int8 --config "raw 1280 + pipeline aug, clean"
+
+`--graph PATH --tag T` featurizes with another ONNX graph of the same backbone (e.g. the static
+int8 one bench/quantize.py --save writes) through the same `extract` -> Featurizer path and
+caches as loso-T-*.npz; `study --tag T` reads those and writes loso-T-results.json.
 
 Protocol. Every real-photo source is held out in turn (grocery shelves, checkout counter,
 orchard trees; negatives: packaged goods, orchard without fruit, everyday scenes): the model
@@ -95,6 +101,13 @@ NEG_SOURCES = ["not-fruit-train", "orchard-negatives-train", "scenes-negatives-t
 NEG = "not a fruit"
 BG_SOURCES = ["scenes-negatives-train", "not-fruit-train"]  # composite backgrounds
 EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+GRAPH: Path | None = None  # --graph: featurize with this ONNX graph instead of the bundled one
+PREFIX = "loso-"  # --tag T: caches and results named loso-T-* (the ImageNet head is shared)
+
+
+def cached(name: str) -> Path:
+    """A feature cache: $RECOG_CACHE/loso-NAME.npz, or loso-TAG-NAME.npz with --tag."""
+    return CACHE / f"{PREFIX}{name}.npz"
 
 
 def list_source(name: str) -> list[tuple[str, str]]:
@@ -125,6 +138,13 @@ def featurizer():
     from fruits.engine import Featurizer
 
     art = build_artifact(FeaturizerConfig(backbone="efficientnet_lite0", engine="onnx"))
+    if GRAPH is not None:  # e.g. bench/quantize.py --save: the same spec, another graph
+        import dataclasses
+        import hashlib
+
+        payload = GRAPH.read_bytes()
+        fp = f"{art.fingerprint}-{hashlib.sha256(payload).hexdigest()[:12]}"
+        art = dataclasses.replace(art, payload=payload, fingerprint=fp)
     return Featurizer(art, threads=2)
 
 
@@ -187,7 +207,7 @@ def aug_study():
 
 def features_aug(kind: str) -> None:
     """One `kind` composite per Fruits-360 frame (list_f360 order), 1 view, cached."""
-    p = CACHE / f"loso-aug-{kind}.npz"
+    p = cached(f"aug-{kind}")
     if p.exists():
         return
     from fruits.images import decode_image
@@ -214,7 +234,7 @@ def features_aug(kind: str) -> None:
         if neg_paths.last >= 0:
             used[i] = bg[neg_paths.last][1]
         if i < 8:
-            (CACHE / "samples" / f"loso-{kind}-{i}.jpg").write_bytes(data)
+            (CACHE / "samples" / f"{PREFIX}{kind}-{i}.jpg").write_bytes(data)
         return data
 
     print(f"aug {kind}: {len(items)} composites, {len(neg_paths)} background photos",
@@ -232,7 +252,7 @@ def features_bgneg() -> None:
     `random_background` draw as a "bg" composite (60 % a square crop of a BG_SOURCES photo, 40 %
     a smooth random colour texture), no fruit pasted, JPEG q90, 1 view; cached with each
     image's background source in `bg` (a source, or "texture")."""
-    p = CACHE / "loso-aug-bgneg.npz"
+    p = cached("aug-bgneg")
     if p.exists():
         return
     import io
@@ -263,7 +283,7 @@ def features_bgneg() -> None:
         Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
         data = buf.getvalue()
         if i < 8:
-            (CACHE / "samples" / f"loso-bgneg-{i}.jpg").write_bytes(data)
+            (CACHE / "samples" / f"{PREFIX}bgneg-{i}.jpg").write_bytes(data)
         return data
 
     t0 = time.perf_counter()
@@ -277,7 +297,7 @@ def features_pipeline() -> None:
     """fruits.augment.augment_frame on every Fruits-360 frame (list_f360 order) with a pool of
     POOL_SIZE BG_SOURCES photos (blake2b-64 of the path order), every returned JPEG featurized
     by `extract` (1 view); one cached row per image with its frame, kind and background source."""
-    p = CACHE / "loso-aug-pipeline.npz"
+    p = cached("aug-pipeline")
     if p.exists():
         return
     import hashlib
@@ -316,7 +336,7 @@ def features_pipeline() -> None:
             jpegs.append(data)
     (CACHE / "samples").mkdir(parents=True, exist_ok=True)
     for n, data in enumerate(jpegs[:8]):
-        (CACHE / "samples" / f"loso-pipeline-{n}-{kind[n]}.jpg").write_bytes(data)
+        (CACHE / "samples" / f"{PREFIX}pipeline-{n}-{kind[n]}.jpg").write_bytes(data)
     dt_make = time.perf_counter() - t0
     print(f"aug pipeline: {kind.count('composite')} composites, {kind.count('background')} "
           f"backgrounds, {len(rejected)} frames rejected (is_studio) in {dt_make:.0f}s",
@@ -333,14 +353,14 @@ def features_pipeline() -> None:
 def cmd_features(aug: list[str] | None = None) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     imagenet_head()
-    p = CACHE / "loso-f360.npz"
+    p = cached("f360")
     if not p.exists():
         items = list_f360()
         X, _ = extract([t[0] for t in items], 1)
         np.savez(p, X=X[:, 0], cls=[t[1] for t in items], video=[t[2] for t in items],
                  frame=[t[3] for t in items])  # fmt: skip
     for name in FRUIT_SOURCES + NEG_SOURCES:
-        p = CACHE / f"loso-{name}.npz"
+        p = cached(name)
         if p.exists():
             continue
         items = list_source(name)
@@ -388,13 +408,13 @@ def grouped_holdout(cls, video, frame, frac: float = 0.25, seed: int = 0) -> np.
 
 class Data:
     def __init__(self) -> None:
-        d = np.load(CACHE / "loso-f360.npz")
+        d = np.load(cached("f360"))
         self.f360_X = d["X"].astype(np.float32)
         self.f360_y = [str(c) for c in d["cls"]]
         self.f360_held = grouped_holdout(d["cls"], d["video"], d["frame"])
         self.src: dict[str, dict] = {}
         for name in FRUIT_SOURCES + NEG_SOURCES:
-            z = np.load(CACHE / f"loso-{name}.npz")
+            z = np.load(cached(name))
             V, nv = z["X"].astype(np.float32), z["nv"]
             mask = np.arange(V.shape[1])[None, :] < nv[:, None]
             mean = (V * mask[..., None]).sum(1) / nv[:, None]
@@ -417,7 +437,7 @@ class Data:
         those whose background is a photo of that source; `only`: those whose background is
         that (a source, or "texture")."""
         if kind not in self.aug:
-            z = np.load(CACHE / f"loso-aug-{kind}.npz")
+            z = np.load(cached(f"aug-{kind}"))
             assert [str(c) for c in z["cls"]] == self.f360_y, "composites out of frame order"
             # (bgneg: one background per frame, in frame order; the class is not its label)
             self.aug[kind] = z["X"].astype(np.float32)
@@ -440,7 +460,7 @@ class Data:
         labelled with the frame's class, backgrounds "not a fruit"; `without`: less those cut
         from a photo of that source."""
         if "pipeline" not in self.aug:
-            z = np.load(CACHE / "loso-aug-pipeline.npz")
+            z = np.load(cached("aug-pipeline"))
             frame = z["frame"]
             assert [str(c) for c in z["cls"]] == [self.f360_y[i] for i in frame], "frame order"
             self.aug["pipeline"] = z["X"].astype(np.float32)
@@ -716,7 +736,7 @@ def study(names: list[str] | None = None) -> str:
     for name in names or list(CONFIGS):
         print(f"{name}", file=sys.stderr)
         results[name] = run_config(d, **CONFIGS[name], log=lambda s: print(s, file=sys.stderr))
-        out = CACHE / "loso-results.json"
+        out = CACHE / f"{PREFIX}results.json"
         old = json.loads(out.read_text()) if out.exists() else {}
         old[name] = results[name]
         out.write_text(json.dumps(old, indent=1))
@@ -730,7 +750,13 @@ def main() -> None:
     ap.add_argument("--aug", action="append", choices=["bg", "bgneg", "pipeline"],
                     help="features: also the studio frames' background composites (bg) or "
                          "backgrounds alone (bgneg), fruits.augment's own (pipeline)")  # fmt: skip
+    ap.add_argument("--graph", type=Path, help="features: this ONNX graph (e.g. int8)")
+    ap.add_argument("--tag", help="caches and results as loso-TAG-*.npz (use with --graph)")
     a = ap.parse_args()
+    global GRAPH, PREFIX
+    if a.graph is not None and not a.tag:
+        ap.error("--graph needs --tag (its caches must not mix with the bundled graph's)")
+    GRAPH, PREFIX = a.graph, f"loso-{a.tag}-" if a.tag else "loso-"
     if a.cmd == "features":
         cmd_features(a.aug)
     else:

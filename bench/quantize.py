@@ -5,6 +5,9 @@ in one process on the same decoded images, with the cosine of its features to th
 Needs the `export` extra (onnx). Idle machine only:
 
     .venv/bin/python bench/quantize.py --images 512 --size 224
+    .venv/bin/python bench/quantize.py --save /tmp/recog-cache/efficientnet_lite0-int8.onnx
+
+`--save PATH` keeps the static QDQ graph (bench/loso.py `features --graph PATH --tag int8`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main() -> None:
         default=[],
         help="also static int8 with the first and last N Conv/Gemm nodes left in fp32, per N",
     )
+    parser.add_argument("--save", help="also write the static int8 (QDQ) graph here")
+    parser.add_argument("--no-timing", action="store_true", help="with --save: build only")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -88,6 +93,14 @@ def main() -> None:
         return path
 
     static, dynamic = static_int8(work / "static.onnx", []), work / "dynamic.onnx"
+    if args.save:
+        import shutil
+
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(static, args.save)
+        print("static int8 graph:", args.save)
+        if args.no_timing:
+            return
     quantize_dynamic(str(pre), str(dynamic), weight_type=QuantType.QUInt8)
     variants = [("int8 static (QDQ)", static), ("int8 dynamic", dynamic)]
     import onnx
