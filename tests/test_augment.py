@@ -81,6 +81,19 @@ def test_a_frame_gives_the_same_composite_everywhere_and_a_photo_gives_none():
         == []
     )
     assert augment_frame(b"not an image", paths[0], 224, photos) == []
+    assert augment_frame(data[: len(data) // 2], paths[0], 224, photos) == []  # truncated
+
+
+def test_a_surprise_from_one_frame_is_no_composite_not_a_failed_run(monkeypatch):
+    """As in featurize (issue 18): anything raised while making one frame's composite costs
+    that frame its composite, never the task or the run."""
+    import fruits.augment as augment
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(augment, "paste", broken)
+    assert augment.augment_frame(_jpeg(_studio()), "file:/d/x.jpg", 224, []) == []
 
 
 def test_background_photos_are_shrunk_upright_and_bad_ones_dropped():

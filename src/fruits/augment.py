@@ -134,17 +134,20 @@ def augment_frame(
     Anything else (a real photo, an image that does not decode) -> []."""
     try:
         frame = decode_image(data, size=FRAME_SIZE)
-    except ImageError:
+        if not is_studio(frame):
+            return []
+        rng = np.random.default_rng(seed_of(path))
+        canvas, k = background(rng, size, photos)
+        out = [("composite", jpeg(paste(canvas, frame, rng)), k)]
+        if seed_of(path) % BACKGROUND_EVERY == 0:
+            alone, k2 = background(rng, size, photos)
+            out.append(("background", jpeg(alone), k2))
+        return out
+    except ImageError:  # featurize quarantined it already, with its reason
         return []
-    if not is_studio(frame):
+    except Exception as exc:  # one frame's surprise must not stop the run (issue 18's rule)
+        log.warning("augment: no composite for one frame: %s", type(exc).__name__)
         return []
-    rng = np.random.default_rng(seed_of(path))
-    canvas, k = background(rng, size, photos)
-    out = [("composite", jpeg(paste(canvas, frame, rng)), k)]
-    if seed_of(path) % BACKGROUND_EVERY == 0:
-        alone, k2 = background(rng, size, photos)
-        out.append(("background", jpeg(alone), k2))
-    return out
 
 
 def shrink_photo(data: bytes) -> bytes | None:
