@@ -296,11 +296,16 @@ def test_upload_a_banana_and_see_banana(server, browser, sample_dir):
     assert re.fullmatch(r"(Sure: |Probably |Perhaps )a banana", card["heading"]), card
     facts = browser.find_element(By.ID, "result-facts").text
     assert card["text"].count("anana") - facts.count("anana") == 1  # the answer names it once
+    lines = browser.find_element(By.ID, "result-biodiversity")
+    assert not lines.is_displayed()  # the biodiversity lines start folded (a phone's first screen)
+    browser.find_element(By.CSS_SELECTOR, "#result-more summary").click()
+    assert lines.is_displayed()
+    facts = browser.find_element(By.ID, "result-facts").text
     assert re.fullmatch(r"\d+% likely", card["percent"]), card
     assert browser.find_element(By.ID, "fact-family").text == "Musaceae"
     assert "89 kcal" in browser.find_element(By.ID, "fact-energy").text
     # biodiversity facts with where they come from: links a reader can open
-    assert "Origin" in facts and "Sources:" in facts, facts
+    assert "Wild relatives" in facts and "Sources:" in facts, facts
     links = browser.find_elements(By.CSS_SELECTOR, "#result-sources a")
     assert links and all(a.get_attribute("href").startswith("https://") for a in links)
     assert all(a.get_attribute("rel") == "noopener noreferrer" for a in links)

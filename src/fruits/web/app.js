@@ -93,6 +93,9 @@
       links.forEach((a, i) => p.append(...(i ? [", ", a] : [a])));
     }
     p.hidden = !links.length;
+    const more = $("result-more");
+    more.hidden = !dl.children.length && note.hidden && p.hidden;
+    more.open = false; // each new answer starts folded
   }
 
   function showResult(body) {
