@@ -205,19 +205,22 @@ def aug_study():
     return recognition_study
 
 
+class Picked(list):
+    """Background photo paths that remember which one `random_background` took last."""
+
+    last = -1
+
+    def __getitem__(self, i):
+        self.last = i
+        return super().__getitem__(i)
+
+
 def features_aug(kind: str) -> None:
     """One `kind` composite per Fruits-360 frame (list_f360 order), 1 view, cached."""
     p = cached(f"aug-{kind}")
     if p.exists():
         return
     from fruits.images import decode_image
-
-    class Picked(list):  # remembers which background photo `random_background` took
-        last = -1
-
-        def __getitem__(self, i):
-            self.last = i
-            return super().__getitem__(i)
 
     rs = aug_study()
     items = list_f360()
@@ -258,13 +261,6 @@ def features_bgneg() -> None:
     import io
 
     from PIL import Image
-
-    class Picked(list):  # remembers which background photo `random_background` took
-        last = -1
-
-        def __getitem__(self, i):
-            self.last = i
-            return super().__getitem__(i)
 
     rs = aug_study()
     items = list_f360()

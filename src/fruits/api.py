@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from fruits import __version__
-from fruits.facts import NEGATIVE, FruitFacts, facts_for, human_name
+from fruits.facts import NEGATIVE, FruitFacts, Source, facts_for, human_name
 from fruits.images import CROP_SIDE, JPEG_FORMATS, ImageError
 from fruits.predictor import BatcherClosed, Prediction, Predictor
 
@@ -295,6 +295,10 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+def _sources_out(sources: Iterable[Source]) -> list[SourceOut]:
+    return [SourceOut(title=x.title, url=x.url) for x in sources]
+
+
 def _facts_out(f: FruitFacts | None) -> FactsOut | None:
     if f is None:
         return None
@@ -311,9 +315,9 @@ def _facts_out(f: FruitFacts | None) -> FactsOut | None:
         pollination=f.pollination,
         season_europe=f.season_europe,
         diversity=f.diversity,
-        sources=[SourceOut(title=x.title, url=x.url) for x in f.sources],
+        sources=_sources_out(f.sources),
         variety_note=f.variety_note,
-        variety_sources=[SourceOut(title=x.title, url=x.url) for x in f.variety_sources],
+        variety_sources=_sources_out(f.variety_sources),
     )
 
 

@@ -29,6 +29,7 @@ from fruits.images import ImageError, decode_image
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
+    from fruits.artifact import ModelArtifact
     from fruits.stage import Run
 
 log = logging.getLogger(__name__)
@@ -186,16 +187,18 @@ class Augmented:
         }
 
 
-def composites(run: Run, files: DataFrame, source: Column, roles: list[str]) -> Augmented | None:
+def composites(
+    run: Run, files: DataFrame, source: Column, roles: list[str], artifact: ModelArtifact
+) -> Augmented | None:
     """The training split's studio frames as composites (their own label) and backgrounds
     alone ("not a fruit"), featurized like any image, with the source of the frame and of the
     background photo (-1: a texture) so that leave-one-source-out fits can drop both. None
     when the run has no negatives to cut backgrounds from or no studio frame. `source`: the
-    index into `roles` of the source a row's path lies under (classify.source_column)."""
+    index into `roles` of the source a row's path lies under (classify.source_column);
+    `artifact`: the network the featurize stage used (built once per run)."""
     from pyspark.sql import functions as F
 
     from fruits.arrow import batch_contents
-    from fruits.artifact import build_artifact
     from fruits.engine import featurize_contents, worker_featurizer
     from fruits.features import threads_per_task
     from fruits.recognition import NEGATIVE
@@ -232,7 +235,6 @@ def composites(run: Run, files: DataFrame, source: Column, roles: list[str]) -> 
     )
     pool = [(int(r["_source"]), bytes(r["photo"])) for r in pool_rows]
     shipped = session.ship(pool)
-    artifact = build_artifact(fcfg)
     art = session.ship(artifact)
     threads = threads_per_task(fcfg, spark)
     label_of = {"composite": None, "background": NEGATIVE}

@@ -100,7 +100,7 @@ def run_pipeline(cfg: PipelineConfig, spark: SparkSession | None = None) -> RunR
                 with run.stage("augment"):
                     roles = [role for _, role in cfg.sources]
                     source = source_column(spellings(run))
-                    augmented = augment.composites(run, listed.files, source, roles)
+                    augmented = augment.composites(run, listed.files, source, roles, artifact)
             with run.stage("classify"):
                 rows = augmented.rows if augmented else None
                 evaluation = classify.stage(
