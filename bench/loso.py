@@ -74,6 +74,27 @@ out-of-source predictions only, the threshold refitted for each b on the grid 0.
 no-fruit accepted (over negatives sources), each source weighing the same; "neg-bias guard90"
 takes the largest b keeping every other negatives source's refusal >= 90 %. Then the threshold
 is fitted as without it. The table's b column is the fitted bias.
+The ImageNet head as a fixed prior (configs "..., ImageNet prior poe" / "... boost"; no refit:
+the same fits as "raw 1280 + pipeline aug, clean", shared in one `study` run). The backbone's own
+ImageNet classifier (loso-imagenet-head.npz) gives q, its softmax over 1000 classes averaged over
+an image's real views; q_S is its mass on the ImageNet classes PRIOR_GROUPS maps to a species
+(species_table's names, so every class of the species shares it: Apple -> 948 Granny Smith,
+Orange (with Mandarine, Clementine, Tangelo) -> 950, Banana -> 954, ...; 14 species). w times an
+offset is added to the classifier's logits before the temperature (`prior_offsets`, floor 0.01):
+"poe" gives a mapped class log(q_S + floor) and every other class, "not a fruit" included,
+log(q_other + floor) (q_other: the head's mass outside all groups); "boost" gives a mapped class
+log(1 + q_S / floor) and leaves the rest at 0. w is chosen on PRIOR_GRID (0, 0.25, 0.5, 1, 2) on
+the other sources' out-of-source predictions only, temperature and threshold refitted for each
+w, minimising the mean over those sources (each the same) of `wrong_or_accepted` (fruit photos
+not answered with a right species, no-fruit photos answered); the table's w column. Not adopted
+(docs/recognition-study.md, "ImageNet head as a fixed prior"):
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/loso.py study \
+        --config "raw 1280 + pipeline aug, clean" \
+        --config "raw 1280 + pipeline aug, clean, ImageNet prior poe" \
+        --config "raw 1280 + pipeline aug, clean, ImageNet prior boost"
+
+Every config's results also carry `per_species_refused` (true species -> [refused, photos]).
 Fits are deterministic for a given BLAS thread count only (lbfgs stops at 300 iterations): run
 configs you compare with the same OMP_NUM_THREADS.
 """
@@ -417,6 +438,21 @@ class Data:
             self.src[name] = {"X": mean, "whole": V[:, 0], "folder": [str(f) for f in z["folder"]]}
         self.lm = label_maps()
         self.W, self.b = imagenet_head()
+        # the ImageNet head's mass on each PRIOR_GROUPS group (+ "other", last column) per image:
+        # its softmax averaged over an image's real views (Fruits-360 frames: 1 view)
+        grp = np.zeros((1000, len(PRIOR_GROUPS) + 1), np.float32)
+        for j, idx in enumerate(PRIOR_GROUPS.values()):
+            grp[list(idx), j] = 1.0
+        grp[:, -1] = 1.0 - grp[:, :-1].sum(1)
+        self.f360_mass = head_probs(self.f360_X, self.W, self.b) @ grp
+        self.mass = {}
+        for name in FRUIT_SOURCES + NEG_SOURCES:
+            z = np.load(cached(name))
+            V, nv = z["X"].astype(np.float32), z["nv"]
+            q = np.zeros((len(V), 1000), np.float32)
+            for v in range(V.shape[1]):
+                q += head_probs(V[:, v], self.W, self.b) * (v < nv)[:, None]
+            self.mass[name] = (q / nv[:, None]) @ grp
         self.aug: dict[str, np.ndarray] = {}
         self.aug_bg: dict[str, np.ndarray] = {}
         self.oos: dict[str, dict] = {}  # fit settings -> held-out source -> logits (run_config)
@@ -491,6 +527,61 @@ class Data:
         truth = [(set(lm.strict[f]), set(lm.lenient[f]), False) for f in s["folder"]]
         return s["X"], y, truth
 
+    def head_mass(self, name: str) -> np.ndarray:
+        """(N, groups + 1) ImageNet-head masses of a source's judged rows (rows(train=False))."""
+        return self.f360_mass[self.f360_held] if name == "fruits-360" else self.mass[name]
+
+
+def head_probs(X: np.ndarray, W, b) -> np.ndarray:
+    """The ImageNet head's softmax over its 1000 classes (float32, chunked)."""
+    out = np.empty((len(X), len(b)), np.float32)
+    for s in range(0, len(X), 2048):
+        z = X[s : s + 2048] @ W.T + b
+        z = np.exp(z - z.max(1, keepdims=True))
+        out[s : s + 2048] = z / z.sum(1, keepdims=True)
+    return out
+
+
+# ImageNet-1k indices (the standard class list: 936 head cabbage, 938 cauliflower, 939 zucchini,
+# 943 cucumber, 945 bell pepper, 948 Granny Smith, 949 strawberry, 950 orange, 951 lemon, 952 fig,
+# 953 pineapple, 954 banana, 957 pomegranate, 987 corn, 998 ear/spike) of each of our species
+# (species_table's names: every class of the species shares the group). "Apple" -> Granny Smith
+# only (ImageNet's one apple); "Orange" is species_table's, so Mandarine, Clementine and Tangelo
+# too. No counterpart: jackfruit, custard apple, squashes, broccoli, artichoke, mushroom.
+PRIOR_GROUPS = {
+    "Apple": (948,),
+    "Strawberry": (949,),
+    "Orange": (950,),
+    "Lemon": (951,),
+    "Fig": (952,),
+    "Pineapple": (953,),
+    "Banana": (954,),
+    "Pomegranate": (957,),
+    "Cabbage": (936,),
+    "Cauliflower": (938,),
+    "Zucchini": (939,),
+    "Cucumber": (943,),
+    "Pepper": (945,),
+    "Corn": (987, 998),
+}
+PRIOR_FLOOR = 0.01  # head mass below ~1 % is no evidence either way
+PRIOR_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def prior_offsets(mass: np.ndarray, classes: list[str], spec: dict[str, str], design: str):
+    """(N, C) log-offsets per unit weight, added to the classifier's logits before the
+    temperature. "poe": a class of a mapped species gets log(q_S + floor), every other class
+    ("not a fruit" included) log(q_other + floor), q_other = the head's mass outside all
+    groups; "boost": mapped classes get log(1 + q_S / floor), all others 0."""
+    names = list(PRIOR_GROUPS)
+    col = [names.index(spec[c]) if spec[c] in PRIOR_GROUPS else -1 for c in classes]
+    m = mass[:, col]  # -1: the "other" column
+    if design == "poe":
+        return np.log(m + PRIOR_FLOOR)
+    if design == "boost":
+        return np.where(np.array(col) >= 0, np.log1p(m / PRIOR_FLOOR), 0.0)
+    raise ValueError(design)
+
 
 def design(X: np.ndarray, feats: str, W, b) -> np.ndarray:
     """The classifier's input: the pooled features, or those plus the ImageNet head's
@@ -546,11 +637,14 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
                aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False, neg_bias=None,
-               log=print) -> dict:  # fmt: skip
+               prior=None, log=print) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature, the
     "not a fruit" bias (`neg_bias`) and threshold fitted on the *other* sources' out-of-source
-    logits, and the metrics. The fits are shared by configs that differ only in `neg_bias`."""
-    from fruits.recognition import answer, choose_threshold, metrics, softmax, species_table
+    logits, and the metrics; `prior` ("poe"/"boost"): the ImageNet head's fixed prior, its weight
+    w chosen on PRIOR_GRID on the other sources too (wrong_or_accepted, each source the same) with
+    temperature and threshold refitted for each w. The fits are shared by configs that differ
+    only in `neg_bias` or `prior`."""
+    from fruits.recognition import answer, metrics, softmax, species_table
 
     key = json.dumps([k, reg, feats, balance, aug, aug_clean, aug_only, aug_weight, bgneg,
                       pipeline])  # fmt: skip
@@ -586,7 +680,7 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
     for h in HELD:
         others = [o for o in HELD if o != h]
         # calibrate on the other sources' out-of-source logits (each with its own class set)
-        L, Y, G, P = [], [], [], []
+        L, Y, G, P, M, TR = [], [], [], [], [], []
         for gi, o in enumerate(others):
             classes, logits, yo, truth = oos[o]
             idx = {c: i for i, c in enumerate(classes)}
@@ -595,26 +689,81 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             Y.append(np.array([idx[yo[i]] for i in keep]))
             G.append(np.full(len(keep), gi))
             P.append(np.array([not truth[i][2] for i in keep]))
-        # one temperature on a 40-point grid (>= 1): the NLL, each source weighing the same
-        ts = np.exp(np.linspace(np.log(0.5), np.log(10), 40))
-        T = float(max(1.0, ts[int(np.argmin([_nll(t, [lg for _, lg in L], Y) for t in ts]))]))
-        probs = [softmax(lg, T) for _, lg in L]
-        B = 0.0
-        if neg_bias:
-            B = fit_neg_bias(d, L, probs, P, G, neg_bias)
-        sp = []
-        for (classes, _), pr in zip(L, probs, strict=True):
-            spec = species_table(classes, d.lm)
-            a = answer(unbias(pr, classes, B), classes, spec, 0.0)
-            sp.append(a.species_probability)
-        thr = choose_threshold(np.concatenate(sp), np.concatenate(P), np.concatenate(G))
+            M.append(d.head_mass(o)[keep])
+            TR.append([truth[i] for i in keep])
+        specs = [species_table(classes, d.lm) for classes, _ in L]
+        offs = [prior_offsets(m, classes, spec, prior) if prior else None
+                for (classes, _), m, spec in zip(L, M, specs, strict=True)]  # fmt: skip
+        best = None
+        for w in PRIOR_GRID if prior else (0.0,):
+            Lw = [(c, lg + w * off if prior else lg) for (c, lg), off in zip(L, offs, strict=True)]
+            T, B, thr, ans = calibrate(d, Lw, Y, G, P, specs, neg_bias)
+            cost = 0.0
+            if prior:  # each other source weighs the same: wrong or refused / accepted no-fruit
+                cost = float(
+                    np.mean(
+                        [
+                            wrong_or_accepted(a, tr, spec)
+                            for a, tr, spec in zip(ans, TR, specs, strict=True)
+                        ]
+                    )
+                )
+                log(f"    held {h}: prior w={w} T={T:.2f} thr={thr:.3f} cost={cost:.4f}")
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, w, T, B, thr)
+        _, w, T, B, thr = best
         classes, logits, yh, truth = oos[h]
         spec = species_table(classes, d.lm)
+        if prior and w:
+            logits = logits + w * prior_offsets(d.head_mass(h), classes, spec, prior)
         a = answer(unbias(softmax(logits, T), classes, B), classes, spec, thr)
         mt = metrics(a, [t[0] for t in truth], [t[1] for t in truth], [t[2] for t in truth], spec)
         mt["temperature"], mt["threshold"], mt["neg_bias"] = round(T, 3), thr, round(B, 3)
+        if prior:
+            mt["prior_w"] = w
+        refused: dict[str, list[int]] = {}  # per true species: refused, photos
+        for i, t in enumerate(truth):
+            if not t[2]:
+                r = refused.setdefault(spec.get(sorted(t[1])[0], "?"), [0, 0])
+                r[0] += int(not a.known[i])
+                r[1] += 1
+        mt["per_species_refused"] = {k: [v[0], v[1]] for k, v in sorted(refused.items())}
         out[h] = mt
     return out
+
+
+def calibrate(d, L, Y, G, P, specs, neg_bias):
+    """Temperature, "not a fruit" bias and threshold on the other sources' out-of-source logits
+    L (each source weighing the same), and their answers at those."""
+    from fruits.recognition import answer, choose_threshold, softmax
+
+    # one temperature on a 40-point grid (>= 1): the NLL, each source weighing the same
+    ts = np.exp(np.linspace(np.log(0.5), np.log(10), 40))
+    T = float(max(1.0, ts[int(np.argmin([_nll(t, [lg for _, lg in L], Y) for t in ts]))]))
+    probs = [softmax(lg, T) for _, lg in L]
+    B = 0.0
+    if neg_bias:
+        B = fit_neg_bias(d, L, probs, P, G, neg_bias)
+    ans = [answer(unbias(pr, classes, B), classes, spec, 0.0)
+           for (classes, _), pr, spec in zip(L, probs, specs, strict=True)]  # fmt: skip
+    sp = [a.species_probability for a in ans]
+    thr = choose_threshold(np.concatenate(sp), np.concatenate(P), np.concatenate(G))
+    ans = [answer(unbias(pr, classes, B), classes, spec, thr)
+           for (classes, _), pr, spec in zip(L, probs, specs, strict=True)]  # fmt: skip
+    return T, B, thr, ans
+
+
+def wrong_or_accepted(a, truth, spec) -> float:
+    """One source's error rate: fruit photos not answered with a right species (wrong or
+    refused); no-fruit photos answered as a fruit."""
+    err = []
+    for i, (_, ok, neg) in enumerate(truth):
+        if neg:
+            err.append(bool(a.known[i]))
+        else:
+            right = spec.get(a.label[i]) in {spec.get(c) for c in ok}
+            err.append(not (right and a.known[i]))
+    return float(np.mean(err)) if err else 0.0
 
 
 def unbias(probs: np.ndarray, classes: list[str], b: float) -> np.ndarray:
@@ -700,6 +849,22 @@ CONFIGS = {
         "pipeline": True,
         "neg_bias": "guard90",
     },
+    # the same fits; the ImageNet head as a fixed product-of-experts prior (prior_offsets), its
+    # weight chosen on the other sources
+    "raw 1280 + pipeline aug, clean, ImageNet prior poe": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "prior": "poe",
+    },
+    "raw 1280 + pipeline aug, clean, ImageNet prior boost": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "prior": "boost",
+    },
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
     "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
@@ -712,7 +877,7 @@ CONFIGS = {
 
 def fmt_table(results: dict[str, dict]) -> str:
     head = "setting | held-out source | species | variety | refused (fruit) | refused (not fruit)"
-    lines = [f"| {head} | ECE | T | threshold | b |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| {head} | ECE | T | threshold | b | w |", "|---" * 11 + "|"]
     for name, res in results.items():
         for h, m in res.items():
 
@@ -722,7 +887,8 @@ def fmt_table(results: dict[str, dict]) -> str:
             lines.append(f"| {name} | {h} | {f(m['species_top1'])} | {f(m['variety_top1'])} | "
                          f"{f(m['refused_positives'])} | {f(m['refused_negatives'])} | "
                          f"{m['ece'] if m['ece'] is not None else '-'} | {m['temperature']} | "
-                         f"{m['threshold']} | {m.get('neg_bias', 0)} |")  # fmt: skip
+                         f"{m['threshold']} | {m.get('neg_bias', 0)} | "
+                         f"{m.get('prior_w', '-')} |")  # fmt: skip
     return "\n".join(lines)
 
 
