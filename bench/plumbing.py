@@ -44,8 +44,10 @@ def main() -> None:
 
     from fruits import arrow, artifact, engine, features
     from fruits.config import FeaturizerConfig, PipelineConfig
-    from fruits.ingest import file_content, read_local
+    from fruits.ingest import labelled
     from fruits.pipeline import session_for
+    from fruits.sources import content as file_content
+    from fruits.sources.local import LocalSource
 
     if not DEV.is_dir():
         print(f"skipped: dev set not found at {DEV}")
@@ -63,7 +65,7 @@ def main() -> None:
     keys = arrow.KEY_COLUMNS
 
     def udfs(zeros: bool):
-        listed = read_local(spark, str(work / "in")).files
+        listed = labelled(LocalSource(str(work / "in")).read(spark)).files
         content = file_content(listed)
         sha = F.concat(F.lit("sha1:"), F.sha1(content))
         udf = features.featurize_udf(shipped, art.fingerprint + str(zeros), cfg, threads=1)
@@ -74,7 +76,7 @@ def main() -> None:
         )
 
     def arrow(zeros: bool):
-        listed = read_local(spark, str(work / "in")).files
+        listed = labelled(LocalSource(str(work / "in")).read(spark)).files
         fn = features.featurize_batches(shipped, art.fingerprint + str(zeros), cfg, threads=1)
         return listed.select(*keys, "content", "_local").mapInArrow(fn, features.STAGE_SCHEMA)
 

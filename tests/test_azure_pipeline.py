@@ -17,6 +17,8 @@ from azurite_service import ACCOUNT, KEY, assert_no_secret
 from typer.testing import CliRunner
 
 from fruits.cli import app
+from fruits.ingest import labelled
+from fruits.sources import fsspec as fsspec_source
 from fruits.storage import fsspec as fsspec_storage
 from fruits.storage.hadoop import hadoop_can_open
 from fruits.storage.plan import choose
@@ -72,7 +74,7 @@ def test_choose_falls_back_to_fsspec_without_connector(spark, azure_env):
 
 def test_fsspec_ingest_matches_binaryfile_ingest(spark, azure_env, container, sample_dir, tmp_path):
     """Same columns, types, labels, splits, sizes and bytes as Spark's own binaryFile ingest."""
-    from fruits.ingest import read_images
+    from fruits.sources.hadoop import HadoopSource
     from fruits.transfer import upload
 
     local = small_tree(sample_dir, tmp_path / "imgs")
@@ -81,8 +83,10 @@ def test_fsspec_ingest_matches_binaryfile_ingest(spark, azure_env, container, sa
     assert upload(local, f"az://{container}/imgs", progress=False).ok
 
     limit = big.stat().st_size - 1  # at least one file is "too large"
-    remote = fsspec_storage.read_images(spark, f"az://{container}/imgs", max_file_bytes=limit)
-    hadoop = read_images(spark, str(local), max_file_bytes=limit)
+    remote = labelled(
+        fsspec_source.list_fsspec(spark, f"az://{container}/imgs", max_file_bytes=limit)
+    )
+    hadoop = labelled(HadoopSource(str(local)).read(spark, max_file_bytes=limit))
     # the same columns, plus the blob's ETag as the content version (incremental runs)
     versions = remote.files.select("content_hash").collect()
     assert versions and all(r[0].startswith("etag:") for r in versions)
@@ -120,7 +124,7 @@ def test_fsspec_unreadable_file_has_null_content(spark, azure_env, container, sa
 
     local = small_tree(sample_dir, tmp_path / "imgs", per_class=1)
     assert upload(local, f"az://{container}/imgs", progress=False).ok
-    ingested = fsspec_storage.read_images(spark, f"az://{container}/imgs")
+    ingested = labelled(fsspec_source.list_fsspec(spark, f"az://{container}/imgs"))
     victim = ingested.files.select("path").orderBy("path").first()["path"]
     blob = victim.split(f"az://{container}/", 1)[1]
     azure_env.service().get_container_client(container).delete_blob(blob)
@@ -154,7 +158,7 @@ def test_a_blob_deleted_between_listing_and_reading_is_quarantined_as_unreadable
 
     local = small_tree(sample_dir, tmp_path / "imgs")
     assert upload(local, f"az://{container}/imgs", progress=False).ok
-    listed = fsspec_storage.list_files
+    listed = fsspec_source.list_files
     deleted: list[str] = []
 
     def list_then_delete(location, extensions):
@@ -164,7 +168,7 @@ def test_a_blob_deleted_between_listing_and_reading_is_quarantined_as_unreadable
         deleted.append(uri)
         return rows
 
-    monkeypatch.setattr(fsspec_storage, "list_files", list_then_delete)
+    monkeypatch.setattr(fsspec_source, "list_files", list_then_delete)
     out = tmp_path / "out"
     cfg = PipelineConfig(input=f"az://{container}/imgs", output=str(out), classify=False)
     report = run_pipeline(cfg, spark=spark).report
@@ -323,10 +327,10 @@ def test_the_listing_carries_a_content_version_that_changes_on_a_same_size_rewri
     blobs = azure_env.service().get_container_client(container)
     blobs.upload_blob("Training/Kiwi 1/a.jpg", b"x" * 64)
     location = fsspec_storage.locate(f"az://{container}/Training")
-    (before,) = fsspec_storage.list_files(location, ["jpg"])
+    (before,) = fsspec_source.list_files(location, ["jpg"])
     blobs.upload_blob("Training/Kiwi 1/a.jpg", b"y" * 64, overwrite=True)
     location.fs().invalidate_cache()
-    (after,) = fsspec_storage.list_files(location, ["jpg"])
+    (after,) = fsspec_source.list_files(location, ["jpg"])
     assert before[2] == after[2] == 64
     assert before[4].startswith("etag:") and after[4].startswith("etag:")
     assert before[4] != after[4]

@@ -24,7 +24,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fruits.ingest import InputError, read_images, unlisted_files
+from fruits.ingest import InputError, labelled
+from fruits.sources.hadoop import HadoopSource
+from fruits.sources.local import unlisted_files
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -193,7 +195,7 @@ def test_a_folder_symlink_loop_is_refused_in_one_line(spark, tmp_path):
     (tmp_path / "Training" / "Kiwi" / "a.jpg").write_bytes(encode(fruit(), "JPEG"))
     (tmp_path / "Training" / "Kiwi" / "again").symlink_to(tmp_path / "Training")
     with pytest.raises(InputError, match=r"symlink loop in the input: .*again"):
-        read_images(spark, str(tmp_path))
+        labelled(HadoopSource(str(tmp_path)).read(spark))
 
 
 def test_files_spark_would_drop_silently_are_found(tmp_path):

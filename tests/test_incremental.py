@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 
 from fruits.cli import app
 from fruits.config import FeaturizerConfig, PipelineConfig
-from fruits.incremental import escape_glob, read_paths
-from fruits.ingest import read_images
+from fruits.ingest import labelled
 from fruits.pipeline import run_pipeline
+from fruits.sources.hadoop import HadoopSource, escape_glob, read_paths
 
 CLASSES = ("Banana 1", "Kiwi 1", "Lemon 1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,7 +361,7 @@ def test_read_paths_opens_exactly_the_named_files_even_with_glob_characters(spar
     folder.mkdir(parents=True)
     for name in ("odd [1] {a}*?.jpg", "odd 1 a.jpg", "other.jpg"):
         (folder / name).write_bytes(b"\xff\xd8 not really a jpeg " + name.encode())
-    listed = read_images(spark, str(tmp_path)).files
+    listed = labelled(HadoopSource(str(tmp_path)).read(spark)).files
     # What ingest.read_sources did to the listing (a label map, the validation split) must hold
     # for the files read again: only the bytes come from the new read.
     listed = listed.withColumn("label", F.lit("Kiwi Gold")).withColumn("split", F.lit("val"))

@@ -7,7 +7,19 @@ from types import SimpleNamespace
 import pytest
 from imagegen import jpeg_bytes, write
 
-from fruits.ingest import InputError, check_input, glob_for, read_images, read_local, walk_local
+from fruits.ingest import InputError, labelled
+from fruits.sources.hadoop import HadoopSource, check_input, glob_for
+from fruits.sources.local import LocalSource, walk_local
+
+
+def read_images(spark, uri, **kwargs):
+    """One input through Spark's binaryFile source, labelled as a run labels it."""
+    return labelled(HadoopSource(uri).read(spark, **kwargs))
+
+
+def read_local(spark, uri, **kwargs):
+    """One input through the local walk, labelled as a run labels it."""
+    return labelled(LocalSource(uri).read(spark, **kwargs))
 
 
 def test_glob_matches_extensions_in_any_case():
@@ -50,7 +62,7 @@ def test_missing_input_is_a_one_line_error(spark, tmp_path):
         check_input(spark, str(tmp_path / "nope"))
 
 
-# --- the local walk (ingest.read_local / walk_local): links, unreadable folders, odd names ---
+# --- the local walk (sources.local): links, unreadable folders, odd names ---
 
 
 def names(rows, column: str = "path") -> set[str]:
@@ -139,7 +151,7 @@ def test_an_unreadable_folder_is_a_quarantine_row(tmp_path):
     write(tmp_path / "in" / "Locked" / "hidden.jpg", jpeg_bytes())
     os.chmod(tmp_path / "in" / "Locked", 0)
     code = (
-        "import json, sys; from fruits.ingest import walk_local;"
+        "import json, sys; from fruits.sources.local import walk_local;"
         " l, r = walk_local(sys.argv[1], ['jpg']); print(json.dumps([[x[0] for x in l], r]))"
     )
     try:
@@ -189,7 +201,7 @@ def test_a_100k_entry_label_map_labels_the_sample_through_a_join(spark, sample_d
         cfg=cfg,
         spark=spark,
         inputs=[str(sample_dir)],
-        io=SimpleNamespace(read_images=lambda s, uri, **kw: read_local(s, uri, **kw)),
+        io=SimpleNamespace(read_images=lambda s, uri, **kw: LocalSource(uri).read(s, **kw)),
     )
     got = read_sources(run).files.select("path", "label").collect()
     on_disk = sorted(p for p in sample_dir.rglob("*.jpg"))

@@ -19,11 +19,11 @@ from fruits.incremental import (
     _classifier_choice,
     _has_finished_output,
     check_same_featurizer,
-    escape_glob,
     finished,
     read_report,
 )
-from fruits.ingest import Ingested
+from fruits.sources import Ingested
+from fruits.sources.hadoop import escape_glob
 from fruits.storage.fsspec import FsspecStore, locate
 
 

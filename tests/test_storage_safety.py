@@ -427,7 +427,9 @@ def odd_tree(root: Path) -> dict[str, bytes]:
 
 def contents(ingested) -> dict[str, bytes | None]:
     """name below Training/Kiwi -> bytes; each row labelled by its own folder, as a walk does."""
-    rows = ingested.files.select("path", "label", "content").collect()
+    from fruits.ingest import labelled
+
+    rows = labelled(ingested).files.select("path", "label", "content").collect()
     got = {}
     for r in rows:
         name = r["path"].split("/Training/Kiwi/", 1)[1]
@@ -437,32 +439,32 @@ def contents(ingested) -> dict[str, bytes | None]:
 
 
 def test_the_hadoop_reader_keeps_hidden_and_colon_names_with_their_bytes(spark, tmp_path):
-    from fruits.storage.hadoop import HadoopReader
-    from fruits.storage.local import LocalReader
+    from fruits.sources.hadoop import HadoopSource
+    from fruits.sources.local import LocalSource
 
     wrote = odd_tree(tmp_path / "in")
-    got = HadoopReader(str(tmp_path / "in")).read(spark)
+    got = HadoopSource(str(tmp_path / "in")).read(spark)
     assert contents(got) == wrote
     assert got.too_large.count() == 0
-    walked = LocalReader(str(tmp_path / "in")).read(spark)  # the local walk's rule: all
+    walked = LocalSource(str(tmp_path / "in")).read(spark)  # the local walk's rule: all
     assert set(contents(walked)) == set(wrote)
 
 
 def test_the_fsspec_reader_reads_names_that_look_like_globs(spark, tmp_path):
-    from fruits.storage.fsspec import FsspecReader
+    from fruits.sources.fsspec import FsspecSource
 
     wrote = odd_tree(tmp_path / "in")
     (tmp_path / "in" / "Training" / "Kiwi" / "x1.jpg").write_bytes(b"not the file asked for")
     wrote["x1.jpg"] = b"not the file asked for"
-    assert contents(FsspecReader(str(tmp_path / "in")).read(spark)) == wrote
+    assert contents(FsspecSource(str(tmp_path / "in")).read(spark)) == wrote
 
 
 @pytest.mark.azure
 def test_an_azure_name_that_looks_like_a_glob_is_read(spark, azurite, azure_container):
-    from fruits.storage.fsspec import FsspecReader
+    from fruits.sources.fsspec import FsspecSource
 
     blobs = azurite.service().get_container_client(azure_container)
     blobs.upload_blob("in/Training/Kiwi/x[1].jpg", b"bracketed")
     blobs.upload_blob("in/Training/Kiwi/x1.jpg", b"plain")
-    got = contents(FsspecReader(f"az://{azure_container}/in").read(spark))
+    got = contents(FsspecSource(f"az://{azure_container}/in").read(spark))
     assert got == {"x[1].jpg": b"bracketed", "x1.jpg": b"plain"}

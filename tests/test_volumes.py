@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fruits.ingest import file_content
+from fruits.ingest import labelled
+from fruits.sources import content as file_content
 from fruits.storage.hadoop import hadoop_can_open
 from fruits.storage.plan import plan_storage, planned_input, volume_path
 
@@ -124,7 +125,7 @@ def test_a_local_folder_named_like_a_volume_still_runs_the_ingest(spark, local_v
     assert plan.inputs == [("local", local_volume)]
     plan.check_input(spark)
     for name in (local_volume, "dbfs:" + local_volume):  # either spelling finds the same input
-        got = plan.read_images(spark, name)
+        got = labelled(plan.read_images(spark, name))
         content = file_content(got.files).alias("content")  # a local walk reads on use
         rows = got.files.select("path", "label", "split", "length", content).collect()
         assert len(rows) == 8 and got.too_large.count() == 0

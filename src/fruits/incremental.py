@@ -50,8 +50,8 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import PipelineConfig
-from fruits.ingest import Ingested, file_content
 from fruits.reduce import Reducer, load_reducer
+from fruits.sources import Ingested, content
 from fruits.storage import Store, join
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ FEATURE_COLUMNS = (
     "features",
 )
 MAX_LISTED = 10_000  # deleted paths listed in report.json; the count is always exact
-GLOB_CHARS = "\\*?[]{}"
 
 
 @dataclass
@@ -367,13 +366,9 @@ class Delta:
 
 
 def _todo(spark: SparkSession, ingested: Ingested, paths: list[str]) -> DataFrame:
-    """The listed files to featurise this run (new or changed), without reading the others."""
-    if not paths:
-        return ingested.files.limit(0)
-    if ingested.may_drop:  # binaryFile: a join would read every file; open only these
-        return read_paths(spark, paths, ingested.files)
-    # a driver-made listing: the filter runs before any byte is read
-    return ingested.files.join(F.broadcast(_paths_df(spark, paths)), "path", "left_semi")
+    """The listed files to featurise this run (new or changed), without reading the others:
+    each source re-reads its own (`Ingested.only`)."""
+    return ingested.only(spark, paths)
 
 
 def _kept(
@@ -429,7 +424,7 @@ def current_hash(files: DataFrame, *, verify: bool) -> Column:
     featurize stage stores (so it reads every file); null (not compared) otherwise."""
     listed = F.col("content_hash") if "content_hash" in files.columns else F.lit(None)
     if verify:
-        return F.coalesce(listed, F.concat(F.lit("sha1:"), F.sha1(file_content(files))))
+        return F.coalesce(listed, F.concat(F.lit("sha1:"), F.sha1(content(files))))
     return listed.cast("string")
 
 
@@ -454,30 +449,6 @@ def load_classifier(path: str) -> Any:
     from pyspark.ml import PipelineModel
 
     return PipelineModel.load(path)
-
-
-def read_paths(spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
-    """The listed files `paths` only, with ingest's columns: unchanged files are never read.
-
-    A semi-join against the full listing would read every file's bytes before joining; an
-    explicit path list makes Spark open only these files (globbing disabled by escaping). Every
-    column but the bytes comes from the listing (`listed`, bytes not selected, so not read),
-    where ingest already applied the label map, the negatives' label and the validation split.
-    """
-    raw = (
-        spark.read.format("binaryFile")
-        .option("ignoreCorruptFiles", "true")
-        .option("ignoreMissingFiles", "true")
-        .load([escape_glob(p) for p in paths])
-        .select("path", "content")
-    )
-    meta = listed.drop("content").join(F.broadcast(_paths_df(spark, paths)), "path", "left_semi")
-    return meta.join(raw, "path").select(*listed.columns)
-
-
-def escape_glob(path: str) -> str:
-    """Hadoop treats `*?[]{}` in a load path as a glob; file names may contain them."""
-    return "".join("\\" + c if c in GLOB_CHARS else c for c in path)
 
 
 def _classifier(store: Store, output: str) -> str | None:

@@ -20,7 +20,7 @@ from fruits.features import ImageFailure
 
 if TYPE_CHECKING:
     from fruits.incremental import Increment
-    from fruits.ingest import Ingested
+    from fruits.sources import Ingested
     from fruits.stage import Run
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from fruits.ingest import Ingested
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +36,6 @@ class Store(Protocol):
     def create_new(self, uri: str, text: str) -> bool: ...
     def write_text(self, uri: str, text: str) -> None: ...
     def modified(self, uri: str) -> float | None: ...
-
-
-class Reader(Protocol):
-    """How one input is checked and read, chosen once by `plan.plan_storage`."""
-
-    @property
-    def mode(self) -> str:
-        """`local`, `hadoop` or `fsspec`, as the plan reports it."""
-
-    @property
-    def uri(self) -> str:
-        """The input as this reader opens it (a volume may be respelt)."""
-
-    def check(self, spark: SparkSession) -> None: ...
-    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested: ...
 
 
 class Target(Protocol):

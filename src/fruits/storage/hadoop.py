@@ -13,19 +13,15 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from fruits import azure
-from fruits.config import DEFAULT_EXTENSIONS, MAX_FILE_BYTES
 from fruits.spark import Session
 
 if TYPE_CHECKING:
-    from fruits.ingest import Ingested
     from fruits.storage.base import Store
 
 
@@ -214,124 +210,6 @@ def hadoop_can_open(spark: SparkSession, uri: str) -> bool:
     except Exception:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class HadoopReader:
-    """Spark's binaryFile source (`ingest.read_images`): listed and read on the executors."""
-
-    uri: str
-    mode: ClassVar[str] = "hadoop"
-
-    def check(self, spark: SparkSession) -> None:
-        from fruits.ingest import check_input
-
-        check_input(spark, self.uri)  # through Connect: nothing (the server's read says)
-
-    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
-        """Spark's listing, completed by the files it hides (see `skipped_files`): those are
-        read on the driver and get the same columns, so every file ends as a row."""
-        from fruits.ingest import Ingested, image_rows, read_images, split_by_size
-
-        got = read_images(spark, self.uri, **kwargs)
-        if Session(spark).hadoop() is None:  # Connect: no JVM here to list with
-            return got
-        extensions = kwargs.get("extensions", DEFAULT_EXTENSIONS)
-        max_file_bytes = kwargs.get("max_file_bytes", MAX_FILE_BYTES)
-        extra, refused, colons = skipped_files(spark, self.uri, extensions, max_file_bytes)
-        if not (extra or refused):
-            return got
-        files = got.files.where(~F.col("path").isin(colons)) if colons else got.files
-        listing = spark.createDataFrame(extra, SKIPPED_SCHEMA)
-        rows = image_rows(listing, F.col("modificationTime"), F.col("content"))
-        ok, too_large = split_by_size(rows, max_file_bytes)
-        too_large = got.too_large.unionByName(too_large)
-        if refused:
-            too_large = too_large.unionByName(spark.createDataFrame(refused, REFUSED_SCHEMA))
-        return Ingested(files=files.unionByName(ok), too_large=too_large, may_drop=got.may_drop)
-
-
-SKIPPED_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
-REFUSED_SCHEMA = "path string, reason string, length bigint, modification_time timestamp"
-SKIPPED_READ_BYTES = 1 << 30  # what the driver reads itself of the files Spark's listing hides
-
-
-def spark_hides(name: str) -> bool:
-    """Spark's file index rule (`PartitioningAwareFileIndex.shouldFilterOutPathName`)."""
-    exclude = (name.startswith("_") and "=" not in name) or name.startswith(".")
-    exclude = exclude or name.endswith("._COPYING_")
-    return exclude and not name.startswith(("_common_metadata", "_metadata"))
-
-
-def skipped_files(
-    spark: SparkSession, uri: str, extensions: Any, max_file_bytes: int
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[str]]:
-    """The image files below `uri` that Spark's binaryFile listing loses, found by Hadoop's own
-    recursive listing (which hides nothing): names or folders starting with `_` or `.`, which
-    Spark skips without a word, and names with `:`, which it lists but cannot open (Hadoop's
-    `Path` parses them as a URI). The local walk (`ingest.walk_local`) counts all of these.
-
-    Returns rows to featurise (path, modificationTime, length, content: read here on the
-    driver through the listed `Path`, up to `SKIPPED_READ_BYTES` in all), quarantine rows for
-    the rest (path, reason, length, modification_time), and the `:` paths Spark did list.
-    A recursive listing on the driver: one JVM call per file, the price of counting them all.
-    """
-    exts = tuple("." + str(e).lower().lstrip(".") for e in extensions)
-    hadoop = Session(spark).hadoop()
-    assert hadoop is not None, "skipped_files lists through the driver's JVM"
-    jvm, conf = hadoop
-    root = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = root.getFileSystem(conf)
-    prefix = str(fs.makeQualified(root).toString()).rstrip("/") + "/"
-    extra: list[tuple[Any, ...]] = []
-    refused: list[tuple[Any, ...]] = []
-    colons: list[str] = []
-    budget = SKIPPED_READ_BYTES
-    # local disk: without the checksum layer, which would look for `.a:b.jpg.crc` and fail
-    raw = fs.getRawFileSystem() if str(fs.getUri().getScheme()) == "file" else fs
-    found = fs.listFiles(root, True)
-    while found.hasNext():
-        status = found.next()
-        path = status.getPath()
-        text = str(path.toString())
-        rel = text[len(prefix) :] if text.startswith(prefix) else text.rpartition("/")[2]
-        parts = rel.split("/")
-        if not parts[-1].lower().endswith(exts):
-            continue
-        hidden = any(spark_hides(part) for part in parts)
-        colon = ":" in rel
-        if not (hidden or colon):
-            continue
-        if colon and not hidden:
-            colons.append(text)
-        length = int(status.getLen())
-        when = datetime.fromtimestamp(status.getModificationTime() / 1000.0, tz=UTC)
-        if length > max_file_bytes:
-            extra.append((text, when, length, None))  # refused for its size by split_by_size
-        elif length <= budget:
-            try:
-                content = _read_all(raw, path)
-            except Exception as exc:
-                first = (str(exc).strip().splitlines() or ["unknown error"])[0]
-                refused.append((text, f"cannot read: {first}", length, when))
-                continue
-            budget -= length
-            extra.append((text, when, length, content))
-        else:
-            why = (
-                "hidden from Spark's listing (a name starting with '_' or '.') and more than"
-                f" {SKIPPED_READ_BYTES} bytes of such files: rename them, or use --storage auto"
-            )
-            refused.append((text, why, length, when))
-    return extra, refused, colons
-
-
-def _read_all(fs: Any, path: Any) -> bytes:
-    stream = fs.open(path)
-    try:
-        return bytes(stream.readAllBytes())
-    finally:
-        stream.close()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The storage plan: a reader per input and an output, chosen once per run.
 
 `plan_storage` turns `--storage auto|hadoop|fsspec` and each location into objects (a
-`local.LocalReader`, `hadoop.HadoopReader` or `fsspec.FsspecReader` per input, a
+source (`fruits.sources`: `LocalSource`, `HadoopSource` or `FsspecSource`) per input, a
 `hadoop.HadoopTarget` or `fsspec.FsspecTarget` for the output); the pipeline only calls the
 plan's methods, which hand over to the chosen objects, so no caller compares mode names.
 """
@@ -15,12 +15,15 @@ from typing import Any, Literal
 from pyspark.sql import SparkSession
 
 from fruits import azure
+from fruits.common import local_path
 from fruits.config import FILES_PER_PARTITION
-from fruits.ingest import Ingested, local_path
-from fruits.storage.base import Reader, Target
-from fruits.storage.fsspec import FsspecReader, FsspecTarget
-from fruits.storage.hadoop import HadoopReader, HadoopTarget, hadoop_can_open
-from fruits.storage.local import LocalReader
+from fruits.sources import Ingested, Source
+from fruits.sources.fsspec import FsspecSource
+from fruits.sources.hadoop import HadoopSource
+from fruits.sources.local import LocalSource
+from fruits.storage.base import Target
+from fruits.storage.fsspec import FsspecTarget
+from fruits.storage.hadoop import HadoopTarget, hadoop_can_open
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +83,13 @@ def planned_input(inputs: list[tuple[str, str]], uri: str) -> tuple[str, str]:
 class StoragePlan:
     """Where the pipeline reads and writes, and what happens at publish time; chosen once.
 
-    `readers`: one per source: `local` (a walk on the driver, see ingest.read_local), `hadoop`
+    `readers`: one per source: `local` (a walk on the driver, see sources.local), `hadoop`
     (Spark's binaryFile source) or `fsspec`. `target.work_output` is where the pipeline
     writes and publishes: the output itself with Hadoop, a local temporary folder with fsspec,
     uploaded to `output` by `finish`.
     """
 
-    readers: list[Reader]
+    readers: list[Source]
     target: Target
 
     @property
@@ -110,7 +113,7 @@ class StoragePlan:
         for reader in self.readers:
             reader.check(spark)
 
-    def reader_for(self, uri: str) -> Reader:
+    def reader_for(self, uri: str) -> Source:
         """The reader planned for the input the user named `uri` (either volume spelling)."""
         for reader in self.readers:
             if same_input(reader.uri, uri):
@@ -137,7 +140,7 @@ def plan_storage(
     files_per_partition: int = FILES_PER_PARTITION,
 ) -> StoragePlan:
     """Pick a reader per input and Hadoop or fsspec for the output (auto: Hadoop when the JVM
-    has a FileSystem for the scheme; local folders are walked by Python, see ingest.read_local)
+    has a FileSystem for the scheme; local folders are walked by Python, see sources.local)
     and, for an fsspec output, the local folder the run is written to first.
 
     A Unity Catalog volume (`/Volumes/<catalog>/<schema>/<volume>/...`) is a FUSE folder on
@@ -152,14 +155,14 @@ def plan_storage(
     return plan
 
 
-def _reader(spark: SparkSession, mode: StorageMode, uri: str, files_per_partition: int) -> Reader:
+def _reader(spark: SparkSession, mode: StorageMode, uri: str, files_per_partition: int) -> Source:
     """The one place an input's choice becomes a reader."""
     chosen, planned = choose(spark, mode, uri)
     if chosen == "fsspec":
-        return FsspecReader(planned, files_per_partition)
+        return FsspecSource(planned, files_per_partition)
     if mode == "auto" and local_path(planned) is not None:
-        return LocalReader(planned, files_per_partition)
-    return HadoopReader(planned)
+        return LocalSource(planned, files_per_partition)
+    return HadoopSource(planned)
 
 
 def _target(spark: SparkSession, mode: StorageMode, output: str) -> Target:
