@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/plumbing.py --images 2000 --size 100
 
-`udfs`: the shape the stage had before, and the one `fruits.ml.ImageFeaturizer` still has for
-a user's own `content` column: a pandas UDF reads each local file, Spark hashes the bytes, a
-second (iterator) pandas UDF featurises them, so the bytes cross the JVM twice and features
-come back as pandas objects. `arrow`: the stage now (`features.featurize_batches` in
+`udfs`: the shape the stage had before (`old_udf` below, kept here only as this baseline): a
+pandas UDF reads each local file, Spark hashes the bytes, a second (iterator) pandas UDF
+featurises them, so the bytes cross the JVM twice and features come back as pandas objects.
+`arrow`: the stage now, and `fruits.ml.ImageFeaturizer`'s one path (`ml.featurize_batches` in
 `mapInArrow`): a local file is read, hashed and featurised in one Python hop, and features leave
 as one flat Arrow buffer. Each also runs with a network that returns zeros (`*-zeros`), which
 leaves the plumbing alone. Every variant runs twice in one warm session (the first run of each
@@ -27,6 +27,28 @@ ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "datasets" / "fruits-360-dev" / "Training"
 
 
+def old_udf(artifact, artifact_id, cfg, threads):
+    """The featurize stage's former pandas UDF: (path, content) -> struct<features, error>."""
+    from typing import Tuple  # noqa: UP035 - Spark reads the UDF hints: typing.Tuple
+
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    from fruits.engine import featurize_contents, worker_featurizer
+
+    @pandas_udf("struct<features: array<float>, error: string>")
+    def featurize(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
+        fz, step = worker_featurizer(artifact, artifact_id, cfg, threads)
+        for _, contents in batches:
+            feats, errs = featurize_contents(
+                fz, list(contents), size=cfg.image_size, max_pixels=cfg.max_pixels,
+                batch_size=step, views=cfg.views,
+            )  # fmt: skip
+            yield pd.DataFrame({"features": feats, "error": errs})
+
+    return featurize
+
+
 class Zeros:
     """Stands in for the network: what is left is decoding and the plumbing."""
 
@@ -42,7 +64,7 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from fruits import arrow, artifact, engine, features
+    from fruits import arrow, artifact, engine, features, ml
     from fruits.config import FeaturizerConfig, PipelineConfig
     from fruits.ingest import labelled
     from fruits.pipeline import session_for
@@ -68,7 +90,7 @@ def main() -> None:
         listed = labelled(LocalSource(str(work / "in")).read(spark)).files
         content = file_content(listed)
         sha = F.concat(F.lit("sha1:"), F.sha1(content))
-        udf = features.featurize_udf(shipped, art.fingerprint + str(zeros), cfg, threads=1)
+        udf = old_udf(shipped, art.fingerprint + str(zeros), cfg, threads=1)
         return (
             listed.withColumn("content", content)
             .select(*keys, sha.alias("content_hash"), udf("path", "content").alias("r"))
@@ -77,7 +99,7 @@ def main() -> None:
 
     def arrow(zeros: bool):
         listed = labelled(LocalSource(str(work / "in")).read(spark)).files
-        fn = features.featurize_batches(shipped, art.fingerprint + str(zeros), cfg, threads=1)
+        fn = ml.featurize_batches(shipped, art.fingerprint + str(zeros), cfg, threads=1)
         return listed.select(*keys, "content", "_local").mapInArrow(fn, features.STAGE_SCHEMA)
 
     def zeros_first(batches: Iterator) -> Iterator:

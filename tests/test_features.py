@@ -19,10 +19,11 @@ from PIL import Image
 
 from fruits import artifact as artifact_module
 from fruits import engine
+from fruits.arrow import BatchLayout
 from fruits.artifact import ModelArtifact, build_artifact
 from fruits.config import FeaturizerConfig
 from fruits.engine import Featurizer, featurize_contents, get_featurizer
-from fruits.features import featurize_udf
+from fruits.ml import featurize_batches, output_schema
 from fruits.models import BackboneSpec
 
 SIZE = 8
@@ -118,14 +119,15 @@ def test_get_featurizer_builds_once_per_process_and_key():
     assert other is not first
 
 
-def test_udf_on_spark_builds_one_network_per_python_worker(spark):
+def test_the_spark_path_builds_one_network_per_python_worker(spark):
     """Many tasks and many Arrow batches, yet each Python worker builds the network once."""
     from pyspark.sql.functions import pandas_udf
 
     artifact = tiny_artifact("spark")
     cfg = FeaturizerConfig(image_size=SIZE, batch_size=2)
-    udf = featurize_udf(
-        spark.sparkContext.broadcast(artifact), artifact.fingerprint, cfg, threads=1
+    layout = BatchLayout(keep=("path",), hash=None, error="error")
+    fn = featurize_batches(
+        spark.sparkContext.broadcast(artifact), artifact.fingerprint, cfg, threads=1, layout=layout
     )
     n = 48
     rows = [(f"img{i}.png", png(COLOURS[i % len(COLOURS)])) for i in range(n)]
@@ -134,9 +136,7 @@ def test_udf_on_spark_builds_one_network_per_python_worker(spark):
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
     try:
         df = spark.createDataFrame(rows, "path string, content binary").repartition(8)
-        out = df.select("path", udf("path", "content").alias("r")).select(
-            "path", "r.features", "r.error"
-        )
+        out = df.mapInArrow(fn, output_schema(df.schema, layout))
         got = {r["path"]: r for r in out.collect()}
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)

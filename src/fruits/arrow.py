@@ -4,6 +4,7 @@ only, imported where used."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,28 @@ import numpy as np
 KEY_COLUMNS = ("path", "label", "split", "length", "modification_time")
 
 
-def batch_contents(rows: Any) -> list[bytes | None]:
+@dataclass(frozen=True)
+class BatchLayout:
+    """What the featurizer's Arrow function reads and writes: the bytes column (a local
+    walk's `_local` path read where `content` is null), the columns passed through, and the
+    names of the content version (None: not written), features and error columns."""
+
+    content: str = "content"
+    keep: tuple[str, ...] = KEY_COLUMNS
+    hash: str | None = "content_hash"
+    features: str = "features"
+    error: str = "reason"
+
+
+STAGE = BatchLayout()  # `fruits run`'s featurize stage
+
+
+def batch_contents(rows: Any, layout: BatchLayout = STAGE) -> list[bytes | None]:
     """The bytes of each row: the reader's `content`, else the local file `_local` read here
     (null when the read fails: reported as unreadable, like a storage read error)."""
     from fruits.common import read_file
 
-    contents: list[bytes | None] = rows.column("content").to_pylist()
+    contents: list[bytes | None] = rows.column(layout.content).to_pylist()
     if "_local" in rows.schema.names:
         for i, name in enumerate(rows.column("_local").to_pylist()):
             if contents[i] is None and name is not None:
@@ -25,34 +42,40 @@ def batch_contents(rows: Any) -> list[bytes | None]:
 
 
 def stage_batch(
-    rows: Any, contents: list[bytes | None], feats: list[Any], errs: list[str | None]
+    rows: Any,
+    contents: list[bytes | None],
+    feats: list[Any],
+    errs: list[str | None],
+    layout: BatchLayout = STAGE,
 ) -> Any:
-    """The output batch: keys passed through as Arrow arrays, the content version (the
-    listing's, e.g. an ETag, else a SHA-1 of the bytes read, the same text as Spark's `sha1`),
-    and the features as one float32 buffer with offsets (`list_column`)."""
+    """The output batch: `layout.keep` passed through as Arrow arrays, the content version
+    (the listing's, e.g. an ETag, else a SHA-1 of the bytes read, the same text as Spark's
+    `sha1`) where `layout.hash` names it, and the features as one float32 buffer with offsets
+    (`list_column`)."""
     import hashlib
 
     import pyarrow as pa
 
-    listed = (
-        rows.column("content_hash").to_pylist()
-        if "content_hash" in rows.schema.names
-        else [None] * len(contents)
-    )
-    hashes = [
-        h if h is not None else None if c is None else "sha1:" + hashlib.sha1(c).hexdigest()
-        for h, c in zip(listed, contents, strict=True)
-    ]
+    columns = [rows.column(name) for name in layout.keep]
+    fields = [rows.schema.field(name) for name in layout.keep]
+    if layout.hash is not None:
+        listed = (
+            rows.column("content_hash").to_pylist()
+            if "content_hash" in rows.schema.names
+            else [None] * len(contents)
+        )
+        hashes = [
+            h if h is not None else None if c is None else "sha1:" + hashlib.sha1(c).hexdigest()
+            for h, c in zip(listed, contents, strict=True)
+        ]
+        columns.append(pa.array(hashes, pa.string()))
+        fields.append(pa.field(layout.hash, pa.string()))
     present = [f for f in feats if f is not None]
     matrix = np.stack(present) if present else np.zeros((0, 0), np.float32)
-    features = list_column(matrix, [f is not None for f in feats])
-    columns = [rows.column(name) for name in KEY_COLUMNS]
-    columns += [pa.array(hashes, pa.string()), features, pa.array(errs, pa.string())]
-    fields = [rows.schema.field(name) for name in KEY_COLUMNS]
+    columns += [list_column(matrix, [f is not None for f in feats]), pa.array(errs, pa.string())]
     fields += [
-        pa.field("content_hash", pa.string()),
-        pa.field("features", pa.list_(pa.float32())),
-        pa.field("reason", pa.string()),
+        pa.field(layout.features, pa.list_(pa.float32())),
+        pa.field(layout.error, pa.string()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
 
