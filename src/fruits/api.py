@@ -36,7 +36,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -850,7 +850,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _get_predictor(request: Request) -> Predictor:
-    return request.app.state.predictor
+    return cast(Predictor, request.app.state.predictor)  # starlette's app.state is untyped
 
 
 def _add_predict_route(app: FastAPI, settings: ServeSettings) -> None:

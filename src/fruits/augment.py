@@ -20,7 +20,7 @@ import logging
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -111,7 +111,7 @@ def paste(canvas: np.ndarray, fruit: np.ndarray, rng: np.random.Generator) -> np
     a = np.asarray(alpha, dtype=np.float32)[..., None] / 255.0
     out = canvas.copy()
     out[y : y + side, x : x + side] = out[y : y + side, x : x + side] * (1 - a) + f * a
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return cast(np.ndarray, np.clip(out, 0, 255).astype(np.uint8))  # numpy's stubs: Any
 
 
 def jpeg(img: np.ndarray, quality: int = 90) -> bytes:

@@ -21,7 +21,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -183,7 +183,7 @@ def chain_onnx(run: str | Path) -> bytes:
     )
     helper.set_model_props(chain, chain_metadata(meta, int(arrays.coef.shape[0])))
     onnx.checker.check_model(chain)
-    return chain.SerializeToString()
+    return cast(bytes, chain.SerializeToString())  # onnx's protobuf message reads as Any here
 
 
 def serving_requirements() -> list[str]:

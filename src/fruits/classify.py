@@ -81,7 +81,8 @@ def with_input(df: DataFrame, scaler: Any = None, *, features: str = "pca") -> D
     from fruits.reduce import SCALED, VEC
 
     vec = df.withColumn(VEC, array_to_vector(F.col("features")))
-    return scaler.transform(vec).withColumnRenamed(SCALED, X).drop(VEC)
+    scaled = scaler.transform(vec)  # an untyped Spark StandardScalerModel (Any)
+    return cast(DataFrame, scaled).withColumnRenamed(SCALED, X).drop(VEC)
 
 
 def fit_classifier(
@@ -254,7 +255,7 @@ def multinomial_lbfgs(
     weight = reg * inv**2  # the penalty on the raw coefficients, W_raw = W_scaled * inv
 
     def logits(theta: np.ndarray) -> np.ndarray:
-        return x @ theta[: k * d].reshape(k, d).T + theta[k * d :]
+        return cast(np.ndarray, x @ theta[: k * d].reshape(k, d).T + theta[k * d :])  # numpy: Any
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w = theta[: k * d].reshape(k, d)

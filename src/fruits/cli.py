@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar, get_type_hints
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
@@ -26,6 +27,9 @@ from fruits.config import (
 
 if TYPE_CHECKING:
     from fruits.pipeline import RunResult
+    from fruits.transfer import TransferSummary
+
+T = TypeVar("T")  # what a `_guard`ed call returns
 
 # Options typed with config.py's Literals: typer lists the choices and rejects others (exit 2).
 Storage: Any = get_type_hints(PipelineConfig)["storage"]
@@ -364,7 +368,7 @@ def _print_summary(result: RunResult) -> None:
         typer.echo(f"nothing new: {result.output} left as it was")
 
 
-def _run(cfg: PipelineConfig):  # noqa: ANN202
+def _run(cfg: PipelineConfig) -> RunResult:
     from fruits import preflight
 
     # before importing pyspark (seconds) and starting a session (more): a typo costs neither
@@ -585,7 +589,7 @@ def _known(exc: BaseException) -> bool:
     )
 
 
-def _guard(fn):  # noqa: ANN001, ANN202
+def _guard(fn: Callable[[], T]) -> T:
     """Known failures become one line on stderr and exit code 2, not a stack trace."""
     try:
         return fn()
@@ -690,7 +694,7 @@ def download(
     _finish_transfer(summary)
 
 
-def _finish_transfer(summary) -> None:  # noqa: ANN001
+def _finish_transfer(summary: TransferSummary) -> None:
     """Print the summary; any failed file makes the exit code 1."""
     for line in summary.lines():
         typer.echo(line, err=line.startswith("FAILED"))

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 PENDING = "pending"
 CONFIRMED = "confirmed"
@@ -289,7 +289,7 @@ class ContributionStore:
         sidecar = self.root / PENDING / f"{cid}.json"
         if not sidecar.exists():
             raise ContributionError(f"no pending contribution {cid}")
-        return json.loads(sidecar.read_text())
+        return cast(dict[str, Any], json.loads(sidecar.read_text()))  # json.loads: Any
 
 
 def _leading(votes: list[dict[str, Any]]) -> str:

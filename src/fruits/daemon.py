@@ -38,4 +38,4 @@ if __name__ == "__main__":
     sys.path[:] = without_bundled_zips(sys.path)  # before pyspark is imported: forks inherit it
     from pyspark.daemon import manager
 
-    manager()
+    manager()  # type: ignore[no-untyped-call]  # pyspark.daemon has no annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def reduce_features(
     (`(x - mean) * scale`) then PCAModel (`pc^T x`), in float64. The one code path of this
     step: the pipeline's Spark stage (`reduce.Reducer.transform`) and serving both call it."""
     x = np.asarray(features, dtype=np.float32).astype(np.float64)
-    return (((x - mean) * scale) @ pc).astype(np.float32)
+    return cast(np.ndarray, (((x - mean) * scale) @ pc).astype(np.float32))  # numpy's stubs: Any
 
 
 def normalise(pixels: np.ndarray, spec: BackboneSpec) -> np.ndarray:
@@ -119,7 +119,7 @@ class TorchEngine:
                     out = self._model(t)
             else:
                 out = self._model(t)
-        return out.float().cpu().numpy()
+        return cast(np.ndarray, out.float().cpu().numpy())  # a torch Module's call is Any
 
 
 class Featurizer:

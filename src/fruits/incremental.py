@@ -43,7 +43,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -195,7 +195,7 @@ def read_report(store: Store, output: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fruits-prev-") as tmp:
         local = Path(tmp) / "report.json"
         store.get(join(output, "report.json"), local)
-        return json.loads(local.read_text())
+        return cast(dict[str, Any], json.loads(local.read_text()))  # json.loads: Any
 
 
 def check_same_featurizer(cfg: PipelineConfig, previous: dict[str, Any]) -> None:

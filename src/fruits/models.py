@@ -12,7 +12,7 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,7 @@ def _efficientnet_lite0(weights: bytes | None) -> torch.nn.Module:
             self.net = net
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.extract_features(x).mean(dim=(2, 3))
+            return cast("torch.Tensor", self.net.extract_features(x).mean(dim=(2, 3)))  # net: Any
 
     return Features(model).eval()
 
@@ -63,7 +63,9 @@ def mobilenet_v2_module() -> torch.nn.Module:
     loads as is (torchvision itself does not import beside our torch build)."""
     from torch import nn
 
-    def conv_bn(inp: int, out: int, k: int, s: int, groups: int = 1, act: bool = True) -> list:
+    def conv_bn(
+        inp: int, out: int, k: int, s: int, groups: int = 1, act: bool = True
+    ) -> list[nn.Module]:
         layers: list[nn.Module] = [
             nn.Conv2d(inp, out, k, s, (k - 1) // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out),
@@ -85,7 +87,8 @@ def mobilenet_v2_module() -> torch.nn.Module:
             self.conv = nn.Sequential(*layers)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.conv(x) if self.use_res else self.conv(x)
+            y: torch.Tensor = self.conv(x)  # a Module's call is Any in torch's stubs
+            return x + y if self.use_res else y
 
     class MobileNetV2Features(nn.Module):
         def __init__(self) -> None:
@@ -109,7 +112,8 @@ def mobilenet_v2_module() -> torch.nn.Module:
             self.features = nn.Sequential(*feats)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.features(x).mean(dim=(2, 3))
+            y: torch.Tensor = self.features(x)  # a Module's call is Any in torch's stubs
+            return y.mean(dim=(2, 3))
 
     return MobileNetV2Features()
 
@@ -129,7 +133,7 @@ def _mobilenet_v2(weights: bytes | None) -> torch.nn.Module:
 _IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-REGISTRY: dict[str, tuple[BackboneSpec, Callable[[bytes | None], Any]]] = {
+REGISTRY: dict[str, tuple[BackboneSpec, Callable[[bytes | None], torch.nn.Module]]] = {
     "efficientnet_lite0": (
         BackboneSpec("efficientnet_lite0", 1280, (127.0,) * 3, (128.0,) * 3, 224, False),
         _efficientnet_lite0,
@@ -156,7 +160,7 @@ def read_weights(uri: str | None) -> bytes | None:
 
     try:
         with fsspec.open(uri, "rb") as fh:
-            return fh.read()
+            return cast(bytes, fh.read())  # fsspec is untyped
     except Exception as exc:  # fsspec's http raises FileNotFoundError(url) on a refused host
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         why = type(exc).__name__ if detail in ("", uri) else f"{type(exc).__name__}: {detail}"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class ServingArrays:
     def scaled(self, features: np.ndarray) -> np.ndarray:
         """(N, d) CNN features -> (N, d) standardised, as Spark's StandardScalerModel does."""
         x = np.asarray(features, dtype=np.float32).astype(np.float64)
-        return (x - self.mean) * self.scale
+        return cast(np.ndarray, (x - self.mean) * self.scale)  # numpy: Any
 
     def classifier_input(self, features: np.ndarray) -> np.ndarray:
         """(N, d) CNN features -> what the classifier reads (see `reads`)."""
@@ -99,13 +99,13 @@ class ServingArrays:
         logits = np.asarray(inputs, dtype=np.float64) @ self.coef.T + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        return cast(np.ndarray, e / e.sum(axis=1, keepdims=True))  # numpy's stubs: Any
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON file's object; {} when the file is missing (older runs)."""
     try:
-        return json.loads(path.read_text())
+        return cast(dict[str, Any], json.loads(path.read_text()))  # json.loads: Any
     except FileNotFoundError:
         return {}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc.model import PythonModel  # defined there; mlflow.pyfunc re-exports it
 
 from fruits.predictor import Predictor
 
@@ -22,7 +22,7 @@ class FruitsModel(PythonModel):
     def load_context(self, context: Any) -> None:
         self.predictor = Predictor.load(context.artifacts["run"], threads=1)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
         """Photos in, answers out. No type hints on purpose: MLflow would infer the signature
         from them (and warns on `Any`); `chain.log_model` logs the signature itself."""
         import pandas as pd

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -210,7 +210,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return cast(np.ndarray, e / e.sum(axis=1, keepdims=True))  # numpy: Any
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:

@@ -50,7 +50,7 @@ class Reducer:
         from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
         from fruits.arrow import feature_matrix, list_column
-        from fruits.predictor import reduce_features
+        from fruits.engine import reduce_features
 
         mean, scale, pc = reducer_arrays(self.model)
 
@@ -227,7 +227,7 @@ def _saved_models(
     `PCAModel.write` lay it out (a metadata JSON line, a one-row Parquet of the fitted arrays),
     then loaded with each model's own `load`, so the server holds genuine Spark models."""
     from pyspark.ml.linalg import MatrixUDT, VectorUDT
-    from pyspark.sql.types import StructField, StructType
+    from pyspark.sql.types import DataType, StructField, StructType
 
     stamp = int(time.time() * 1000)
     uids = [f"StandardScaler_{uuid.uuid4().hex[:12]}", f"PCA_{uuid.uuid4().hex[:12]}"]
@@ -237,7 +237,9 @@ def _saved_models(
         text = json.dumps({**line, "paramMap": params, "defaultParamMap": {}})
         spark.createDataFrame([(text,)], "value string").coalesce(1).write.text(path + "/metadata")
 
-    def data(path: str, names: tuple[str, str], values: tuple[Any, Any], types: tuple) -> None:
+    def data(
+        path: str, names: tuple[str, str], values: tuple[Any, Any], types: tuple[DataType, DataType]
+    ) -> None:
         schema = StructType([StructField(n, t, False) for n, t in zip(names, types, strict=True)])
         spark.createDataFrame([values], schema).coalesce(1).write.parquet(path + "/data")
 

@@ -186,7 +186,9 @@ def remote_session(url: str, defaults: dict[str, str], overrides: dict[str, str]
     return connect_conf(SparkSession.builder.remote(url).getOrCreate(), defaults, overrides)
 
 
-def connect_conf(spark: Any, defaults: dict[str, str], overrides: dict[str, str]) -> Any:
+def connect_conf(
+    spark: SparkSession, defaults: dict[str, str], overrides: dict[str, str]
+) -> SparkSession:
     """Our settings for this session where a client may set them (runtime SQL settings such as
     the Arrow batch bounds, which bound a Python worker's memory); static ones stay the
     server's. Connect cannot tell a server default from an administrator's choice, so the

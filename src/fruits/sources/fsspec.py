@@ -97,9 +97,9 @@ def list_fsspec(
 def content_udf(spec: FsSpec) -> Any:
     """A pandas UDF fsspec path -> bytes (null when unreadable), one client per worker; the
     batch is fetched concurrently where the file system supports it (adlfs does)."""
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.pandas.functions import pandas_udf  # where it is typed (same object)
 
-    @pandas_udf(T.BinaryType())  # type: ignore[call-overload]
+    @pandas_udf(T.BinaryType())  # type: ignore[call-overload, untyped-decorator]  # stubs lack pandas_udf(returnType)
     def read(paths: pd.Series) -> pd.Series:
         fs = spec.open()
         names = list(paths)

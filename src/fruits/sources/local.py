@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pandas as pd  # module level: Spark resolves the UDF's type hints here
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -233,13 +233,13 @@ def list_local(
 
 def read_local_udf(paths: Column) -> Column:
     """Bytes of local files (`read_file` in the executors' Python)."""
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.pandas.functions import pandas_udf  # where it is typed (same object)
 
-    @pandas_udf("binary")  # type: ignore[call-overload]
+    @pandas_udf("binary")  # type: ignore[call-overload, untyped-decorator]  # stubs lack pandas_udf(returnType)
     def read(batch: pd.Series) -> pd.Series:
         return pd.Series([None if n is None else read_file(n) for n in batch], dtype=object)
 
-    return read(paths)
+    return cast(Column, read(paths))  # the UDF is untyped (see above)
 
 
 def content(files: DataFrame) -> Column:
