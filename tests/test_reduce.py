@@ -6,7 +6,7 @@ from sklearn.decomposition import PCA as SkPCA
 from sklearn.preprocessing import StandardScaler as SkScaler
 
 from fruits.config import ReduceConfig
-from fruits.reduce import choose_k, fit_reducer
+from fruits.reduce import choose_k, fit_reducer, moments
 
 
 def test_choose_k_is_the_smallest_k_reaching_the_target():
@@ -49,6 +49,20 @@ def test_projection_matches_sklearn_on_synthetic_data(spark):
     assert reducer.k <= 5
     np.testing.assert_allclose(reducer.explained_variance[: reducer.k], ratio, atol=1e-6)
     _assert_same_up_to_sign(ours, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("on_driver", [True, False])
+def test_moments_match_numpy_on_either_path(spark, on_driver):
+    """The driver's numpy and the distributed pass give numpy's own count, mean and covariance
+    (ddof 1), over several partitions."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(150, 7)) * [1, 2, 3, 4, 5, 6, 7] + 10).astype(np.float32)
+    rows = [list(map(float, r)) for r in x]
+    df = spark.createDataFrame([(r,) for r in rows], "features array<float>").repartition(3)
+    n, mean, cov = moments(df, on_driver=on_driver)
+    assert n == 150
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(cov, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-7)
 
 
 def test_fixed_k_and_bounds(spark):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -65,9 +66,23 @@ class Reducer:
         return df.drop(out).mapInArrow(project, schema)
 
 
+_ARRAYS: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def reducer_arrays(model: PipelineModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fitted scaler + PCA as float64 arrays: mean (zeros without centring), scale (1/std, 0
-    where std is 0, as Spark's StandardScalerModel; ones without scaling) and pc (d, k)."""
+    where std is 0, as Spark's StandardScalerModel; ones without scaling) and pc (d, k).
+    Read from the JVM once per model (~0.5 s of py4j for 1280 x 124; a run asks three times:
+    the projection, the serving export, the chained graph)."""
+    if model not in _ARRAYS:
+        _ARRAYS[model] = _read_arrays(model)
+    mean, scale, pc = _ARRAYS[model]
+    return mean.copy(), scale.copy(), pc.copy()  # a caller may write to its arrays
+
+
+def _read_arrays(model: PipelineModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scaler = cast(StandardScalerModel, model.stages[0])
     pca = cast(PCAModel, model.stages[-1])
     std = np.asarray(scaler.std.toArray(), dtype=np.float64)
@@ -138,8 +153,18 @@ def fit_reducer(
     return Reducer(PipelineModel(stages=[scaler, pca_model]), k, explained.tolist())
 
 
-def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray, np.ndarray]:
+DRIVER_MOMENTS_ROWS = 5_000  # up to 25 MB of 1280 float32 features: the driver's numpy
+
+
+def moments(
+    df: DataFrame, features: str = "features", *, on_driver: bool | None = None
+) -> tuple[int, np.ndarray, np.ndarray]:
     """Row count, mean and (unbiased) covariance of an array column, in one pass.
+
+    Up to `DRIVER_MOMENTS_ROWS` rows (`on_driver` None: decided by reading at most one more
+    row; True/False forces a path) the rows come to the driver as Arrow and numpy computes the
+    same float64 sums: one small job instead of a pass plus a shuffle (the bundled sample's
+    reduce stage: 3.9 s -> 0.5 s of moments). Above it, the distributed pass below.
 
     Each task reduces its Arrow batches to a count, a sum and a Gramian X^T X in float64 with
     numpy (a blocked matrix product, where Spark's `RowMatrix` adds one rank-1 update per row);
@@ -149,6 +174,13 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
     standard deviations, far from where `G/n - mean mean^T` loses digits.
     """
     from pyspark.ml.stat import Summarizer
+
+    if on_driver is not False:
+        head = df.select(features).limit(DRIVER_MOMENTS_ROWS + 1).toArrow()
+        if on_driver or head.num_rows <= DRIVER_MOMENTS_ROWS:
+            if on_driver and head.num_rows > DRIVER_MOMENTS_ROWS:
+                head = df.select(features).toArrow()  # forced: every row
+            return _driver_moments(head.column(features).combine_chunks())
 
     def partial(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         n = 0
@@ -176,6 +208,20 @@ def moments(df: DataFrame, features: str = "features") -> tuple[int, np.ndarray,
     mean = by_row[dim] / n
     gram = np.stack([by_row[i] for i in range(dim)])
     cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    return n, mean, (cov + cov.T) / 2
+
+
+def _driver_moments(column: Any) -> tuple[int, np.ndarray, np.ndarray]:
+    """`moments` of an Arrow array<float> column on the driver: the same float64 sums."""
+    from fruits.arrow import feature_matrix
+
+    if len(column) == column.null_count:
+        return 0, np.zeros(0), np.zeros((0, 0))
+    dim = len(column.filter(column.is_valid())[0])
+    x = feature_matrix(column, dim).astype(np.float64)
+    n = len(x)
+    mean = x.sum(axis=0) / n
+    cov = (x.T @ x - n * np.outer(mean, mean)) / max(n - 1, 1)
     return n, mean, (cov + cov.T) / 2
 
 
