@@ -211,11 +211,11 @@ def test_the_saved_classifier_is_reused_unless_refit_or_absent(store, tmp_path):
     out.mkdir()
     assert _classifier(store, str(out)) is None
     keep = SimpleNamespace(refit=False)
-    assert _classifier_choice(store, str(out), keep, None) == (None, None)  # type: ignore[arg-type]
+    assert _classifier_choice(store, str(out), keep, None) == (None, None, None)  # type: ignore[arg-type]
     (out / "models" / "classifier").mkdir(parents=True)
     assert _classifier(store, str(out)) == f"{out}/models/classifier"
     refit = SimpleNamespace(refit=True)
-    assert _classifier_choice(store, str(out), refit, None) == (None, "refitted (--refit)")  # type: ignore[arg-type]
+    assert _classifier_choice(store, str(out), refit, None) == (None, None, "refitted (--refit)")  # type: ignore[arg-type]
 
 
 def featurizer_cfg(backbone: str, size: int) -> SimpleNamespace:

@@ -805,7 +805,7 @@ def stage(
     fitted = cast("StandardScalerModel", reducer.model.stages[0])
     scaler: StandardScalerModel | None = fitted
     if prev.classifier_path:  # incremental: no refit
-        model = PipelineModel.load(prev.classifier_path)
+        model = prev.classifier or PipelineModel.load(prev.classifier_path)
         if not reads_scaled(model, len(fitted.mean)):  # a run from before: it reads the PCA
             scaler = None
     else:  # the one rule, shared with the reducer's fit

@@ -94,6 +94,7 @@ class Increment:
     refit: bool
     reducer: Reducer | None = None
     classifier_path: str | None = None
+    classifier: Any = None  # the saved classifier, loaded once (its classes were checked)
     classifier_refit: str | None = None  # why the classifier is refitted, when it is
     verify_content: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
@@ -247,7 +248,9 @@ def plan_increment(
         spark, images.select(*FEATURE_COLUMNS), quarantine, delta.changed + delta.deleted
     )
     kept_features = relabel(kept_features, ingested.files)
-    classifier_path, classifier_refit = _classifier_choice(store, output, cfg, ingested.files)
+    classifier_path, classifier, classifier_refit = _classifier_choice(
+        store, output, cfg, ingested.files
+    )
     deleted = sorted(delta.deleted)
     return Increment(
         previous_run_id=previous.get("run_id"),
@@ -269,6 +272,7 @@ def plan_increment(
             previous.get("pca_explained_variance_per_component"),
         ),
         classifier_path=classifier_path,
+        classifier=classifier,
         classifier_refit=classifier_refit,
         verify_content=cfg.verify_content,
     )
@@ -403,19 +407,21 @@ def relabel(kept: DataFrame, listing: DataFrame) -> DataFrame:
 
 def _classifier_choice(
     store: Store, output: str, cfg: PipelineConfig, files: DataFrame
-) -> tuple[str | None, str | None]:
-    """(saved classifier to reuse, why it is refitted): None to reuse with `--refit`, or when
-    the data's classes are no longer the classifier's."""
+) -> tuple[str | None, Any, str | None]:
+    """(saved classifier to reuse, that classifier loaded, why it is refitted): nothing to
+    reuse with `--refit`, or when the data's classes are no longer the classifier's. Loaded
+    once here for the check and handed to the classify stage (a load is ~1.3 s of small jobs)."""
     if cfg.refit:
-        return None, "refitted (--refit)"
+        return None, None, "refitted (--refit)"
     path = _classifier(store, output)
     if path is None:
-        return None, None
-    changed_classes = classes_changed(load_classifier(path), files)
+        return None, None, None
+    model = load_classifier(path)
+    changed_classes = classes_changed(model, files)
     if changed_classes:
         log.info("incremental: %s", changed_classes)
-        return None, changed_classes
-    return path, None
+        return None, None, changed_classes
+    return path, model, None
 
 
 def current_hash(files: DataFrame, *, verify: bool) -> Column:
