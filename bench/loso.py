@@ -94,6 +94,13 @@ not answered with a right species, no-fruit photos answered); the table's w colu
         --config "raw 1280 + pipeline aug, clean, ImageNet prior poe" \
         --config "raw 1280 + pipeline aug, clean, ImageNet prior boost"
 
+Label and input variants (configs "raw 1280 + pipeline aug, clean, species labels" / "...,
+l2norm"; their own fits, otherwise the same): "species labels" trains the regression on every
+class's species (Data.species_map: species_table over every class a label can name; "not a
+fruit" stays) and is judged at species level only (variety None); "l2norm" divides each feature
+row by its L2 norm before the scaler, training and judged rows alike. Not adopted
+(docs/recognition-study.md, "Species labels and L2-normalised features").
+
 Every config's results also carry `per_species_refused` (true species -> [refused, photos]).
 Fits are deterministic for a given BLAS thread count only (lbfgs stops at 300 iterations): run
 configs you compare with the same OMP_NUM_THREADS.
@@ -527,6 +534,14 @@ class Data:
         truth = [(set(lm.strict[f]), set(lm.lenient[f]), False) for f in s["folder"]]
         return s["X"], y, truth
 
+    def species_map(self) -> dict[str, str]:
+        """Every class a label can name (Fruits-360's, the label maps', "not a fruit") -> its
+        species, by the same species_table the study scores with."""
+        from fruits.recognition import species_table
+
+        names = sorted(set(self.f360_y) | self.lm.names() | {NEG})
+        return species_table(names, self.lm)
+
     def head_mass(self, name: str) -> np.ndarray:
         """(N, groups + 1) ImageNet-head masses of a source's judged rows (rows(train=False))."""
         return self.f360_mass[self.f360_held] if name == "fruits-360" else self.mass[name]
@@ -594,15 +609,21 @@ def design(X: np.ndarray, feats: str, W, b) -> np.ndarray:
     return logp if feats == "head only" else np.hstack([X, logp])
 
 
+def l2rows(X: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (a zero row stays zero)."""
+    n = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(n > 0, n, 1.0)
+
+
 class Model:
     def __init__(self, X, y, *, k: int | None, reg: float, weights=None, feats: str = "raw",
-                 W=None, b=None) -> None:  # fmt: skip
+                 W=None, b=None, l2norm: bool = False) -> None:  # fmt: skip
         from sklearn.decomposition import PCA
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        self.feats, self.W, self.b = feats, W, b
-        D = design(X, feats, W, b)
+        self.feats, self.W, self.b, self.l2norm = feats, W, b, l2norm
+        D = design(l2rows(X) if l2norm else X, feats, W, b)
         self.scaler = StandardScaler().fit(D)
         Z = self.scaler.transform(D)
         self.pca = PCA(k, random_state=0).fit(Z) if k else None
@@ -614,7 +635,9 @@ class Model:
         self.classes = [str(c) for c in self.lr.classes_]
 
     def logits(self, X) -> np.ndarray:
-        Z = self.scaler.transform(design(X, self.feats, self.W, self.b))
+        Z = self.scaler.transform(
+            design(l2rows(X) if self.l2norm else X, self.feats, self.W, self.b)
+        )
         if self.pca is not None:
             Z = self.pca.transform(Z)
         return self.lr.decision_function(Z)
@@ -637,17 +660,30 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
                aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False, neg_bias=None,
-               prior=None, log=print) -> dict:  # fmt: skip
+               prior=None, labels="variety", l2norm=False, log=print) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature, the
     "not a fruit" bias (`neg_bias`) and threshold fitted on the *other* sources' out-of-source
     logits, and the metrics; `prior` ("poe"/"boost"): the ImageNet head's fixed prior, its weight
     w chosen on PRIOR_GRID on the other sources too (wrong_or_accepted, each source the same) with
     temperature and threshold refitted for each w. The fits are shared by configs that differ
-    only in `neg_bias` or `prior`."""
+    only in `neg_bias` or `prior`. `labels` "species": the regression trains on every class's
+    species (Data.species_map; "not a fruit" stays), judged at species level only (variety
+    n/a); `l2norm`: each feature row divided by its L2 norm before the scaler (train and judged).
+    """
     from fruits.recognition import answer, metrics, softmax, species_table
 
     key = json.dumps([k, reg, feats, balance, aug, aug_clean, aug_only, aug_weight, bgneg,
-                      pipeline])  # fmt: skip
+                      pipeline, labels, l2norm])  # fmt: skip
+    by_species = labels == "species"
+    sm = d.species_map() if by_species else {}
+
+    def spec_of(classes):
+        if not by_species:
+            return species_table(classes, d.lm)
+        # the model's classes are species: each maps to itself, truth's classes via sm
+        assert all(sm.get(c, c) == c for c in classes), "a species name is another's class"
+        return {**sm, **{c: c for c in classes}}
+
     oos = d.oos.setdefault(key, {})
     for h in HELD:
         if h in oos:
@@ -664,6 +700,8 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             parts.append(d.pipeline_rows(without=h if aug_clean else None))
         X = np.vstack([p[0] for p in parts])
         y = [t for p in parts for t in p[1]]
+        if by_species:
+            y = [sm[t] for t in y]
         w = None
         if aug_weight != 1.0:  # synthetic rows (composites, backgrounds) weigh aug_weight
             w = np.concatenate([np.full(len(p[1]), 1.0 if i < n_real else aug_weight)
@@ -672,8 +710,10 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             w = np.concatenate([np.full(len(p[1]), 1.0 / len(p[1])) for p in parts])
             w *= len(y) / w.sum()
         t0 = time.perf_counter()
-        m = Model(X, y, k=k, reg=reg, weights=w, feats=feats, W=d.W, b=d.b)
+        m = Model(X, y, k=k, reg=reg, weights=w, feats=feats, W=d.W, b=d.b, l2norm=l2norm)
         Xh, yh, truth = d.rows(h, train=False)
+        if by_species:
+            yh = [sm[t] for t in yh]
         oos[h] = (m.classes, m.logits(Xh), yh, truth)
         log(f"    held {h}: fit {time.perf_counter() - t0:.0f}s on {len(y)} rows")
     out = {}
@@ -691,7 +731,7 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             P.append(np.array([not truth[i][2] for i in keep]))
             M.append(d.head_mass(o)[keep])
             TR.append([truth[i] for i in keep])
-        specs = [species_table(classes, d.lm) for classes, _ in L]
+        specs = [spec_of(classes) for classes, _ in L]
         offs = [prior_offsets(m, classes, spec, prior) if prior else None
                 for (classes, _), m, spec in zip(L, M, specs, strict=True)]  # fmt: skip
         best = None
@@ -713,11 +753,13 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
                 best = (cost, w, T, B, thr)
         _, w, T, B, thr = best
         classes, logits, yh, truth = oos[h]
-        spec = species_table(classes, d.lm)
+        spec = spec_of(classes)
         if prior and w:
             logits = logits + w * prior_offsets(d.head_mass(h), classes, spec, prior)
         a = answer(unbias(softmax(logits, T), classes, B), classes, spec, thr)
         mt = metrics(a, [t[0] for t in truth], [t[1] for t in truth], [t[2] for t in truth], spec)
+        if by_species:  # the answer's label is a species: no variety to judge
+            mt["variety_top1"] = None
         mt["temperature"], mt["threshold"], mt["neg_bias"] = round(T, 3), thr, round(B, 3)
         if prior:
             mt["prior_w"] = w
@@ -743,7 +785,7 @@ def calibrate(d, L, Y, G, P, specs, neg_bias):
     probs = [softmax(lg, T) for _, lg in L]
     B = 0.0
     if neg_bias:
-        B = fit_neg_bias(d, L, probs, P, G, neg_bias)
+        B = fit_neg_bias(d, L, probs, P, G, neg_bias, specs)
     ans = [answer(unbias(pr, classes, B), classes, spec, 0.0)
            for (classes, _), pr, spec in zip(L, probs, specs, strict=True)]  # fmt: skip
     sp = [a.species_probability for a in ans]
@@ -779,7 +821,7 @@ def unbias(probs: np.ndarray, classes: list[str], b: float) -> np.ndarray:
 NEG_BIAS_GRID = np.round(np.arange(0.0, 8.01, 0.1), 2)
 
 
-def fit_neg_bias(d, L, probs, P, G, rule: str) -> float:
+def fit_neg_bias(d, L, probs, P, G, rule: str, specs=None) -> float:
     """The "not a fruit" bias b on the other sources' out-of-source predictions (never the
     judged one); for each b on the grid the threshold is refitted (choose_threshold) and each
     other source's refusal rate measured at it. "sum": the b minimising (mean over fruit
@@ -788,7 +830,8 @@ def fit_neg_bias(d, L, probs, P, G, rule: str) -> float:
     negatives source's refusal >= 90 % (0 when none does)."""
     from fruits.recognition import answer, choose_threshold, species_table
 
-    specs = [species_table(classes, d.lm) for classes, _ in L]
+    if specs is None:
+        specs = [species_table(classes, d.lm) for classes, _ in L]
     Pc, Gc = np.concatenate(P), np.concatenate(G)
     best, best_b, ok_b = None, 0.0, 0.0
     for b in NEG_BIAS_GRID:
@@ -864,6 +907,22 @@ CONFIGS = {
         "aug_clean": True,
         "pipeline": True,
         "prior": "boost",
+    },
+    # the same, trained on species labels (every class -> its species; "not a fruit" stays)
+    "raw 1280 + pipeline aug, clean, species labels": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "labels": "species",
+    },
+    # the same, each feature row L2-normalised before the scaler (train and judged)
+    "raw 1280 + pipeline aug, clean, l2norm": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "l2norm": True,
     },
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
