@@ -78,3 +78,17 @@ def test_an_fsspec_source_rereads_without_binaryfile(spark, azurite, monkeypatch
     wanted += [r["path"] for r in both.files.collect() if r["path"].endswith("b2.jpg")]
     got = both.only(spark, wanted)
     assert rows_of(got) == {"x2.jpg": ("Kiwi", b"x2.jpg"), "b2.jpg": ("Lime", local["b2.jpg"])}
+
+
+def test_binaryfile_rereads_names_spark_hides_or_cannot_open(spark, tmp_path):
+    """Spark's listing hides `_x.jpg` and cannot open `a:b.jpg`; the source reads those on the
+    driver when listing, so re-reading them (a new file in an incremental run) must not name
+    them to binaryFile."""
+    wrote = images(tmp_path / "in", "Kiwi", ["plain.jpg", "_hidden.jpg", "12:30.jpg"])
+    listed = labelled(HadoopSource(str(tmp_path / "in")).read(spark))
+    paths = {r["path"].rpartition("/")[2]: r["path"] for r in listed.files.collect()}
+    assert set(paths) == set(wrote)
+
+    got = listed.only(spark, [paths["_hidden.jpg"], paths["12:30.jpg"], paths["plain.jpg"]])
+    assert got.columns == listed.files.columns
+    assert rows_of(got) == {name: ("Kiwi", data) for name, data in wrote.items()}

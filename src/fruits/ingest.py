@@ -130,8 +130,7 @@ def labelled(got: Ingested) -> Ingested:
     def with_keys(df: DataFrame) -> DataFrame:
         return df.select(path, label, split, *[F.col(c) for c in df.columns if c != "path"])
 
-    keys = None if got.keys is None else with_keys(got.keys)
-    return got.with_files(with_keys(got.files), keys=keys)
+    return got.map_rows(with_keys)
 
 
 def map_labels(spark: SparkSession, files: DataFrame, target: dict[str, str]) -> DataFrame:
@@ -181,15 +180,16 @@ def read_sources(run: Run) -> Ingested:
         label_map = load_label_map(cfg.label_map, known=folders | set(load_facts()))
     found: Ingested | None = None
     for n, (uri, role) in enumerate(zip(run.inputs, roles, strict=True)):
-        got = read[uri]
-        files = got.files
-        if role == "negatives":
-            files = files.withColumn("label", F.lit(NEGATIVE))
-        elif label_map is not None and label_map.target:
-            files = map_labels(run.spark, files, label_map.target)
         has_val = any(r["source"] == n and r["split"] == "val" for r in present)
-        files = with_validation(files, cfg.val_fraction, has_val)
-        got = got.with_files(files, keys=None)
+
+        def prepare(files: DataFrame, role: str = role, has_val: bool = has_val) -> DataFrame:
+            if role == "negatives":
+                files = files.withColumn("label", F.lit(NEGATIVE))
+            elif label_map is not None and label_map.target:
+                files = map_labels(run.spark, files, label_map.target)
+            return with_validation(files, cfg.val_fraction, has_val)
+
+        got = read[uri].map_rows(prepare, keys=False)
         found = got if found is None else found.union(got)
     assert found is not None
     total = found.count()

@@ -7,8 +7,9 @@ A source lists and reads; it knows nothing of labels, splits or label maps (that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -73,14 +74,13 @@ class Ingested:
         """(split, label) of every usable listed file, for what-is-present questions."""
         return (self.keys if self.keys is not None else self.files).select("split", "label")
 
-    def with_files(self, files: DataFrame, **changes: Any) -> Ingested:
-        """The same listing with its rows transformed row by row (labels, splits); its
-        source's part follows, so a re-read keeps the new columns. One source only: a union
-        is transformed source by source, before the union."""
-        if len(self.parts) > 1:
-            raise ValueError("with_files on a union: transform each source's listing first")
-        parts = tuple((source, files) for source, _ in self.parts)
-        return replace(self, files=files, parts=parts, **changes)
+    def map_rows(self, fn: Callable[[DataFrame], DataFrame], *, keys: bool = True) -> Ingested:
+        """The same listing with its rows transformed row by row (labels, splits): `files`,
+        each source's part (so a re-read keeps the new columns) and, with `keys`, the keys
+        (else dropped: `files` answers for them)."""
+        parts = tuple((source, fn(rows)) for source, rows in self.parts)
+        new_keys = fn(self.keys) if keys and self.keys is not None else None
+        return replace(self, files=fn(self.files), keys=new_keys, parts=parts)
 
     def union(self, other: Ingested) -> Ingested:
         both = None if self.total is None or other.total is None else self.total + other.total
@@ -117,6 +117,25 @@ class Ingested:
                 part = source.reread(spark, mine, rows)
                 got = got.unionByName(part, allowMissingColumns=True)
         return got.select(*self.files.columns)
+
+
+@dataclass(frozen=True)
+class DriverRows:
+    """Rows a source read on the driver while listing (their bytes in `content` already), for
+    names its Spark reader cannot open: re-read by a filter on those rows."""
+
+    uri: str
+    mode: ClassVar[str] = "driver"
+    may_drop: ClassVar[bool] = False
+
+    def check(self, spark: SparkSession) -> None:
+        """Listed already: nothing to check."""
+
+    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
+        raise NotImplementedError("driver-read rows are made by their source's listing")
+
+    def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
+        return semi_join(spark, listed, paths)
 
 
 def semi_join(spark: SparkSession, files: DataFrame, paths: list[str]) -> DataFrame:

@@ -23,6 +23,7 @@ from fruits.common import InputError, local_path
 from fruits.config import DEFAULT_EXTENSIONS, MAX_FILE_BYTES
 from fruits.sources.base import (
     REFUSED_SCHEMA,
+    DriverRows,
     Ingested,
     listing_rows,
     semi_join,
@@ -62,19 +63,17 @@ class HadoopSource:
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         """Spark's listing, completed by the files it hides (see `skipped_files`): those are
-        read on the driver and get the same columns, so every file ends as a row."""
-        got = self._read(spark, **kwargs)
-        return replace(got, parts=((self, got.files),))
-
-    def _read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
+        read on the driver and get the same columns, so every file ends as a row. They form
+        their own part (`DriverRows`): re-read from the listing, never named to binaryFile,
+        which drops a hidden name and fails on a `:`."""
         got = list_binary(spark, self.uri, **kwargs)
         if Session(spark).hadoop() is None:  # Connect: no JVM here to list with
-            return got
+            return replace(got, parts=((self, got.files),))
         extensions = kwargs.get("extensions", DEFAULT_EXTENSIONS)
         max_file_bytes = kwargs.get("max_file_bytes", MAX_FILE_BYTES)
         extra, refused, colons = skipped_files(spark, self.uri, extensions, max_file_bytes)
         if not (extra or refused):
-            return got
+            return replace(got, parts=((self, got.files),))
         files = got.files.where(~F.col("path").isin(colons)) if colons else got.files
         listing = spark.createDataFrame(extra, SKIPPED_SCHEMA)
         rows = listing_rows(listing, F.col("modificationTime"), F.col("content"))
@@ -82,7 +81,8 @@ class HadoopSource:
         too_large = got.too_large.unionByName(too_large)
         if refused:
             too_large = too_large.unionByName(spark.createDataFrame(refused, REFUSED_SCHEMA))
-        return Ingested(files=files.unionByName(ok), too_large=too_large, may_drop=got.may_drop)
+        parts = ((self, files), (DriverRows(self.uri), ok))
+        return Ingested(files.unionByName(ok), too_large, may_drop=got.may_drop, parts=parts)
 
 
 SKIPPED_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
