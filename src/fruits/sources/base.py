@@ -46,7 +46,8 @@ class Source(Protocol):
 
     def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
         """The rows of `listed` (this source's listing, any later columns kept) whose path is
-        in `paths`, without reading any other file's bytes."""
+        in `paths` (which may name other sources' files too), without reading any other
+        file's bytes."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,9 @@ class Ingested:
         if not self.parts:
             return semi_join(spark, self.files, paths)
         got = self.files.limit(0)
-        for source, rows in self.parts:
-            mine = paths
-            if len(self.parts) > 1:  # a source opens only its own paths (binaryFile fails on
-                # a path it cannot find); the paths column alone reads no bytes
-                mine = [r[0] for r in semi_join(spark, rows.select("path"), paths).collect()]
-            if mine:
-                part = source.reread(spark, mine, rows)
-                got = got.unionByName(part, allowMissingColumns=True)
+        for source, rows in self.parts:  # each is handed every path and keeps its own
+            part = source.reread(spark, paths, rows)
+            got = got.unionByName(part, allowMissingColumns=True)
         return got.select(*self.files.columns)
 
 

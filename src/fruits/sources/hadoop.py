@@ -59,7 +59,10 @@ class HadoopSource:
         check_input(spark, self.uri)  # through Connect: nothing (the server's read says)
 
     def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
-        return read_paths(spark, paths, listed)
+        """binaryFile fails on a path it cannot find, so only this listing's own paths are
+        named to it: found by a filter on the listing's `path` column (no bytes read)."""
+        mine = [r[0] for r in semi_join(spark, listed.select("path"), paths).collect()]
+        return read_paths(spark, mine, listed) if mine else listed.limit(0)
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         """Spark's listing, completed by the files it hides (see `skipped_files`): those are
