@@ -36,8 +36,7 @@ def old_udf(artifact, artifact_id, cfg, threads):
 
     from fruits.engine import featurize_contents, worker_featurizer
 
-    @pandas_udf("struct<features: array<float>, error: string>")
-    def featurize(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
+    def featurize(batches):
         fz, step = worker_featurizer(artifact, artifact_id, cfg, threads)
         for _, contents in batches:
             feats, errs = featurize_contents(
@@ -46,7 +45,13 @@ def old_udf(artifact, artifact_id, cfg, threads):
             )  # fmt: skip
             yield pd.DataFrame({"features": feats, "error": errs})
 
-    return featurize
+    # Spark reads the hints to pick the UDF kind; with `from __future__ import annotations`
+    # they would be strings naming this function's locals, so they are set as objects here.
+    featurize.__annotations__ = {
+        "batches": Iterator[Tuple[pd.Series, pd.Series]],  # noqa: UP006
+        "return": Iterator[pd.DataFrame],
+    }
+    return pandas_udf("struct<features: array<float>, error: string>")(featurize)
 
 
 class Zeros:
@@ -64,7 +69,8 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from fruits import arrow, artifact, engine, features, ml
+    from fruits import arrow, artifact, engine, ml
+    from fruits.arrow import STAGE
     from fruits.config import FeaturizerConfig, PipelineConfig
     from fruits.ingest import labelled
     from fruits.pipeline import session_for
@@ -100,7 +106,8 @@ def main() -> None:
     def arrow(zeros: bool):
         listed = labelled(LocalSource(str(work / "in")).read(spark)).files
         fn = ml.featurize_batches(shipped, art.fingerprint + str(zeros), cfg, threads=1)
-        return listed.select(*keys, "content", "_local").mapInArrow(fn, features.STAGE_SCHEMA)
+        frame = listed.select(*keys, "content", "_local")
+        return frame.mapInArrow(fn, ml.output_schema(frame.schema, STAGE))
 
     def zeros_first(batches: Iterator) -> Iterator:
         # the cached featurizer's engine swapped for zeros, in the worker, before the stage runs

@@ -25,11 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGE_SCHEMA = (
-    "path string, label string, split string, length bigint, modification_time timestamp,"
-    " content_hash string, features array<float>, reason string"
-)
-
 
 class ImageFailure(RuntimeError):
     """`--on-error fail` met a bad file: the run stops with that file and its reason."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,8 +20,18 @@ if TYPE_CHECKING:
 REFUSED_SCHEMA = "path string, reason string, length bigint, modification_time timestamp"
 
 
+class Rereader(Protocol):
+    """How one part of a listing is read again for a set of its paths (`Ingested.only`)."""
+
+    def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
+        """The rows of `listed` (this part of a listing, any later columns kept) whose path
+        is in `paths` (which may name other parts' files too), without reading any other
+        file's bytes."""
+
+
 class Source(Protocol):
-    """One input: how it is checked, listed, read and re-read, chosen once by
+    """One input: how it is checked, listed and read (each part it returns names its
+    `Rereader`), chosen once by
     `storage.plan.plan_storage`.
 
     `may_drop` is the source's drop rule: True where a listed file can vanish without a row
@@ -44,11 +54,6 @@ class Source(Protocol):
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         """The listing (`listing_rows` columns, bytes still unread) and the refused files."""
 
-    def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
-        """The rows of `listed` (this source's listing, any later columns kept) whose path is
-        in `paths` (which may name other sources' files too), without reading any other
-        file's bytes."""
-
 
 @dataclass(frozen=True)
 class Ingested:
@@ -60,7 +65,8 @@ class Ingested:
     `keys`: `files`' (split, label) where a reader can scan them more cheaply than `files`
     (a local walk: the listing before it is spread over one task per 256 files, 4x faster
     for 20,000 files).
-    `parts`: (source, its rows of `files`) per source, so each re-reads its own (`only`).
+    `parts`: (how it is re-read, its rows of `files`) per part, so each source re-reads its
+    own (`only`).
     """
 
     files: DataFrame
@@ -69,7 +75,11 @@ class Ingested:
     total: int | None = None  # files listed (usable + refused), when the listing knows it
     keys: DataFrame | None = None
     label_map: LabelMap | None = None  # the merged `--label-map` files, read by read_sources
-    parts: tuple[tuple[Source, DataFrame], ...] = field(default=(), compare=False)
+    parts: tuple[tuple[Rereader, DataFrame], ...] = field(default=(), compare=False)
+
+    def owned_by(self, rereader: Rereader) -> Ingested:
+        """This listing as one part, re-read by `rereader` (what a source's `read` returns)."""
+        return replace(self, parts=((rereader, self.files),))
 
     def split_labels(self) -> DataFrame:
         """(split, label) of every usable listed file, for what-is-present questions."""
@@ -115,23 +125,16 @@ class Ingested:
         return got.select(*self.files.columns)
 
 
-@dataclass(frozen=True)
-class DriverRows:
-    """Rows a source read on the driver while listing (their bytes in `content` already), for
-    names its Spark reader cannot open: re-read by a filter on those rows."""
-
-    uri: str
-    mode: ClassVar[str] = "driver"
-    may_drop: ClassVar[bool] = False
-
-    def check(self, spark: SparkSession) -> None:
-        """Listed already: nothing to check."""
-
-    def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
-        raise NotImplementedError("driver-read rows are made by their source's listing")
+class ReadWhereUsed:
+    """The re-read of a listing whose bytes are read where they are used (a column expression
+    or a later read: a local walk, fsspec's UDF) or were read while listing (the files Spark's
+    listing hides, read on the driver): a filter on the listing reads nothing else."""
 
     def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
         return semi_join(spark, listed, paths)
+
+
+READ_WHERE_USED = ReadWhereUsed()
 
 
 def semi_join(spark: SparkSession, files: DataFrame, paths: list[str]) -> DataFrame:

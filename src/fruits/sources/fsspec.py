@@ -14,19 +14,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fruits import azure
 from fruits.common import InputError
 from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
-from fruits.sources.base import Ingested, listing_rows, semi_join, split_by_size
+from fruits.sources.base import READ_WHERE_USED, Ingested, listing_rows, split_by_size
 from fruits.spark import Session
 from fruits.storage.fsspec import FsSpec, Location, _mtime, locate
 
@@ -140,12 +140,7 @@ class FsspecSource:
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         kwargs.setdefault("files_per_partition", self.files_per_partition)
-        got = list_fsspec(spark, self.uri, **kwargs)
-        return replace(got, parts=((self, got.files),))
-
-    def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
-        """`content` is a UDF over the listing: a filter first reads only these files."""
-        return semi_join(spark, listed, paths)
+        return list_fsspec(spark, self.uri, **kwargs).owned_by(READ_WHERE_USED)
 
 
 def check_fsspec_input(uri: str) -> None:

@@ -12,7 +12,7 @@ binaryFile (`read_paths`), because a filter on the listing would read every file
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -22,8 +22,8 @@ from pyspark.sql import functions as F
 from fruits.common import InputError, local_path
 from fruits.config import DEFAULT_EXTENSIONS, MAX_FILE_BYTES
 from fruits.sources.base import (
+    READ_WHERE_USED,
     REFUSED_SCHEMA,
-    DriverRows,
     Ingested,
     listing_rows,
     semi_join,
@@ -67,16 +67,16 @@ class HadoopSource:
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         """Spark's listing, completed by the files it hides (see `skipped_files`): those are
         read on the driver and get the same columns, so every file ends as a row. They form
-        their own part (`DriverRows`): re-read from the listing, never named to binaryFile,
+        their own part (`READ_WHERE_USED`): re-read from the listing, never named to binaryFile,
         which drops a hidden name and fails on a `:`."""
         got = list_binary(spark, self.uri, **kwargs)
         if Session(spark).hadoop() is None:  # Connect: no JVM here to list with
-            return replace(got, parts=((self, got.files),))
+            return got.owned_by(self)
         extensions = kwargs.get("extensions", DEFAULT_EXTENSIONS)
         max_file_bytes = kwargs.get("max_file_bytes", MAX_FILE_BYTES)
         extra, refused, colons = skipped_files(spark, self.uri, extensions, max_file_bytes)
         if not (extra or refused):
-            return replace(got, parts=((self, got.files),))
+            return got.owned_by(self)
         files = got.files.where(~F.col("path").isin(colons)) if colons else got.files
         listing = spark.createDataFrame(extra, SKIPPED_SCHEMA)
         rows = listing_rows(listing, F.col("modificationTime"), F.col("content"))
@@ -84,7 +84,7 @@ class HadoopSource:
         too_large = got.too_large.unionByName(too_large)
         if refused:
             too_large = too_large.unionByName(spark.createDataFrame(refused, REFUSED_SCHEMA))
-        parts = ((self, files), (DriverRows(self.uri), ok))
+        parts = ((self, files), (READ_WHERE_USED, ok))
         return Ingested(files.unionByName(ok), too_large, may_drop=got.may_drop, parts=parts)
 
 

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 
@@ -24,7 +24,13 @@ from pyspark.sql import functions as F
 
 from fruits.common import InputError, local_path, read_file
 from fruits.config import DEFAULT_EXTENSIONS, FILES_PER_PARTITION, MAX_FILE_BYTES
-from fruits.sources.base import REFUSED_SCHEMA, Ingested, listing_rows, semi_join, split_by_size
+from fruits.sources.base import (
+    READ_WHERE_USED,
+    REFUSED_SCHEMA,
+    Ingested,
+    listing_rows,
+    split_by_size,
+)
 
 
 @dataclass(frozen=True)
@@ -44,12 +50,7 @@ class LocalSource:
 
     def read(self, spark: SparkSession, **kwargs: Any) -> Ingested:
         kwargs.setdefault("files_per_partition", self.files_per_partition)
-        got = list_local(spark, self.uri, **kwargs)
-        return replace(got, parts=((self, got.files),))
-
-    def reread(self, spark: SparkSession, paths: list[str], listed: DataFrame) -> DataFrame:
-        """Bytes are read where used: a filter on the listing reads nothing else."""
-        return semi_join(spark, listed, paths)
+        return list_local(spark, self.uri, **kwargs).owned_by(READ_WHERE_USED)
 
 
 # What binaryFile lists no row for; walk_local's other refusals are rows Spark reports itself.
