@@ -3,7 +3,7 @@
 A user who was answered can say "yes" or "it is a ...", and, only after ticking consent, give
 the photo. The API (`POST /v1/contributions`) hands it here:
 
-- the photo is decoded with the pipeline's own bounds (`images._decode_upright`: pixel limit,
+- the photo is decoded with the pipeline's own bounds (`images.decode_upright`: pixel limit,
   decode budget, EXIF orientation applied, RGB on white), shrunk to at most `STORE_SIDE` and
   re-encoded as a plain JPEG: no EXIF (GPS, camera, dates), no ICC profile, no comments survive;
 - it waits in `DIR/pending/<id>.jpg` with a JSON sidecar (`<id>.json`: label, time, SHA-256 of
@@ -84,9 +84,9 @@ def reencode(data: bytes, *, max_pixels: int, side: int = STORE_SIDE) -> bytes:
     Pillow writes no EXIF, ICC profile or comment unless asked: none is asked for."""
     from PIL import Image
 
-    from fruits.images import DEFAULT_MAX_DECODE_BYTES, _decode_upright
+    from fruits.images import DEFAULT_MAX_DECODE_BYTES, decode_upright
 
-    img = _decode_upright(data, side, max_pixels, DEFAULT_MAX_DECODE_BYTES)
+    img = decode_upright(data, side, max_pixels, DEFAULT_MAX_DECODE_BYTES)
     if max(img.size) > side:
         img.thumbnail((side, side), Image.Resampling.LANCZOS)
     clean = Image.new("RGB", img.size)

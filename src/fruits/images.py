@@ -206,7 +206,7 @@ def decode_image(
     decode will hold (`decode_cost` against `max_decode_bytes`). The EXIF orientation is applied
     after the draft reduction, where the copy is small.
     """
-    img = _decode_upright(data, size, max_pixels, max_decode_bytes)
+    img = decode_upright(data, size, max_pixels, max_decode_bytes)
     return _square(img, size)
 
 
@@ -231,7 +231,7 @@ def decode_views(
             data, size=size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes
         )[None]
     big = round(size / CROP_SIDE)
-    img = _decode_upright(data, big, max_pixels, max_decode_bytes)
+    img = decode_upright(data, big, max_pixels, max_decode_bytes)
     whole = _square(img, size)
     if min(img.size) <= size:
         return whole[None]
@@ -257,8 +257,9 @@ def _square(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_upright(data: bytes, size: int, max_pixels: int, max_decode_bytes: int) -> Image.Image:
-    """The decoded RGB image, upright, reduced (draft, shrink) no smaller than `size`."""
+def decode_upright(data: bytes, size: int, max_pixels: int, max_decode_bytes: int) -> Image.Image:
+    """The decoded RGB image, upright, reduced (draft, shrink) no smaller than `size`, within the
+    pipeline's bounds: one decode for the views, the API and the contributions' thumbnails."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     img_format = None
