@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -237,7 +236,7 @@ def plan_increment(
     known = images.select(*META).unionByName(quarantine.select(*META))
     refused = _with_meta(ingested.too_large)
     diff = compare(_listing(ingested, refused, verify=cfg.verify_content), known)
-    delta = Delta.collect(diff, verify=cfg.verify_content)
+    delta = Delta.collect(diff)
     todo = _todo(spark, ingested, delta.todo)
     todo_refused = (
         refused.join(F.broadcast(_paths_df(spark, delta.refused)), "path", "left_semi")
@@ -343,17 +342,25 @@ class Delta:
         return self.counts.get(status, 0)
 
     @classmethod
-    def collect(cls, diff: DataFrame, *, verify: bool) -> Delta:
-        # Two actions below; with --verify-content each would read every file again.
-        diff = diff.persist(StorageLevel.MEMORY_AND_DISK) if verify else diff
-        try:
-            rows = diff.groupBy("status").count().collect()
-            delta = cls({r["status"]: r["count"] for r in rows})
-            if sum(v for k, v in delta.counts.items() if k != "unchanged"):
-                for row in diff.where(F.col("status") != "unchanged").collect():
-                    delta.add(row["status"], row["path"], refused=row["refused"])
-        finally:
-            diff.unpersist()
+    def collect(cls, diff: DataFrame) -> Delta:
+        """One action: the unchanged files collapse into one row per status (path null) with
+        their count, every other file is its own row. (Two actions, a count and then the
+        paths, ran the comparison twice; with --verify-content each read every file.)"""
+        moved = F.col("status") != "unchanged"
+        rows = (
+            diff.groupBy(
+                "status",
+                F.when(moved, F.col("path")).alias("path"),
+                F.when(moved, F.col("refused")).alias("refused"),
+            )
+            .count()
+            .collect()
+        )
+        delta = cls({})
+        for row in sorted(rows, key=lambda r: (r["status"], r["path"] or "")):
+            delta.counts[row["status"]] = delta.count(row["status"]) + row["count"]
+            if row["path"] is not None:
+                delta.add(row["status"], row["path"], refused=bool(row["refused"]))
         log.info(
             "incremental: %d new, %d changed, %d deleted, %d unchanged",
             delta.count("new"),
