@@ -19,6 +19,15 @@ Spark's regParam r == sklearn C = 1 / (r * n)).
 `--graph PATH --tag T` featurizes with another ONNX graph of the same backbone (e.g. the static
 int8 one bench/quantize.py --save writes) through the same `extract` -> Featurizer path and
 caches as loso-T-*.npz; `study --tag T` reads those and writes loso-T-results.json.
+`study --answers` also keeps every judged photo's answer (loso[-T]-answers.json), and
+`paired --tag T --config C` compares them with the bundled graph's (or `--base-tag`'s) photo by
+photo: each rate's mean per-photo difference and its standard error (docs/performance.md, "int8,
+paired"):
+
+    C="raw 1280 + pipeline aug, clean"
+    OMP_NUM_THREADS=1 .venv/bin/python bench/loso.py study --config "$C" --answers
+    OMP_NUM_THREADS=1 .venv/bin/python bench/loso.py study --tag int8 --config "$C" --answers
+    .venv/bin/python bench/loso.py paired --tag int8 --config "$C"
 
 Protocol. Every real-photo source is held out in turn (grocery shelves, checkout counter,
 orchard trees; negatives: packaged goods, orchard without fruit, everyday scenes): the model
@@ -442,7 +451,8 @@ class Data:
             V, nv = z["X"].astype(np.float32), z["nv"]
             mask = np.arange(V.shape[1])[None, :] < nv[:, None]
             mean = (V * mask[..., None]).sum(1) / nv[:, None]
-            self.src[name] = {"X": mean, "whole": V[:, 0], "folder": [str(f) for f in z["folder"]]}
+            self.src[name] = {"X": mean, "whole": V[:, 0], "folder": [str(f) for f in z["folder"]],
+                              "paths": [str(f) for f in z["paths"]]}  # fmt: skip
         self.lm = label_maps()
         self.W, self.b = imagenet_head()
         # the ImageNet head's mass on each PRIOR_GROUPS group (+ "other", last column) per image:
@@ -660,7 +670,8 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
                aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False, neg_bias=None,
-               prior=None, labels="variety", l2norm=False, log=print) -> dict:  # fmt: skip
+               prior=None, labels="variety", l2norm=False, log=print,
+               answers: dict | None = None) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature, the
     "not a fruit" bias (`neg_bias`) and threshold fitted on the *other* sources' out-of-source
     logits, and the metrics; `prior` ("poe"/"boost"): the ImageNet head's fixed prior, its weight
@@ -669,6 +680,8 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
     only in `neg_bias` or `prior`. `labels` "species": the regression trains on every class's
     species (Data.species_map; "not a fruit" stays), judged at species level only (variety
     n/a); `l2norm`: each feature row divided by its L2 norm before the scaler (train and judged).
+    `answers` (a dict): also filled with every judged photo's answer per held-out source
+    (photo_answers), for paired comparisons; the metrics are the same either way.
     """
     from fruits.recognition import answer, metrics, softmax, species_table
 
@@ -770,8 +783,88 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
                 r[0] += int(not a.known[i])
                 r[1] += 1
         mt["per_species_refused"] = {k: [v[0], v[1]] for k, v in sorted(refused.items())}
+        if answers is not None:
+            answers[h] = photo_answers(d, h, a, truth, spec)
         out[h] = mt
     return out
+
+
+def photo_answers(d, h: str, a, truth, spec) -> dict:
+    """Per judged photo of held-out source h, in rows(h, train=False) order: its id (the path;
+    Fruits-360: the frame's index in list_f360), the answer (class, species, species
+    probability, answered or "not sure") and how it scores, as `metrics` counts it: species
+    right (the answer's species is a right one, answered or not; fruit photos), variety right
+    (None where the photo has no variety), negative (a no-fruit photo)."""
+    if h == "fruits-360":
+        ids = [str(i) for i in np.flatnonzero(d.f360_held)]
+    else:
+        ids = list(d.src[h]["paths"])
+    out = {
+        "id": ids,
+        "label": list(a.label),
+        "species": list(a.species),
+        "p": [round(float(x), 5) for x in a.species_probability],
+        "known": [bool(x) for x in a.known],
+        "negative": [bool(t[2]) for t in truth],
+    }
+    sp, var = [], []
+    for lab, (v_ok, s_ok, neg) in zip(a.label, truth, strict=True):
+        sp.append(None if neg else spec.get(lab) in {spec.get(c) for c in s_ok})
+        var.append(None if neg or not v_ok else lab in v_ok)
+    out["species_right"], out["variety_right"] = sp, var
+    return out
+
+
+def paired(base: dict, other: dict) -> list[tuple]:
+    """fp32 (base) against another graph (other) on the same photos, per metric: (metric, n,
+    base rate, other rate, mean of per-photo differences other - base, its standard error
+    std / sqrt(n), photos whose outcome changed). Metrics: species and variety right (fruit
+    photos; variety where the photo has one), fruit refused, no-fruit refused; last, the photos
+    whose shown answer (the class, or "not sure") changed."""
+    assert base["id"] == other["id"], "not the same photos"
+    neg = np.array(base["negative"])
+    rows = []
+    metrics = [
+        ("species", "species_right", ~neg),
+        ("variety", "variety_right", ~neg),
+        ("fruit refused", "known", ~neg),
+        ("no-fruit refused", "known", neg),
+    ]
+    for name, key, sel in metrics:
+        a = np.array([x for x, s in zip(base[key], sel, strict=True) if s and x is not None])
+        b = np.array([x for x, s in zip(other[key], sel, strict=True) if s and x is not None])
+        if not len(a):
+            continue
+        a, b = a.astype(float), b.astype(float)
+        if key == "known":  # refused = not answered
+            a, b = 1 - a, 1 - b
+        diff = b - a
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        rows.append((name, len(a), a.mean(), b.mean(), diff.mean(), se, int((diff != 0).sum())))
+    # the answer a user sees: the class when answered, "not sure" (None) when refused
+    before = [lab if k else None for lab, k in zip(base["label"], base["known"], strict=True)]
+    after = [lab if k else None for lab, k in zip(other["label"], other["known"], strict=True)]
+    changed = sum(x != y for x, y in zip(before, after, strict=True))
+    rows.append(("answer shown changed", len(neg), None, None, None, None, changed))
+    return rows
+
+
+def fmt_paired(config: str, base_tag: str, tag: str) -> str:
+    """Markdown: the paired table per held-out source from two saved answer files."""
+    A = json.loads((CACHE / f"loso-{base_tag + '-' if base_tag else ''}answers.json").read_text())
+    B = json.loads((CACHE / f"loso-{tag}-answers.json").read_text())
+    a_all, b_all = A[config], B[config]
+    base = base_tag or "fp32"
+    lines = [f"| held out | metric (n) | {base} | {tag} | {tag} - {base} (points, paired) "
+             "| SE | photos changed |", "|---" * 7 + "|"]  # fmt: skip
+    for h in a_all:
+        for name, n, pa, pb, dm, se, ch in paired(a_all[h], b_all[h]):
+            if pa is None:
+                lines.append(f"| {h} | {name} ({n}) | | | | | {ch} |")
+                continue
+            lines.append(f"| {h} | {name} ({n}) | {100 * pa:.1f} | {100 * pb:.1f} | "
+                         f"{100 * dm:+.2f} | {100 * se:.2f} | {ch} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def calibrate(d, L, Y, G, P, specs, neg_bias):
@@ -951,12 +1044,22 @@ def fmt_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def study(names: list[str] | None = None) -> str:
+def study(names: list[str] | None = None, save_answers: bool = False) -> str:
+    """The configs' tables; `save_answers`: also every judged photo's answer per config and
+    held-out source, in $RECOG_CACHE/loso[-TAG]-answers.json (for `paired`)."""
     d = Data()
     results = {}
     for name in names or list(CONFIGS):
         print(f"{name}", file=sys.stderr)
-        results[name] = run_config(d, **CONFIGS[name], log=lambda s: print(s, file=sys.stderr))
+        ans: dict | None = {} if save_answers else None
+        results[name] = run_config(
+            d, **CONFIGS[name], log=lambda s: print(s, file=sys.stderr), answers=ans
+        )
+        if ans is not None:
+            af = CACHE / f"{PREFIX}answers.json"
+            saved = json.loads(af.read_text()) if af.exists() else {}
+            saved[name] = ans
+            af.write_text(json.dumps(saved))
         out = CACHE / f"{PREFIX}results.json"
         old = json.loads(out.read_text()) if out.exists() else {}
         old[name] = results[name]
@@ -966,13 +1069,23 @@ def study(names: list[str] | None = None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cmd", choices=["features", "study"])
+    ap.add_argument("cmd", choices=["features", "study", "paired"])
     ap.add_argument("--config", action="append", help="one of: " + ", ".join(CONFIGS))
     ap.add_argument("--aug", action="append", choices=["bg", "bgneg", "pipeline"],
                     help="features: also the studio frames' background composites (bg) or "
                          "backgrounds alone (bgneg), fruits.augment's own (pipeline)")  # fmt: skip
     ap.add_argument("--graph", type=Path, help="features: this ONNX graph (e.g. int8)")
     ap.add_argument("--tag", help="caches and results as loso-TAG-*.npz (use with --graph)")
+    ap.add_argument(
+        "--answers",
+        action="store_true",
+        help="study: also save every photo's answer (loso[-TAG]-answers.json)",
+    )
+    ap.add_argument(
+        "--base-tag",
+        default="",
+        help="paired: the tag compared against (default: the bundled fp32 graph)",
+    )
     a = ap.parse_args()
     global GRAPH, PREFIX
     if a.graph is not None and not a.tag:
@@ -980,8 +1093,13 @@ def main() -> None:
     GRAPH, PREFIX = a.graph, f"loso-{a.tag}-" if a.tag else "loso-"
     if a.cmd == "features":
         cmd_features(a.aug)
+    elif a.cmd == "paired":  # both sides' `study --answers` first, same config
+        if not a.tag or not a.config:
+            ap.error("paired needs --tag and --config")
+        for name in a.config:
+            print(f"\n{name}\n\n{fmt_paired(name, a.base_tag, a.tag)}")
     else:
-        print(study(a.config))
+        print(study(a.config, save_answers=a.answers))
 
 
 if __name__ == "__main__":
