@@ -105,3 +105,22 @@ def test_a_photo_named_like_a_flickr_id_is_its_own_group_not_a_frame(spark):
     split = _split(spark, rows)
     assert set(split) == {p for p, _ in rows}
     assert set(split.values()) <= {"train", "val"} and "val" in split.values()
+
+
+def test_the_same_photos_split_the_same_wherever_they_live(spark):
+    """A laptop folder, Azure and a volume holding the same files give the same validation
+    photos: the split follows the files' names, not the place (it once hashed whole paths)."""
+    names = [f"{c}/photo_{i}.jpg" for c in ("Kiwi", "Lemon") for i in range(150)]
+    names += [f"Apple Red 1/r_{f}_100.jpg" for f in range(200)]
+    roots = (
+        "file:/home/me/fruits/Training",
+        "abfss://images@acct.dfs.core.windows.net/fruits/Training",
+        "dbfs:/Volumes/main/fruits/photos/Training",
+    )
+    splits = []
+    for root in roots:
+        rows = [(f"{root}/{n}", n.split("/")[0]) for n in names]
+        got = _split(spark, rows)
+        splits.append({p[len(root) + 1 :]: s for p, s in got.items()})
+    assert splits[0] == splits[1] == splits[2]
+    assert 0.04 * len(names) < list(splits[0].values()).count("val") < 0.2 * len(names)

@@ -77,13 +77,16 @@ def _frame_name(path: Column) -> tuple[Column, Column]:
 def group_col(path: Column, label: Column, offset: int = 0) -> Column:
     """What must stay on one side of a validation split. Fruits-360 names are video frames
     (`r_123_100.jpg`: frame 123): neighbouring frames are near-duplicates, so 25 frames of a
-    class and series form one group; any other file is its own group. `offset`: the group
-    `offset` blocks away in the same series (the guard band's neighbours)."""
+    class and series form one group; any other file is its own group, named by its folder and
+    file name, not its whole path, so the same data split the same way wherever it lives (a
+    laptop folder, `abfss://`, a volume; the absolute path once gave each place its own
+    validation photos, hence its own calibration and figures). `offset`: the group `offset`
+    blocks away in the same series (the guard band's neighbours)."""
     series, frame = _frame_name(path)
     block = F.floor(frame.cast("int") / FRAME_BLOCK) + offset
-    return F.when(frame != "", F.concat_ws("|", label, series, block.cast("string"))).otherwise(
-        path
-    )
+    parts = F.split(path, "/")
+    own = F.concat_ws("|", F.element_at(parts, -2), F.element_at(parts, -1))
+    return F.when(frame != "", F.concat_ws("|", label, series, block.cast("string"))).otherwise(own)
 
 
 def with_validation(files: DataFrame, fraction: float, has_val: bool) -> DataFrame:
