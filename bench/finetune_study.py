@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -212,19 +211,7 @@ def pipeline_images():
     from fruits import augment
 
     items, _, train = f360_rows()
-    bg = [(t[0], j) for j, name in enumerate(loso.BG_SOURCES) for t in loso.list_source(name)]
-
-    def h64(path: str) -> int:
-        return int.from_bytes(hashlib.blake2b(path.encode(), digest_size=8).digest(), "big")
-
-    pool, pool_src = [], []
-    for path, j in sorted(bg, key=lambda t: h64(t[0])):
-        if len(pool) == augment.POOL_SIZE:
-            break
-        small = augment.shrink_photo(Path(path).read_bytes())
-        if small is not None:
-            pool.append(small)
-            pool_src.append(j)
+    pool, pool_src, _ = loso.background_pool()
     photos = augment.decoded_pool(pool)
     jpegs, frame, kind, bgs = [], [], [], []
     for i in np.flatnonzero(train):

@@ -326,18 +326,13 @@ def features_bgneg() -> None:
     np.savez(p, X=X[:, 0], cls=[t[1] for t in items], bg=used, seconds=dt)
 
 
-def features_pipeline() -> None:
-    """fruits.augment.augment_frame on every Fruits-360 frame (list_f360 order) with a pool of
-    POOL_SIZE BG_SOURCES photos (blake2b-64 of the path order), every returned JPEG featurized
-    by `extract` (1 view); one cached row per image with its frame, kind and background source."""
-    p = cached("aug-pipeline")
-    if p.exists():
-        return
+def background_pool() -> tuple[list, list[int], list[str]]:
+    """The pipeline's pool of negatives photos (shrunk bytes), drawn in a path-hash order:
+    (pool, index of its source in BG_SOURCES, path), shared by every composite study."""
     import hashlib
 
     from fruits import augment
 
-    items = list_f360()
     bg = [(t[0], j) for j, name in enumerate(BG_SOURCES) for t in list_source(name)]
 
     def h64(path: str) -> int:
@@ -352,6 +347,21 @@ def features_pipeline() -> None:
             pool.append(small)
             pool_src.append(j)
             pool_paths.append(path)
+    return pool, pool_src, pool_paths
+
+
+def features_pipeline() -> None:
+    """fruits.augment.augment_frame on every Fruits-360 frame (list_f360 order) with a pool of
+    POOL_SIZE BG_SOURCES photos (blake2b-64 of the path order), every returned JPEG featurized
+    by `extract` (1 view); one cached row per image with its frame, kind and background source."""
+    p = cached("aug-pipeline")
+    if p.exists():
+        return
+
+    from fruits import augment
+
+    items = list_f360()
+    pool, pool_src, pool_paths = background_pool()
     photos = augment.decoded_pool(pool)
     print(f"aug pipeline: {len(items)} frames, pool {len(photos)} photos "
           f"({[pool_src.count(j) for j in range(len(BG_SOURCES))]} of {BG_SOURCES})",
