@@ -31,8 +31,7 @@ class Rereader(Protocol):
 
 class Source(Protocol):
     """One input: how it is checked, listed and read (each part it returns names its
-    `Rereader`), chosen once by
-    `storage.plan.plan_storage`.
+    `Rereader`), chosen once by `storage.plan.plan_storage`.
 
     `may_drop` is the source's drop rule: True where a listed file can vanish without a row
     (Spark's binaryFile with `ignoreCorruptFiles`), so the pipeline must compare what it
