@@ -110,6 +110,30 @@ fruit" stays) and is judged at species level only (variety None); "l2norm" divid
 row by its L2 norm before the scaler, training and judged rows alike. Not adopted
 (docs/recognition-study.md, "Species labels and L2-normalised features").
 
+A real-photo gate (configs "raw 1280 + pipeline aug, clean, real-photo gate" / "... gate +
+composites", each also ", balanced"; their fruit classifier's fits shared in one `study` run).
+The decision split in two: a classifier over the fruit classes only (the config's rows less
+every "not a fruit" row: studio frames, composites, other sources' fruit photos) and a binary
+gate "fruit" vs "not a fruit" (fit_gate) trained on real photos only: the other fruit sources'
+photos against the other negatives sources' and the pipeline's backgrounds alone (clean rule);
+"+ composites" also the pipeline's composites as positives; ", balanced" class-balanced
+weights; never Fruits-360's frames. A photo with the gate's P(fruit) < g is answered "not a
+fruit" (refused; its shown probability 1 - P(fruit)), any other the classifier's answer with
+temperature and threshold fitted as always (calibrate, on the other sources' out-of-source
+logits: fruit photos only, the classifier having no "not a fruit"); then g on GATE_GRID
+(0..1, 0.01) at that T and threshold, on the other sources' out-of-source predictions, by
+fit_neg_bias's "sum" objective over every photo of each source (fit_gate_g). The table's g
+column. Diagnostics ", T 1" (base and "gate + composites"): the temperature fixed at 1, the
+rest fitted as always. `--out-tag OUT` saves results and answers as loso-OUT-*.json, and `paired
+--base-config` pairs two configs of one answers file. Not adopted (docs/recognition-study.md,
+"A real-photo gate"):
+
+    C="raw 1280 + pipeline aug, clean"
+    OMP_NUM_THREADS=1 .venv/bin/python bench/loso.py study --out-tag gate --answers \
+        --config "$C" --config "$C, real-photo gate" --config "$C, real-photo gate + composites"
+    .venv/bin/python bench/loso.py paired --tag gate --base-tag gate --base-config "$C" \
+        --config "$C, real-photo gate"
+
 Every config's results also carry `per_species_refused` (true species -> [refused, photos]).
 Fits are deterministic for a given BLAS thread count only (lbfgs stops at 300 iterations): run
 configs you compare with the same OMP_NUM_THREADS.
@@ -483,6 +507,7 @@ class Data:
         self.aug: dict[str, np.ndarray] = {}
         self.aug_bg: dict[str, np.ndarray] = {}
         self.oos: dict[str, dict] = {}  # fit settings -> held-out source -> logits (run_config)
+        self.gate_oos: dict[str, dict] = {}  # gate settings -> held-out source -> P(fruit)
 
     def f360_train_sel(self) -> np.ndarray:
         # every 2nd grouped-train frame: neighbours are near-duplicates, fits 2x faster
@@ -680,8 +705,8 @@ def _nll(t: float, logits: list[np.ndarray], ys: list[np.ndarray]) -> float:
 
 def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_clean=False,
                aug_only=None, aug_weight=1.0, bgneg=0, pipeline=False, neg_bias=None,
-               prior=None, labels="variety", l2norm=False, log=print,
-               answers: dict | None = None) -> dict:  # fmt: skip
+               prior=None, labels="variety", l2norm=False, gate=None, gate_balance=False,
+               fixed_t=None, log=print, answers: dict | None = None) -> dict:  # fmt: skip
     """Out-of-source logits for every held-out source, then per source: temperature, the
     "not a fruit" bias (`neg_bias`) and threshold fitted on the *other* sources' out-of-source
     logits, and the metrics; `prior` ("poe"/"boost"): the ImageNet head's fixed prior, its weight
@@ -692,11 +717,19 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
     n/a); `l2norm`: each feature row divided by its L2 norm before the scaler (train and judged).
     `answers` (a dict): also filled with every judged photo's answer per held-out source
     (photo_answers), for paired comparisons; the metrics are the same either way.
+    `gate` ("real" / "real+composites"): the classifier trains on fruit rows only (no "not a
+    fruit" class) and a binary gate (fit_gate: real photos only, + the pipeline's composites
+    with "real+composites"; `gate_balance`: class-balanced weights) refuses a photo as "not a
+    fruit" when its P(fruit) < g; T and threshold as always (calibrate, on the fruit
+    classifier), then g on GATE_GRID at them (fit_gate_g), on the other sources only.
+    `fixed_t`: the temperature is that (not fitted; a diagnostic), the rest fitted as always.
     """
     from fruits.recognition import answer, metrics, softmax, species_table
 
     key = json.dumps([k, reg, feats, balance, aug, aug_clean, aug_only, aug_weight, bgneg,
                       pipeline, labels, l2norm])  # fmt: skip
+    if gate:  # the fruit classifier: fruit rows only (its fits shared by every gate config)
+        key = json.dumps([*json.loads(key), "fruit only"])
     by_species = labels == "species"
     sm = d.species_map() if by_species else {}
 
@@ -721,6 +754,10 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             parts.append(d.aug_rows("bgneg", without=h if aug_clean else None, every=bgneg))
         if pipeline:  # fruits.augment's composites and backgrounds alone
             parts.append(d.pipeline_rows(without=h if aug_clean else None))
+        if gate:  # no "not a fruit" rows: the gate decides that
+            parts = [fruit_rows(p) for p in parts]
+            n_real -= sum(not len(p[1]) for p in parts[:n_real])
+            parts = [p for p in parts if len(p[1])]
         X = np.vstack([p[0] for p in parts])
         y = [t for p in parts for t in p[1]]
         if by_species:
@@ -739,6 +776,14 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             yh = [sm[t] for t in yh]
         oos[h] = (m.classes, m.logits(Xh), yh, truth)
         log(f"    held {h}: fit {time.perf_counter() - t0:.0f}s on {len(y)} rows")
+    gp = None
+    if gate:  # P(fruit) of every held-out source's photos by a gate fitted without it
+        gp = d.gate_oos.setdefault(json.dumps([gate, gate_balance, aug_clean, pipeline]), {})
+        for h in HELD:
+            if h not in gp:
+                t0 = time.perf_counter()
+                gp[h], n = fit_gate(d, h, gate, gate_balance, aug_clean, pipeline)
+                log(f"    held {h}: gate fit {time.perf_counter() - t0:.0f}s on {n} rows")
     out = {}
     for h in HELD:
         others = [o for o in HELD if o != h]
@@ -760,7 +805,7 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
         best = None
         for w in PRIOR_GRID if prior else (0.0,):
             Lw = [(c, lg + w * off if prior else lg) for (c, lg), off in zip(L, offs, strict=True)]
-            T, B, thr, ans = calibrate(d, Lw, Y, G, P, specs, neg_bias)
+            T, B, thr, ans = calibrate(d, Lw, Y, G, P, specs, neg_bias, t=fixed_t)
             cost = 0.0
             if prior:  # each other source weighs the same: wrong or refused / accepted no-fruit
                 cost = float(
@@ -775,17 +820,26 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
             if best is None or cost < best[0] - 1e-12:
                 best = (cost, w, T, B, thr)
         _, w, T, B, thr = best
+        g = None
+        if gate:  # g at T and thr, on the other sources' out-of-source answers and P(fruit)
+            g = fit_gate_g(d, others, oos, gp, T, thr, spec_of, log=log)
         classes, logits, yh, truth = oos[h]
         spec = spec_of(classes)
+        if gate:  # the answer may be "not a fruit" though the classifier has no such class
+            spec = {**spec, NEG: NEG}
         if prior and w:
             logits = logits + w * prior_offsets(d.head_mass(h), classes, spec, prior)
         a = answer(unbias(softmax(logits, T), classes, B), classes, spec, thr)
+        if gate:
+            a = gated(a, gp[h], g)
         mt = metrics(a, [t[0] for t in truth], [t[1] for t in truth], [t[2] for t in truth], spec)
         if by_species:  # the answer's label is a species: no variety to judge
             mt["variety_top1"] = None
         mt["temperature"], mt["threshold"], mt["neg_bias"] = round(T, 3), thr, round(B, 3)
         if prior:
             mt["prior_w"] = w
+        if gate:
+            mt["gate_g"] = g
         refused: dict[str, list[int]] = {}  # per true species: refused, photos
         for i, t in enumerate(truth):
             if not t[2]:
@@ -795,6 +849,8 @@ def run_config(d: Data, *, k, reg, feats="raw", balance=False, aug=None, aug_cle
         mt["per_species_refused"] = {k: [v[0], v[1]] for k, v in sorted(refused.items())}
         if answers is not None:
             answers[h] = photo_answers(d, h, a, truth, spec)
+            if gate:  # the gate's own P(fruit) per photo, for its diagnostics
+                answers[h]["p_fruit"] = [round(float(x), 5) for x in gp[h]]
         out[h] = mt
     return out
 
@@ -823,6 +879,93 @@ def photo_answers(d, h: str, a, truth, spec) -> dict:
         var.append(None if neg or not v_ok else lab in v_ok)
     out["species_right"], out["variety_right"] = sp, var
     return out
+
+
+def fruit_rows(part):
+    """(X, y, truth) less its "not a fruit" rows."""
+    X, y, truth = part
+    keep = [i for i, t in enumerate(y) if t != NEG]
+    return X[keep], [y[i] for i in keep], [truth[i] for i in keep]
+
+
+GATE = "fruit"  # the gate's positive label (its other one: NEG)
+
+
+def fit_gate(d, h: str, gate: str, balance: bool, aug_clean: bool, pipeline: bool):
+    """The binary gate "fruit" vs "not a fruit" fitted without source h (the same Model:
+    scaler -> L2 logistic regression, reg 1e-3), trained on real photos only: positives the
+    fruit photos of the fruit sources other than h, negatives the negatives sources other than
+    h, + the pipeline's backgrounds alone (clean rule as the classifier's); "real+composites":
+    + the pipeline's composites as positives. Fruits-360 frames never: the studio-vs-real look
+    cannot be its cue. `balance`: each class weighs the same in the loss (sum of weights = n).
+    Returns (P(fruit) of h's judged rows, in rows(h, train=False) order, and the rows fitted)."""
+    Xs, ys = [], []
+    for n in FRUIT_SOURCES + NEG_SOURCES:
+        if n != h:
+            X, y, _ = d.rows(n, train=True)
+            Xs.append(X)
+            ys += [NEG if t == NEG else GATE for t in y]
+    if pipeline:
+        X, y, _ = d.pipeline_rows(without=h if aug_clean else None)
+        keep = [i for i, t in enumerate(y) if t == NEG or gate == "real+composites"]
+        Xs.append(X[keep])
+        ys += [NEG if y[i] == NEG else GATE for i in keep]
+    elif gate == "real+composites":
+        raise ValueError("real+composites needs the pipeline's composites")
+    X = np.vstack(Xs)
+    w = None
+    if balance:
+        yv = np.array(ys)
+        w = np.where(yv == GATE, len(yv) / (2 * (yv == GATE).sum()),
+                     len(yv) / (2 * (yv == NEG).sum()))  # fmt: skip
+    m = Model(X, ys, k=None, reg=1e-3, weights=w)
+    assert m.classes == [GATE, NEG], m.classes
+    z = m.logits(d.rows(h, train=False)[0])  # binary: the score of classes[1] (NEG)
+    return 1.0 / (1.0 + np.exp(z)), len(ys)
+
+
+GATE_GRID = np.round(np.arange(0.0, 1.001, 0.01), 2)
+
+
+def fit_gate_g(d, others, oos, gp, T, thr, spec_of, log=print) -> float:
+    """The gate's cut g on GATE_GRID, on the other sources' out-of-source predictions only
+    (every photo of each: fruit classifier's answers at T and thr, gate's P(fruit)), minimising
+    fit_neg_bias's "sum" objective: mean over the other fruit sources (Fruits-360 included) of
+    fruit refused + mean over the other negatives sources of no-fruit accepted, each source
+    weighing the same; the smallest g on ties."""
+    from fruits.recognition import answer, softmax
+
+    known, neg = [], []
+    for o in others:
+        classes, logits, _, truth = oos[o]
+        a = answer(softmax(logits, T), classes, spec_of(classes), thr)
+        known.append(a.known)
+        neg.append(all(t[2] for t in truth))
+    best, best_g = None, 0.0
+    for g in GATE_GRID:
+        fruit, accepted = [], []
+        for o, k, is_neg in zip(others, known, neg, strict=True):
+            ok = k & (gp[o] >= g)
+            (accepted if is_neg else fruit).append(float(ok.mean()))
+        cost = np.mean([1 - r for r in fruit]) + np.mean(accepted)
+        if best is None or cost < best - 1e-12:
+            best, best_g = cost, float(g)
+    return best_g
+
+
+def gated(a, p_fruit: np.ndarray, g: float):
+    """Answers with those of P(fruit) < g replaced by "not a fruit", refused; the species
+    probability shown there is the gate's 1 - P(fruit) (ECE counts it as a wrong answer)."""
+    from fruits.recognition import Answers
+
+    off = p_fruit < g
+    return Answers(
+        [NEG if o else lab for lab, o in zip(a.label, off, strict=True)],
+        [NEG if o else s for s, o in zip(a.species, off, strict=True)],
+        np.where(off, 1.0 - p_fruit, a.species_probability),
+        a.known & ~off,
+        [[NEG, *t[:4]] if o else t for t, o in zip(a.top5_species, off, strict=True)],
+    )
 
 
 def paired(base: dict, other: dict) -> list[tuple]:
@@ -859,12 +1002,15 @@ def paired(base: dict, other: dict) -> list[tuple]:
     return rows
 
 
-def fmt_paired(config: str, base_tag: str, tag: str) -> str:
-    """Markdown: the paired table per held-out source from two saved answer files."""
+def fmt_paired(config: str, base_tag: str, tag: str, base_config: str | None = None) -> str:
+    """Markdown: the paired table per held-out source from two saved answer files; the base
+    side's answers are those of `base_config` when given (two configs of one file)."""
     A = json.loads((CACHE / f"loso-{base_tag + '-' if base_tag else ''}answers.json").read_text())
     B = json.loads((CACHE / f"loso-{tag}-answers.json").read_text())
-    a_all, b_all = A[config], B[config]
+    a_all, b_all = A[base_config or config], B[config]
     base = base_tag or "fp32"
+    if base_config:  # two configs: name the sides by config, not by tag
+        base, tag = "base config", "config"
     lines = [f"| held out | metric (n) | {base} | {tag} | {tag} - {base} (points, paired) "
              "| SE | photos changed |", "|---" * 7 + "|"]  # fmt: skip
     for h in a_all:
@@ -877,14 +1023,18 @@ def fmt_paired(config: str, base_tag: str, tag: str) -> str:
     return "\n".join(lines)
 
 
-def calibrate(d, L, Y, G, P, specs, neg_bias):
+def calibrate(d, L, Y, G, P, specs, neg_bias, t=None):
     """Temperature, "not a fruit" bias and threshold on the other sources' out-of-source logits
-    L (each source weighing the same), and their answers at those."""
+    L (each source weighing the same), and their answers at those; `t`: that temperature, not
+    fitted."""
     from fruits.recognition import answer, choose_threshold, softmax
 
     # one temperature on a 40-point grid (>= 1): the NLL, each source weighing the same
     ts = np.exp(np.linspace(np.log(0.5), np.log(10), 40))
-    T = float(max(1.0, ts[int(np.argmin([_nll(t, [lg for _, lg in L], Y) for t in ts]))]))
+    if t is not None:
+        T = float(t)
+    else:
+        T = float(max(1.0, ts[int(np.argmin([_nll(t, [lg for _, lg in L], Y) for t in ts]))]))
     probs = [softmax(lg, T) for _, lg in L]
     B = 0.0
     if neg_bias:
@@ -1027,6 +1177,53 @@ CONFIGS = {
         "pipeline": True,
         "l2norm": True,
     },
+    # fruit classes only + a binary "fruit vs not a fruit" gate on real photos (fit_gate)
+    "raw 1280 + pipeline aug, clean, real-photo gate": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "gate": "real",
+    },
+    "raw 1280 + pipeline aug, clean, real-photo gate + composites": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "gate": "real+composites",
+    },
+    "raw 1280 + pipeline aug, clean, real-photo gate, balanced": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "gate": "real",
+        "gate_balance": True,
+    },
+    "raw 1280 + pipeline aug, clean, real-photo gate + composites, balanced": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "gate": "real+composites",
+        "gate_balance": True,
+    },
+    # diagnostics: the temperature fixed at 1 (not fitted), with and without the gate
+    "raw 1280 + pipeline aug, clean, T 1": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "fixed_t": 1.0,
+    },
+    "raw 1280 + pipeline aug, clean, real-photo gate + composites, T 1": {
+        "k": None,
+        "reg": 1e-3,
+        "aug_clean": True,
+        "pipeline": True,
+        "gate": "real+composites",
+        "fixed_t": 1.0,
+    },
     "raw 1280, balanced": {"k": None, "reg": 1e-3, "balance": True},
     "raw + ImageNet head": {"k": None, "reg": 1e-3, "feats": "head"},
     "raw + ImageNet head, balanced": {"k": None, "reg": 1e-3, "feats": "head", "balance": True},
@@ -1040,6 +1237,9 @@ CONFIGS = {
 def fmt_table(results: dict[str, dict]) -> str:
     head = "setting | held-out source | species | variety | refused (fruit) | refused (not fruit)"
     lines = [f"| {head} | ECE | T | threshold | b | w |", "|---" * 11 + "|"]
+    gates = any("gate_g" in m for res in results.values() for m in res.values())
+    if gates:  # a gate config among them: its cut g, last
+        lines = [lines[0] + " g |", "|---" * 12 + "|"]
     for name, res in results.items():
         for h, m in res.items():
 
@@ -1051,12 +1251,17 @@ def fmt_table(results: dict[str, dict]) -> str:
                          f"{m['ece'] if m['ece'] is not None else '-'} | {m['temperature']} | "
                          f"{m['threshold']} | {m.get('neg_bias', 0)} | "
                          f"{m.get('prior_w', '-')} |")  # fmt: skip
+            if gates:
+                lines[-1] += f" {m.get('gate_g', '-')} |"
     return "\n".join(lines)
 
 
-def study(names: list[str] | None = None, save_answers: bool = False) -> str:
+def study(names: list[str] | None = None, save_answers: bool = False, out_tag: str = "") -> str:
     """The configs' tables; `save_answers`: also every judged photo's answer per config and
-    held-out source, in $RECOG_CACHE/loso[-TAG]-answers.json (for `paired`)."""
+    held-out source, in $RECOG_CACHE/loso[-TAG]-answers.json (for `paired`); `out_tag`: results
+    and answers saved as loso-OUT-results.json / loso-OUT-answers.json instead (the features
+    still read from loso[-TAG]-*.npz)."""
+    save = f"loso-{out_tag}-" if out_tag else PREFIX
     d = Data()
     results = {}
     for name in names or list(CONFIGS):
@@ -1066,11 +1271,11 @@ def study(names: list[str] | None = None, save_answers: bool = False) -> str:
             d, **CONFIGS[name], log=lambda s: print(s, file=sys.stderr), answers=ans
         )
         if ans is not None:
-            af = CACHE / f"{PREFIX}answers.json"
+            af = CACHE / f"{save}answers.json"
             saved = json.loads(af.read_text()) if af.exists() else {}
             saved[name] = ans
             af.write_text(json.dumps(saved))
-        out = CACHE / f"{PREFIX}results.json"
+        out = CACHE / f"{save}results.json"
         old = json.loads(out.read_text()) if out.exists() else {}
         old[name] = results[name]
         out.write_text(json.dumps(old, indent=1))
@@ -1096,6 +1301,15 @@ def main() -> None:
         default="",
         help="paired: the tag compared against (default: the bundled fp32 graph)",
     )
+    ap.add_argument(
+        "--base-config",
+        help="paired: compare --config against this config's answers (default: the same config)",
+    )
+    ap.add_argument(
+        "--out-tag",
+        default="",
+        help="study: save results and answers as loso-OUT-*.json (features still from --tag)",
+    )
     a = ap.parse_args()
     global GRAPH, PREFIX
     if a.graph is not None and not a.tag:
@@ -1107,9 +1321,9 @@ def main() -> None:
         if not a.tag or not a.config:
             ap.error("paired needs --tag and --config")
         for name in a.config:
-            print(f"\n{name}\n\n{fmt_paired(name, a.base_tag, a.tag)}")
+            print(f"\n{name}\n\n{fmt_paired(name, a.base_tag, a.tag, a.base_config)}")
     else:
-        print(study(a.config, save_answers=a.answers))
+        print(study(a.config, save_answers=a.answers, out_tag=a.out_tag))
 
 
 if __name__ == "__main__":
