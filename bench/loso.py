@@ -171,6 +171,20 @@ def cached(name: str) -> Path:
     return CACHE / f"{PREFIX}{name}.npz"
 
 
+def link_caches(tag: str, skip: tuple[str, ...] = ()) -> None:
+    """$RECOG_CACHE/loso-TAG-NAME.npz -> the bundled graph's loso-NAME.npz for every feature
+    cache NAME (Fruits-360, each source, the augmentations) not in `skip`: a study that changes
+    some sources' features (or none: only the fit) reads the rest from the bundled graph's."""
+    for f in sorted(CACHE.glob("loso-*.npz")):
+        name = f.name[len("loso-") : -len(".npz")]
+        if f.is_symlink() or name in skip:
+            continue
+        if name in {"f360", *FRUIT_SOURCES, *NEG_SOURCES} or name.startswith("aug-"):
+            dst = CACHE / f"loso-{tag}-{name}.npz"
+            if not dst.exists():
+                os.symlink(f, dst)
+
+
 def list_source(name: str) -> list[tuple[str, str]]:
     """(path, folder label) of every image in a source; negatives' folder label is NEG."""
     root = DATA / name
@@ -930,24 +944,21 @@ GATE_GRID = np.round(np.arange(0.0, 1.001, 0.01), 2)
 def fit_gate_g(d, others, oos, gp, T, thr, spec_of, log=print) -> float:
     """The gate's cut g on GATE_GRID, on the other sources' out-of-source predictions only
     (every photo of each: fruit classifier's answers at T and thr, gate's P(fruit)), minimising
-    fit_neg_bias's "sum" objective: mean over the other fruit sources (Fruits-360 included) of
-    fruit refused + mean over the other negatives sources of no-fruit accepted, each source
-    weighing the same; the smallest g on ties."""
+    fit_neg_bias's "sum" objective (refusal_cost): mean over the other fruit sources (Fruits-360
+    included) of fruit refused + mean over the other negatives sources of no-fruit accepted,
+    each source weighing the same; the smallest g on ties."""
     from fruits.recognition import answer, softmax
 
-    known, neg = [], []
+    known, positive = [], []
     for o in others:
         classes, logits, _, truth = oos[o]
         a = answer(softmax(logits, T), classes, spec_of(classes), thr)
         known.append(a.known)
-        neg.append(all(t[2] for t in truth))
+        positive.append(np.array([not t[2] for t in truth]))
     best, best_g = None, 0.0
     for g in GATE_GRID:
-        fruit, accepted = [], []
-        for o, k, is_neg in zip(others, known, neg, strict=True):
-            ok = k & (gp[o] >= g)
-            (accepted if is_neg else fruit).append(float(ok.mean()))
-        cost = np.mean([1 - r for r in fruit]) + np.mean(accepted)
+        cost = refusal_cost([k & (gp[o] >= g) for o, k in zip(others, known, strict=True)],
+                            positive)  # fmt: skip
         if best is None or cost < best - 1e-12:
             best, best_g = cost, float(g)
     return best_g
@@ -1074,6 +1085,18 @@ def unbias(probs: np.ndarray, classes: list[str], b: float) -> np.ndarray:
 NEG_BIAS_GRID = np.round(np.arange(0.0, 8.01, 0.1), 2)
 
 
+def refusal_cost(known: list[np.ndarray], positive: list[np.ndarray]) -> float:
+    """The "sum" objective of fit_neg_bias and fit_gate_g, over sources (each weighing the
+    same; a source without photos skipped): mean over fruit sources of fruit refused + mean
+    over negatives sources of no-fruit accepted. `known[i]`: which photos of source i are
+    answered; `positive[i]`: which are fruit photos (a source is all one or the other)."""
+    fruit, neg = [], []
+    for k, pos in zip(known, positive, strict=True):
+        if len(pos):
+            (fruit if pos.all() else neg).append(1 - float(k.mean()))
+    return float(np.mean(fruit) + np.mean([1 - r for r in neg]))
+
+
 def fit_neg_bias(d, L, probs, P, G, rule: str, specs=None) -> float:
     """The "not a fruit" bias b on the other sources' out-of-source predictions (never the
     judged one); for each b on the grid the threshold is refitted (choose_threshold) and each
@@ -1091,17 +1114,14 @@ def fit_neg_bias(d, L, probs, P, G, rule: str, specs=None) -> float:
         ans = [answer(unbias(pr, classes, b), classes, spec, 0.0)
                for (classes, _), pr, spec in zip(L, probs, specs, strict=True)]  # fmt: skip
         thr = choose_threshold(np.concatenate([a.species_probability for a in ans]), Pc, Gc)
-        fruit, neg = [], []
-        for a, pos in zip(ans, P, strict=True):
-            if not len(pos):
-                continue
-            known = (a.species_probability >= thr) & a.known
-            (fruit if pos.all() else neg).append(float(1 - known.mean()))
+        known = [(a.species_probability >= thr) & a.known for a in ans]
         if rule == "sum":
-            cost = np.mean(fruit) + np.mean([1 - r for r in neg])
+            cost = refusal_cost(known, P)
             if best is None or cost < best - 1e-12:
                 best, best_b = cost, float(b)
         elif rule == "guard90":
+            neg = [1 - float(k.mean()) for k, pos in zip(known, P, strict=True) if len(pos)
+                   and not pos.all()]  # fmt: skip
             if all(r >= 0.9 for r in neg):
                 ok_b = float(b)
             else:

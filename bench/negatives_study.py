@@ -16,7 +16,6 @@ Result in docs/recognition-study.md ("Several no-fruit classes"): not adopted.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,14 +63,7 @@ class MergedNegatives(loso.Model):
 
 def main() -> None:
     loso.PREFIX = f"loso-{TAG}-"
-    for f in sorted(loso.CACHE.glob("loso-*.npz")):
-        name = f.name[len("loso-") : -len(".npz")]
-        if f.is_symlink() or name == "imagenet-head":
-            continue
-        if name in {"f360", *loso.FRUIT_SOURCES, *loso.NEG_SOURCES} or name.startswith("aug-"):
-            dst = loso.CACHE / f"loso-{TAG}-{name}.npz"
-            if not dst.exists():
-                os.symlink(f, dst)
+    loso.link_caches(TAG)
     loso.Model = MergedNegatives  # run_config builds loso.Model
     answers: dict[str, Any] = {}
     res = loso.run_config(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from PIL import Image, ImageOps
 
 import fruits.images as fi
 
-REDO = ["checkout-bags-train", "orchard-train", "scenes-negatives-train"]
+REDO = ("checkout-bags-train", "orchard-train", "scenes-negatives-train")
 ORIGINAL = fi.decode_views
 
 
@@ -60,22 +59,10 @@ def enlarged_views(data: bytes, *, size: int, views: int = 1, **kw: Any) -> Any:
     return ORIGINAL(data, size=size, views=views, **kw)
 
 
-def link(tag: str, skip: set[str]) -> None:
-    """loso-TAG-NAME.npz -> the bundled graph's cache of NAME, for every NAME not in `skip`."""
-    for f in sorted(loso.CACHE.glob("loso-*.npz")):
-        name = f.name[len("loso-") : -len(".npz")]
-        if f.is_symlink() or name in skip or name == "imagenet-head":
-            continue
-        if name in {"f360", *loso.FRUIT_SOURCES, *loso.NEG_SOURCES} or name.startswith("aug-"):
-            dst = loso.CACHE / f"loso-{tag}-{name}.npz"
-            if not dst.exists():
-                os.symlink(f, dst)
-
-
 def small() -> None:
     fi.decode_views = enlarged_views  # loso.extract imports it at call time
     loso.PREFIX = "loso-up-"
-    link("up", set(REDO))
+    loso.link_caches("up", REDO)
     loso.cmd_features(None)
 
 
@@ -100,7 +87,7 @@ class PerViewData(loso.Data):
 
 def rows() -> None:
     loso.PREFIX = "loso-pv-"
-    link("pv", set())
+    loso.link_caches("pv")
     config = "raw 1280 + pipeline aug, clean"
     answers: dict[str, Any] = {}
     res = loso.run_config(
