@@ -358,6 +358,87 @@ def run(
     _print_summary(_guard(lambda: _run(cfg)))
 
 
+@app.command(cls=PlainHelpCommand)
+def finetune(
+    input: Annotated[
+        list[str], typer.Option(help="Labelled images folder, path or URI (repeatable).")
+    ],
+    output: Annotated[
+        str, typer.Option(help="Output folder for the weights and their report.", metavar="DIR")
+    ],
+    negatives: NegativesOpt = None,
+    label_map: LabelMapOpt = None,
+    master: MasterOpt = None,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    weights: Annotated[
+        Optional[str], typer.Option(help="Start from these weights (default: the bundled ones).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training rows.")] = 3,
+    image_size: ImageSizeOpt = FeaturizerConfig.image_size,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step and process.")] = 32,
+    lr: Annotated[float, typer.Option(min=0.0, help="Backbone learning rate (head: 10x).")] = 1e-4,
+    l2sp: Annotated[
+        float, typer.Option(min=0.0, help="Pull toward the pretrained weights (L2-SP).")
+    ] = 1e-2,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Training processes (TorchDistributor).")
+    ] = 1,
+    gpu: Annotated[bool, typer.Option(help="Train on CUDA GPUs (one per process).")] = False,
+    steps_per_epoch: Annotated[
+        int, typer.Option(min=0, help="Steps per epoch and process; 0: one pass.")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random draws of rows and augmentation.")] = 0,
+    conf: ConfOpt = [],  # noqa: B006
+    verbose: VerboseOpt = False,
+) -> None:
+    """Fine-tune the backbone on labelled sources (Spark's TorchDistributor); then
+    `fruits run --weights OUTPUT/models/backbone-weights.pt` uses it. Needs fruits[export]."""
+    _setup_logging(verbose)
+    from fruits.finetune import FinetuneConfig
+
+    cfg = PipelineConfig(
+        input=input[0],
+        extra_inputs=tuple(input[1:]),
+        negatives=tuple(negatives or ()),
+        label_map=_one_or_many(label_map),
+        output=output,
+        master=master,
+        featurizer=FeaturizerConfig(backbone=backbone, weights=weights, image_size=image_size),
+        spark_conf=_parse_conf(conf),
+        spark_log_level="WARN" if verbose else PipelineConfig.spark_log_level,
+    )
+    ft = FinetuneConfig(
+        epochs=epochs,
+        image_size=image_size,
+        batch_size=batch_size,
+        lr=lr,
+        l2sp=l2sp,
+        processes=processes,
+        gpu=gpu,
+        steps_per_epoch=steps_per_epoch,
+        seed=seed,
+    )
+    report = _guard(lambda: _finetune(cfg, ft))
+    keys = ("run_id", "classes", "train_rows_per_source", "total_seconds")
+    typer.echo(json.dumps({k: report.get(k) for k in keys}))
+    typer.echo(f"weights written to {cfg.output.rstrip('/')}/{report['weights']}")
+
+
+def _finetune(cfg: PipelineConfig, ft: Any) -> dict[str, Any]:
+    from fruits import preflight
+
+    preflight.check(cfg, remote=None)
+    try:
+        import torch  # noqa: F401
+        from efficientnet_lite_pytorch import EfficientNet  # noqa: F401
+    except ImportError:
+        raise ValueError("fruits finetune needs PyTorch: pip install 'fruits[export]'") from None
+    from fruits.finetune import finetune as fit
+    from fruits.pipeline import session_for
+
+    return fit(cfg, ft, session_for(cfg))
+
+
 def _print_summary(result: RunResult) -> None:
     """The run's headline numbers as one JSON line, then where its outputs are."""
     r = result.report
