@@ -155,3 +155,41 @@ def test_l2sp_keeps_the_backbone_near_its_pretrained_weights(tmp_path):
 
     free, held = drift(0.0), drift(1e3)
     assert held < 0.5 * free, (held, free)
+
+
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None  # as if torch were not installed
+from fruits.cli import main
+sys.argv = ["fruits", "finetune", "--input", sys.argv[1], "--output", sys.argv[2]]
+main()
+"""
+
+
+def test_without_torch_finetune_says_which_extra_in_one_line(tmp_path, sample_dir):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(sample_dir), str(tmp_path / "ft")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: fruits finetune needs PyTorch: pip install 'fruits[export]'"
+    ]
+    assert not (tmp_path / "ft").exists()
+
+
+def test_one_class_is_a_one_line_error_and_writes_nothing(spark, tmp_path):
+    from fruits.common import InputError
+    from fruits.finetune import finetune
+
+    src = tmp_path / "src"
+    _write_source(src)
+    shutil.rmtree(src / "Training" / "Blue")
+    out = tmp_path / "ft"
+    pcfg = PipelineConfig(input=str(src), output=str(out))
+    with pytest.raises(InputError, match=r"2\+ classes in the training split, found \['Red'\]"):
+        finetune(pcfg, FinetuneConfig(epochs=1, image_size=64), spark)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no output, no staging

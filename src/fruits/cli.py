@@ -376,7 +376,10 @@ def finetune(
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training rows.")] = 3,
     image_size: ImageSizeOpt = FeaturizerConfig.image_size,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step and process.")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Backbone learning rate (head: 10x).")] = 1e-4,
+    lr: Annotated[
+        float, typer.Option(min=0.0, help="Backbone learning rate; 0: train the head alone.")
+    ] = 1e-4,
+    head_lr: Annotated[float, typer.Option(min=0.0, help="Head learning rate; 0: 10x --lr.")] = 0.0,
     l2sp: Annotated[
         float, typer.Option(min=0.0, help="Pull toward the pretrained weights (L2-SP).")
     ] = 1e-2,
@@ -412,6 +415,7 @@ def finetune(
         image_size=image_size,
         batch_size=batch_size,
         lr=lr,
+        head_lr=head_lr,
         l2sp=l2sp,
         processes=processes,
         gpu=gpu,

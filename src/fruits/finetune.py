@@ -61,7 +61,8 @@ class FinetuneConfig:
     epochs: int = 3
     image_size: int = 224
     batch_size: int = 32
-    lr: float = 1e-4  # the backbone's; the new head learns 10x faster
+    lr: float = 1e-4  # the backbone's; 0 trains the head alone (a linear probe, the baseline)
+    head_lr: float = 0.0  # 0: 10x lr
     l2sp: float = 1e-2  # weight of ||w - w_pretrained||^2 / 2 in the loss
     processes: int = 1
     gpu: bool = False
@@ -177,12 +178,14 @@ def train(
     head = nn.Linear(spec.feature_dim, n_classes)
     model = nn.Sequential(features, head).to(device)
     anchor = [p.detach().clone() for p in features.parameters()]
-    opt = torch.optim.AdamW(
-        [
-            {"params": list(features.parameters()), "lr": c.lr, "weight_decay": 0.0},
-            {"params": list(head.parameters()), "lr": c.lr * 10, "weight_decay": 1e-4},
-        ]
-    )
+    groups = [
+        {"params": list(head.parameters()), "lr": c.head_lr or c.lr * 10, "weight_decay": 1e-4}
+    ]
+    if c.lr > 0:
+        groups.append({"params": list(features.parameters()), "lr": c.lr, "weight_decay": 0.0})
+    else:  # a linear probe: no gradient through the backbone at all
+        features.requires_grad_(False)
+    opt = torch.optim.AdamW(groups)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if use_cuda else None)
@@ -242,6 +245,11 @@ def train(
         torch.save(_state_dict(features), buf)
         with open(out_path, "wb") as fh:
             fh.write(buf.getvalue())
+        np.savez(  # the head trained with it: for studies judging the network alone
+            out_path.removesuffix(".pt") + "-head.npz",
+            weight=head.weight.detach().cpu().numpy(),
+            bias=head.bias.detach().cpu().numpy(),
+        )
     if world > 1:
         dist.destroy_process_group()
     return {"epochs": epochs, "device": str(device), "processes": world}
@@ -331,6 +339,7 @@ def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> 
             "config": cfg.to_dict(),
             "training": trained,
             "weights": f"models/{WEIGHTS_FILE}",
+            "head": f"models/{WEIGHTS_FILE.removesuffix('.pt')}-head.npz",  # classes: "classes"
             "use": f"fruits run --weights {run.output.rstrip('/')}/models/{WEIGHTS_FILE} ...",
             "stage_seconds": run.timer.seconds,
             "total_seconds": round(time.perf_counter() - t0, 1),
