@@ -7,8 +7,10 @@ output's network + head then answers every photo of the held-out source (the pip
 `decode_views`, 8 views for photos larger than the input, logits averaged; argmax over the
 classes, "not a fruit" included; no temperature or threshold, so "refused" is the argmax saying
 "not a fruit"). Species right: the answer's species (species_table over the merged label maps)
-is the photo's; variety right: the answer is one of its `strict` classes. Both figures are
-paired per photo: mean difference (b) - (a) and its standard error.
+is the photo's; variety right: the answer is one of its `strict` classes; "species, fruit
+classes only": the argmax over the fruit classes, "not a fruit" left out (whether the features
+tell fruit apart, whatever the refusal prior). Every figure is paired per photo: mean
+difference (b) - (a) and its standard error.
 
 This is the network's own head, not the pipeline's classifier on its features: it says whether
 the features moved toward fruit across kinds of photo, at a budget a CPU affords (steps x batch
@@ -66,7 +68,8 @@ def finetune(held: str, out: Path, lr: float, args) -> dict:
 
 
 def answers(out: Path, report: dict, photos: list[str]) -> np.ndarray:
-    """Class index answered for each photo by the output's network + head."""
+    """(photos, 2): the class index each photo is answered by the output's network + head,
+    over every class and over the fruit classes only ("not a fruit" left out)."""
     import torch
 
     from fruits.engine import normalise
@@ -77,12 +80,14 @@ def answers(out: Path, report: dict, photos: list[str]) -> np.ndarray:
     net = build_torch("efficientnet_lite0", (out / report["weights"]).read_bytes())
     head = np.load(out / report["head"])
     w, b = head["weight"], head["bias"]
-    got = np.empty(len(photos), dtype=int)
+    fruit = np.array([c != "not a fruit" for c in report["classes"]])
+    got = np.empty((len(photos), 2), dtype=int)
     with torch.no_grad():
         for i, p in enumerate(photos):
             views = decode_views(Path(p).read_bytes(), size=224, views=8)
             f = net(torch.from_numpy(normalise(views, spec))).numpy()
-            got[i] = int(np.argmax((f @ w.T + b).mean(0)))
+            logits = (f @ w.T + b).mean(0)
+            got[i] = int(np.argmax(logits)), int(np.argmax(np.where(fruit, logits, -np.inf)))
     return got
 
 
@@ -100,7 +105,9 @@ def judge(held: str, outs: dict[str, Path]) -> str:
         classes = report["classes"]
         species = species_table(classes, lm)
         t0 = time.perf_counter()
-        got = [classes[k] for k in answers(out, report, photos)]
+        both = answers(out, report, photos)
+        got = [classes[k] for k in both[:, 0]]
+        fruit_only = [classes[k] for k in both[:, 1]]
         refused = np.array([g == NEGATIVE for g in got], float)
         if negative:
             rows[name] = {"refused": refused}
@@ -109,8 +116,10 @@ def judge(held: str, outs: dict[str, Path]) -> str:
             sp = np.array([species[g] in t for g, t in zip(got, truth_sp, strict=True)], float)
             var_ok = [(g in lm.strict.get(f, ())) for g, f in zip(got, folders, strict=True)]
             has_var = np.array([bool(lm.strict.get(f)) for f in folders])
+            sp_fruit = [species[g] in t for g, t in zip(fruit_only, truth_sp, strict=True)]
             rows[name] = {
                 "species": sp,
+                "species, fruit classes only": np.array(sp_fruit, float),
                 "variety": np.array(var_ok, float)[has_var],
                 "refused": refused,
             }

@@ -423,8 +423,14 @@ def finetune(
         seed=seed,
     )
     report = _guard(lambda: _finetune(cfg, ft))
-    keys = ("run_id", "classes", "train_rows_per_source", "total_seconds")
-    typer.echo(json.dumps({k: report.get(k) for k in keys}))
+    summary = {
+        "run_id": report["run_id"],
+        "classes": len(report["classes"]),
+        "train_rows_per_source": report["train_rows_per_source"],
+        "training": report["training"]["epochs"][-1],
+        "total_seconds": report["total_seconds"],
+    }
+    typer.echo(json.dumps(summary))
     typer.echo(f"weights written to {cfg.output.rstrip('/')}/{report['weights']}")
 
 

@@ -240,6 +240,13 @@ def train(
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )
+        if rank == 0:  # TorchDistributor streams it to the driver's console
+            e = epochs[-1]
+            print(
+                f"finetune epoch {e['epoch']}/{c.epochs}: loss {e['loss']:.3f}, train accuracy "
+                f"{100 * e['train_accuracy']:.1f} % on {e['images']} images, {e['seconds']} s",
+                flush=True,
+            )
     if rank == 0:
         buf = io.BytesIO()
         torch.save(_state_dict(features), buf)
