@@ -132,6 +132,8 @@ def judge(held: str, outs: dict[str, Path]) -> str:
         "|---|---:|---:|---:|",
     ]
     for m in a:
+        if not len(a[m]):  # no photo of this source has a known variety
+            continue
         d = b[m] - a[m]
         se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
         lines.append(
