@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fruits.common import InputError, local_path
+from fruits.images import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "backbone-weights.pt"  # in the output's models/: what `--weights` reads
+HEAD_FILE = "backbone-weights-head.npz"  # beside it: the head trained with it (for studies)
 CROP_MIN = 0.6  # a random square crop of 60-100 % of the (squared) image's side
 COLOUR = 0.25  # brightness, contrast, saturation each scaled by 1 +- this
 COMPOSITE_SHARE = 0.5  # studio frames pasted on a negatives photo (when there are negatives)
@@ -68,7 +70,7 @@ class FinetuneConfig:
     gpu: bool = False
     seed: int = 0
     steps_per_epoch: int = 0  # 0: as many draws as training rows, shared by the processes
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,7 @@ def augment_image(
     size: int,
     rng: np.random.Generator,
     pool: list[np.ndarray],
-    max_pixels: int = 40_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """One training view of an encoded image: (size, size, 3) uint8, drawn anew on every call.
 
@@ -144,7 +146,8 @@ def train(
     out_path: str,
 ) -> dict[str, Any]:
     """Fine-tune `backbone` in this process (one of TorchDistributor's); rank 0 writes the
-    backbone's state dict to `out_path` and returns the per-epoch figures."""
+    backbone's state dict to `out_path` (the head beside it, HEAD_FILE) and returns the
+    per-epoch figures."""
     import os
 
     import torch
@@ -217,11 +220,14 @@ def train(
             y = torch.tensor(labels, device=device)
             logits = net(x)
             loss = nn.functional.cross_entropy(logits, y)
-            drift = sum(
-                ((p - a) ** 2).sum() for p, a in zip(features.parameters(), anchor, strict=True)
-            )
+            total = loss
+            if c.lr > 0 and c.l2sp > 0:  # a frozen backbone never drifts
+                drift = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(features.parameters(), anchor, strict=True)
+                )
+                total = loss + c.l2sp / 2 * drift
             opt.zero_grad()
-            (loss + c.l2sp / 2 * drift).backward()  # type: ignore[no-untyped-call]  # torch stubs
+            total.backward()  # type: ignore[no-untyped-call]  # torch stubs
             opt.step()
             seen += len(labels)
             right += int((logits.argmax(1) == y).sum())
@@ -253,7 +259,7 @@ def train(
         with open(out_path, "wb") as fh:
             fh.write(buf.getvalue())
         np.savez(  # the head trained with it: for studies judging the network alone
-            out_path.removesuffix(".pt") + "-head.npz",
+            os.path.join(os.path.dirname(out_path), HEAD_FILE),
             weight=head.weight.detach().cpu().numpy(),
             bias=head.bias.detach().cpu().numpy(),
         )
@@ -292,6 +298,8 @@ def _distributor(spark: SparkSession, cfg: FinetuneConfig) -> Any:
 def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> dict[str, Any]:
     """List and label the sources as `fruits run` does, fine-tune on their training split and
     publish `models/backbone-weights.pt` + `report.json` in `pcfg.output`."""
+    from datetime import UTC, datetime
+
     from pyspark.sql import functions as F
 
     from fruits.classify import source_column, spellings
@@ -306,13 +314,10 @@ def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> 
         t0 = time.perf_counter()
         with run.stage("ingest"):
             listed = read_sources(run)
-            train_rows = listed.files.where(F.col("split") == "train")
-            counts = (
-                train_rows.withColumn("source", source_column(spellings(run)))
-                .groupBy("source", "label")
-                .count()
-                .collect()
+            train_rows = listed.files.where(F.col("split") == "train").withColumn(
+                "source", source_column(spellings(run))
             )
+            counts = train_rows.groupBy("source", "label").count().collect()
         classes = sorted({r["label"] for r in counts})
         if len(classes) < 2:
             raise InputError(f"finetune needs 2+ classes in the training split, found {classes}")
@@ -322,7 +327,7 @@ def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> 
         with run.stage("train"):
             trained = _distributor(spark, cfg).run(
                 train,
-                _local_or_uri(rows_uri),
+                local_path(rows_uri) or rows_uri,
                 len(classes),
                 cfg.to_dict(),
                 pcfg.featurizer.backbone,
@@ -337,7 +342,7 @@ def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> 
             "run_id": run.run_id,
             "kind": "finetune",
             "started_at": run.started.isoformat(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished_at": datetime.now(UTC).isoformat(),
             "backbone": pcfg.featurizer.backbone,
             "from_weights": pcfg.featurizer.weights,
             "classes": classes,
@@ -346,7 +351,7 @@ def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> 
             "config": cfg.to_dict(),
             "training": trained,
             "weights": f"models/{WEIGHTS_FILE}",
-            "head": f"models/{WEIGHTS_FILE.removesuffix('.pt')}-head.npz",  # classes: "classes"
+            "head": f"models/{HEAD_FILE}",  # its rows: "classes", in order
             "use": f"fruits run --weights {run.output.rstrip('/')}/models/{WEIGHTS_FILE} ...",
             "stage_seconds": run.timer.seconds,
             "total_seconds": round(time.perf_counter() - t0, 1),
@@ -356,22 +361,20 @@ def finetune(pcfg: PipelineConfig, cfg: FinetuneConfig, spark: SparkSession) -> 
 
 
 def _write_rows(run: Run, train_rows: Any, classes: list[str]) -> str:
-    """The training split as Parquet in the staging folder: y (class index), source (index of
-    the input it came from), negative (a --negatives source), content (the file's bytes)."""
+    """The training split (with its `source`: the index of the input it came from) as Parquet
+    in the staging folder: y (class index), source, negative (a --negatives source), content
+    (the file's bytes)."""
     from pyspark.sql import functions as F
 
-    from fruits.classify import source_column, spellings
     from fruits.sources.local import content
 
     roles = [role for _, role in run.cfg.sources]
     index = F.create_map(*[F.lit(x) for n, c in enumerate(classes) for x in (c, n)])
-    source = source_column(spellings(run))
     negatives = [n for n, role in enumerate(roles) if role == "negatives"]
     uri = run.uri("_work", "finetune_rows.parquet")
     (
         train_rows.withColumn("content", content(train_rows))
         .where(F.col("content").isNotNull())  # unreadable: featurize's quarantine says why
-        .withColumn("source", source)
         .select(
             index[F.col("label")].cast("int").alias("y"),
             "source",
@@ -381,7 +384,3 @@ def _write_rows(run: Run, train_rows: Any, classes: list[str]) -> str:
         .write.parquet(uri)
     )
     return uri
-
-
-def _local_or_uri(uri: str) -> str:
-    return local_path(uri) or uri
