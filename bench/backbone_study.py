@@ -51,9 +51,9 @@ def speed() -> None:
             for _ in range(4):
                 fz[k](x)
             res[k].append(1000 * (time.perf_counter() - t0) / 128)
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    print(f"CPU {cpu}; load {open('/proc/loadavg').read().split()[:3]}")
+    from featurize import machine
+
+    print(f"CPU {machine()}")
     print("| backbone | ms/image rep 1 | rep 2 | rep 3 | median |")
     print("|---|---|---|---|---|")
     for k, v in res.items():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,17 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FRUITS_DATASETS", ROOT.parent / "shared" / "datasets"))
-FRUIT_SOURCES = ["grocery-store-train", "checkout-bags-train", "orchard-train"]
-NEG_SOURCES = ["not-fruit-train", "orchard-negatives-train", "scenes-negatives-train"]
-EXT = {".jpg", ".jpeg", ".png"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def machine() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    return f"{cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+from featurize import machine  # CPU model, cores, load average
+from loso import DATA, FRUIT_SOURCES, NEG, NEG_SOURCES, ROOT, list_source
 
 
 def finetune(held: str, out: Path, lr: float, args) -> dict:
@@ -80,7 +72,7 @@ def answers(out: Path, report: dict, photos: list[str]) -> np.ndarray:
     net = build_torch("efficientnet_lite0", (out / report["weights"]).read_bytes())
     head = np.load(out / report["head"])
     w, b = head["weight"], head["bias"]
-    fruit = np.array([c != "not a fruit" for c in report["classes"]])
+    fruit = np.array([c != NEG for c in report["classes"]])
     got = np.empty((len(photos), 2), dtype=int)
     with torch.no_grad():
         for i, p in enumerate(photos):
@@ -92,12 +84,11 @@ def answers(out: Path, report: dict, photos: list[str]) -> np.ndarray:
 
 
 def judge(held: str, outs: dict[str, Path]) -> str:
-    from fruits.recognition import NEGATIVE, load_label_map, species_table
+    from fruits.recognition import load_label_map, species_table
 
     lm = load_label_map([str(DATA / s / "mapping_to_fruits360.json") for s in FRUIT_SOURCES])
-    root = DATA / held
-    photos = sorted(str(f) for f in root.rglob("*") if f.suffix.lower() in EXT and f.is_file())
-    folders = [Path(p).relative_to(root).parts[0] for p in photos]
+    listed = list_source(held)  # loso's photos of the source: the same ones its tables judge
+    photos, folders = [p for p, _ in listed], [f for _, f in listed]
     negative = held in NEG_SOURCES
     rows = {}
     for name, out in outs.items():
@@ -108,7 +99,7 @@ def judge(held: str, outs: dict[str, Path]) -> str:
         both = answers(out, report, photos)
         got = [classes[k] for k in both[:, 0]]
         fruit_only = [classes[k] for k in both[:, 1]]
-        refused = np.array([g == NEGATIVE for g in got], float)
+        refused = np.array([g == NEG for g in got], float)
         if negative:
             rows[name] = {"refused": refused}
         else:
